@@ -1,0 +1,182 @@
+"""``fftprompt-bench features``: frequency feature extraction next to a frozen ViT forward on the same batch.
+
+Both run under ``torch.no_grad()`` on the same random batch, with autocast in ``--dtype`` when it is not float32:
+:class:`fftprompt.spectral.FrequencyFeatures` followed by ``FrequencyMaps.compact()`` (what a prompt generator
+consumes), and the frozen backbone's ``forward_features`` (built without weights: speed does not depend on them).
+Repetitions alternate between the two so that load from other processes hits both alike; times are medians after
+warm-up (CUDA events after a synchronize on GPUs). The figure of merit is the ratio of the two times, measured in one
+run: the goal is at most 10% of the backbone's forward on CPUs and 5% on GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from fftprompt.backbone import create_backbone
+from fftprompt.spectral import FrequencyFeatures
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GOALS = {"cpu": 0.10, "cuda": 0.05}
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Times both steps and returns a JSON-serialisable report (settings, machine, times, ratio)."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    backbone = create_backbone(args.model, pretrained=False, img_size=args.img_size).to(device)
+    features = FrequencyFeatures(
+        patch_size=backbone.patch_size, window=args.window, global_symmetry=args.global_symmetry
+    ).to(device)
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        if args.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=_DTYPES[args.dtype])
+
+    def features_step() -> None:
+        with torch.no_grad(), autocast():
+            features(images).compact()
+
+    def backbone_step() -> None:
+        with torch.no_grad(), autocast():
+            backbone(images)
+
+    steps: dict[str, Callable[[], None]] = {"features": features_step, "backbone": backbone_step}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for repetition in range(args.warmup + args.repeats):
+        for name, step in steps.items():
+            elapsed = _time_ms(step, device)
+            if repetition >= args.warmup:
+                times[name].append(elapsed)
+
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    ratio = medians["features"] / medians["backbone"]
+    goal = GOALS.get(device.type)
+    return {
+        "machine": _machine(device),
+        "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"patch_size": backbone.patch_size},
+        "feature_channels": features.num_channels,
+        "results": {
+            name: {
+                "median_ms": medians[name],
+                "images_per_s": args.batch_size / medians[name] * 1e3,
+                "all_ms": times[name],
+            }
+            for name in steps
+        },
+        "ratio": ratio,
+        "goal": goal,
+        "goal_met": None if goal is None else ratio <= goal,
+    }
+
+
+def _time_ms(step: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    start_time = time.perf_counter()
+    step()
+    return (time.perf_counter() - start_time) * 1e3
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
+        "cpu": _cpu_model(),
+        "cpu_count": cpu_count,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown summary of a :func:`run_benchmark` report."""
+    s, m, r = report["settings"], report["machine"], report["results"]
+    lines = [
+        f"{s['model']} forward_features vs FrequencyFeatures(patch {s['patch_size']}, window {s['window']!r}, "
+        f"{report['feature_channels']} compact channels), batch {s['batch_size']}, {s['img_size']} px, {s['dtype']}, "
+        f"{s['device']} ({m['device']}, {m['threads']} threads of {m['cpu_count']} cores), torch {m['torch']}; "
+        f"median of {s['repeats']} repetitions after {s['warmup']} warm-up",
+        "",
+        "| step | median (ms) | images/s |",
+        "|---|---:|---:|",
+    ]
+    for name, label in (("backbone", f"frozen {s['model']} forward"), ("features", "frequency features")):
+        lines.append(f"| {label} | {r[name]['median_ms']:.1f} | {r[name]['images_per_s']:.1f} |")
+    lines.append("")
+    verdict = (
+        ""
+        if report["goal"] is None
+        else f" (goal <= {report['goal']:.0%}: {'met' if report['goal_met'] else 'missed'})"
+    )
+    lines.append(f"features / backbone time: {report['ratio']:.1%}{verdict}")
+    return "\n".join(lines)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fftprompt-bench features", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="vit_base_patch16_224", help="timm ViT name (built without weights)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="autocast dtype of both steps")
+    parser.add_argument("--window", choices=("hann", "none"), default="hann")
+    parser.add_argument("--global-symmetry", action="store_true", help="also compute the whole-image symmetry")
+    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions of each step (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
+    args = parser.parse_args(list(argv))
+    for name in ("batch_size", "img_size", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the benchmark and prints a markdown summary (or JSON with ``--json -``)."""
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    report = run_benchmark(args)
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.json is not None:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=2)
+    print(format_table(report))
+    return 0
