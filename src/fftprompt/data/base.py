@@ -1,0 +1,248 @@
+"""The LightningDataModule base shared by every dataset: splits, transforms, loaders, validation."""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Literal, get_args
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from fftprompt.data.io import OnBadFile, find_bad_images, image_size
+from fftprompt.data.transforms import Policy, build_transform, denormalize
+
+Task = Literal["classification", "segmentation"]
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataWarning(UserWarning):
+    """Something about the data on disk that a run can live with but the user should know (skips, fallbacks)."""
+
+
+def _check_literal(name: str, value: object, options: Sequence[object]) -> None:
+    if value not in options:
+        raise ValueError(f"{name}={value!r} is not one of {tuple(options)}")
+
+
+def _as_floats(name: str, values: Sequence[float]) -> tuple[float, float, float]:
+    floats = tuple(float(v) for v in values)
+    if len(floats) != 3:
+        raise ValueError(f"{name} must have 3 values (one per RGB channel), got {list(values)}")
+    return floats  # type: ignore[return-value]
+
+
+class ImageDataModule(L.LightningDataModule, ABC):
+    """Base of every fftprompt data module.
+
+    Subclasses implement :meth:`_build`, which scans the data (cheaply: no image is decoded) and returns the three
+    split datasets with the class names. :meth:`setup` runs it once, validates the result and makes ``num_classes``,
+    ``class_names`` and the loaders available. Batches are ``(images (B, 3, S, S) float32 normalised with mean/std,
+    targets)`` with targets ``(B,)`` int64 for classification and ``(B, S, S)`` int64 for segmentation.
+
+    Args:
+        image_size: side ``S`` of the square images fed to the model.
+        batch_size: batch size of every loader.
+        num_workers: loader worker processes.
+        seed: seed of the split (where the dataset has none), of the generated data and of the shuffling order.
+        mean: per-channel mean used for normalisation (the backbone's).
+        std: per-channel standard deviation used for normalisation (the backbone's).
+        augment: random augmentation of the training split.
+        pin_memory: pin loader memory (for GPU training).
+    """
+
+    task: Task = "classification"
+    policy: ClassVar[Policy] = "texture"
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool,
+        pin_memory: bool,
+    ) -> None:
+        super().__init__()
+        if image_size < 1:
+            raise ValueError(f"image_size={image_size} must be positive")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be positive")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be >= 0")
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.mean = _as_floats("mean", mean)
+        self.std = _as_floats("std", std)
+        if min(self.std) <= 0:
+            raise ValueError(f"std={list(self.std)} must be positive")
+        self.augment = bool(augment)
+        self.pin_memory = bool(pin_memory)
+        self._datasets: dict[str, Dataset] | None = None
+        self._class_names: list[str] | None = None
+
+    @abstractmethod
+    def _build(self) -> tuple[dict[str, Dataset], list[str]]:
+        """Scan the data and return ``({"train": ..., "val": ..., "test": ...}, class_names)``."""
+
+    def _describe(self) -> str:
+        return type(self).__name__
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan and split the data (once; later calls return at once) and validate what was found."""
+        if self._datasets is not None:
+            return
+        datasets, class_names = self._build()
+        for split in SPLITS:
+            if split not in datasets or len(datasets[split]) == 0:  # type: ignore[arg-type]
+                raise ValueError(f"{self._describe()}: the {split} split is empty")
+        if len(class_names) < 2:
+            raise ValueError(
+                f"{self._describe()}: found {len(class_names)} class(es) {class_names}; at least 2 are needed"
+            )
+        self._datasets, self._class_names = datasets, list(class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order (runs :meth:`setup` if it has not run)."""
+        self.setup()
+        assert self._class_names is not None
+        return list(self._class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (for segmentation including the background; runs :meth:`setup` if needed)."""
+        return len(self.class_names)
+
+    def transform(self, split: Split) -> v2.Compose:
+        """The transform applied to ``split``'s items."""
+        _check_literal("split", split, SPLITS)
+        return build_transform(
+            self.policy, self.image_size, self.mean, self.std, train=split == "train", augment=self.augment
+        )
+
+    def dataset(self, split: Split) -> Dataset:
+        """The dataset of ``split`` (``"train"``, ``"val"`` or ``"test"``), after :meth:`setup`."""
+        _check_literal("split", split, SPLITS)
+        self.setup()
+        assert self._datasets is not None
+        return self._datasets[split]
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation of ``(3, H, W)`` or ``(B, 3, H, W)`` images, giving ``[0, 1]`` floats for figures."""
+        return denormalize(images, self.mean, self.std)
+
+    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class FileDataModule(ImageDataModule):
+    """Base of the modules that read files under a data root, with the layout they expect.
+
+    Args:
+        root: data root.
+        on_bad_file: ``"error"``: an unreadable image raises a ``ValueError`` naming it when it is loaded;
+            ``"skip"``: every image is checked cheaply in :meth:`setup` and unreadable ones (and unpaired or
+            mismatched image/mask files) are left out with one :class:`DataWarning` giving their count.
+        **common: see :class:`ImageDataModule`.
+    """
+
+    layout: ClassVar[str] = ""
+
+    def __init__(self, root: str | Path, *, on_bad_file: OnBadFile, **common) -> None:
+        super().__init__(**common)
+        _check_literal("on_bad_file", on_bad_file, get_args(OnBadFile))
+        self.root = Path(root)
+        self.on_bad_file: OnBadFile = on_bad_file
+
+    def _describe(self) -> str:
+        return f"{type(self).__name__}(root={self.root})"
+
+    def layout_error(self, problem: str) -> ValueError:
+        """A ``ValueError`` stating ``problem`` followed by the expected layout."""
+        return ValueError(f"{problem}\nexpected layout under the data root {self.root}:\n{self.layout}")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._datasets is None and not self.root.is_dir():
+            raise self.layout_error(f"data root {self.root} ({self.root.absolute()}) does not exist")
+        super().setup(stage)
+
+    def _warn_skipped(self, what: str, problems: Sequence[str], total: int) -> None:
+        shown = "\n  ".join(problems[:5])
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        warnings.warn(
+            f"{self._describe()}: skipped {len(problems)} of {total} {what}:\n  {shown}{more}",
+            DataWarning,
+            stacklevel=3,
+        )
+
+    def _drop_bad_images(self, files: Sequence[Path]) -> list[Path]:
+        """With ``on_bad_file="skip"``, ``files`` without those that fail a cheap decode check (with a warning)."""
+        if self.on_bad_file == "error":
+            return list(files)
+        bad = find_bad_images(files)
+        if bad:
+            self._warn_skipped("image files that do not decode", [f"{p}: {why}" for p, why in bad.items()], len(files))
+        return [f for f in files if f not in bad]
+
+    def _check_pairs(self, pairs: Sequence[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+        """Check image/mask pairs from their headers: both readable, same size.
+
+        With ``on_bad_file="error"`` the first problem raises a ``ValueError`` naming the file(s); with ``"skip"``
+        the files are also decoded cheaply and failing pairs are left out with a warning.
+        """
+        bad = find_bad_images([p for pair in pairs for p in pair]) if self.on_bad_file == "skip" else {}
+        kept, problems = [], []
+        for image_path, mask_path in pairs:
+            try:
+                for path in (image_path, mask_path):
+                    if path in bad:
+                        raise ValueError(f"cannot decode image file {path}: {bad[path]}")
+                image_wh, mask_wh = image_size(image_path), image_size(mask_path)
+                if image_wh != mask_wh:
+                    raise ValueError(
+                        f"image {image_path} is {image_wh[0]}x{image_wh[1]} but its mask {mask_path} is "
+                        f"{mask_wh[0]}x{mask_wh[1]} (width x height); they must match"
+                    )
+            except ValueError as err:
+                if self.on_bad_file == "error":
+                    raise
+                problems.append(str(err))
+                continue
+            kept.append((image_path, mask_path))
+        if problems:
+            self._warn_skipped("image/mask pairs", problems, len(pairs))
+        return kept

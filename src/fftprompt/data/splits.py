@@ -1,0 +1,62 @@
+"""Deterministic train/val/test splits for datasets that ship without official ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Raise a ``ValueError`` unless both fractions are in ``(0, 1)`` and leave room for training data."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name}={value} must be in (0, 1)")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction = {val_fraction + test_fraction} must be < 1 to leave training data"
+        )
+
+
+def _counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """Items per held-out split for a group of ``n``: rounded, at least one each while one item stays for training."""
+    counts = [int(round(n * f)) for f in fractions]
+    for k in range(len(counts)):
+        if counts[k] == 0 and n - sum(counts) > 1:
+            counts[k] = 1
+    while sum(counts) >= n and max(counts) > 0:  # keep at least one training item
+        counts[int(np.argmax(counts))] -= 1
+    return counts
+
+
+def stratified_split(labels: Sequence[int] | np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Split item indices into a training part and one held-out part per fraction, class by class.
+
+    Each class contributes ``round(n_c * fraction)`` items to each held-out part (at least one while the class keeps
+    one training item), chosen by a permutation seeded with ``seed``; the result depends only on the labels' order,
+    so callers sort their file lists first.
+
+    Args:
+        labels: ``(N,)`` class index per item.
+        fractions: held-out fractions, e.g. ``(val_fraction, test_fraction)``.
+        seed: permutation seed.
+
+    Returns:
+        ``[train, held_out_1, ...]``: sorted ``int64`` index arrays that partition ``range(N)``.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        start = 0
+        for k, count in enumerate(_counts(len(members), fractions)):
+            parts[k + 1].append(members[start : start + count])
+            start += count
+        parts[0].append(members[start:])
+    return [np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64) for p in parts]
+
+
+def random_split(num_items: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """:func:`stratified_split` with a single class: ``[train, held_out_1, ...]`` index arrays."""
+    return stratified_split(np.zeros(num_items, dtype=np.int64), fractions, seed)
