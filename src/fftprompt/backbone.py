@@ -1,0 +1,296 @@
+"""Frozen timm Vision Transformers: creation, local or hub weights, and the token-level steps the model reuses.
+
+This is the only module of fftprompt that imports timm. :class:`Backbone` wraps (never subclasses) a timm
+``VisionTransformer`` (or a subclass such as DeiT's distilled model), keeps every base weight frozen and the model in
+``eval()`` (dropout, drop-path and patch dropout off, as in VPT), and exposes the steps of timm's own
+``forward_features`` so that :class:`fftprompt.model.PromptedViT` can insert prompts between them.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import timm.data
+import torch
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import Tensor, nn
+
+__all__ = ["Backbone", "create_backbone", "load_backbone_checkpoint"]
+
+# wrappers that training frameworks put around a state dict, and key prefixes they add (checked in this order)
+_STATE_DICT_WRAPPERS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")
+_KEY_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "_orig_mod.")
+# classifier weights of the checkpoint: the backbone has no classifier (fftprompt trains its own head)
+_CLASSIFIER_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+
+
+class Backbone(nn.Module):
+    """A frozen timm Vision Transformer.
+
+    Args:
+        model: A timm ``VisionTransformer`` (or subclass) built without a classifier (``num_classes=0``).
+        name: The timm model name it was created from.
+        config: JSON-serialisable arguments of :func:`create_backbone` that rebuild it (recorded in checkpoints).
+
+    Attributes:
+        model: The wrapped timm model, in ``eval()`` whatever ``train()`` is called with.
+        embed_dim: Token width ``D``.
+        patch_size: Side ``p`` of the square patches.
+        num_prefix_tokens: Class, distillation and register tokens before the patch tokens.
+        num_blocks: Number of transformer blocks ``L``.
+        in_chans: Image channels expected.
+        img_size: ``(H, W)`` the model was built for.
+        grid_size: ``(h, w) = (H / p, W / p)``.
+        mean: Per-channel normalisation mean of the model's data config.
+        std: Per-channel normalisation std of the model's data config.
+    """
+
+    def __init__(self, model: nn.Module, name: str, config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if not isinstance(model, VisionTransformer):
+            raise ValueError(
+                f"backbone {name!r} is a timm {type(model).__name__}; expected a VisionTransformer "
+                "or a subclass of it (e.g. vit_*, deit_*)"
+            )
+        patch_h, patch_w = _pair(model.patch_embed.patch_size)
+        if patch_h != patch_w:
+            raise ValueError(f"backbone {name!r} has patch size {(patch_h, patch_w)}; expected square patches")
+        self.model = model
+        self.name = name
+        self.config = dict(config or {"name": name})
+        self.embed_dim = int(model.embed_dim)
+        self.patch_size = int(patch_h)
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self.num_blocks = len(model.blocks)
+        self.in_chans = int(model.in_chans)
+        self.img_size = _pair(model.patch_embed.img_size)
+        self.grid_size = _pair(model.patch_embed.grid_size)
+        self.has_class_token = model.cls_token is not None
+        self.is_distilled = isinstance(model, VisionTransformerDistilled)
+        data_config = timm.data.resolve_model_data_config(model)
+        self.mean = tuple(float(v) for v in data_config["mean"])
+        self.std = tuple(float(v) for v in data_config["std"])
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Sets ``self.training`` only; the timm model always stays in ``eval()`` (frozen statistics, no dropout)."""
+        self.training = mode
+        self.model.eval()
+        return self
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        """The transformer blocks, each ``(B, N, D) -> (B, N, D)``."""
+        return self.model.blocks
+
+    def embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Patch embedding, prefix tokens and positional embedding, as timm's ``forward_features`` does them.
+
+        Args:
+            images: ``(B, C, H, W)`` normalised images.
+
+        Returns:
+            Tokens ``(B, num_prefix_tokens + h * w, D)`` (prefix tokens first) and the patch grid ``(h, w)``.
+        """
+        x = self.model.patch_embed(images)
+        # dynamic_img_size models keep the grid (B, h, w, D) until _pos_embed flattens it
+        grid = (int(x.shape[1]), int(x.shape[2])) if x.ndim == 4 else self.grid_size
+        x = self.model._pos_embed(x)
+        x = self.model.patch_drop(x)
+        x = self.model.norm_pre(x)
+        return x, grid
+
+    def norm(self, tokens: Tensor) -> Tensor:
+        """timm's final norm (identity for models that normalise after pooling): ``(B, N, D) -> (B, N, D)``."""
+        return self.model.norm(tokens)
+
+    def pool(self, tokens: Tensor, pooling: str, num_prompt_tokens: int = 0) -> Tensor:
+        """Pools normed tokens as timm's ``forward_head(pre_logits=True)`` does, skipping prompt tokens.
+
+        Args:
+            tokens: ``(B, num_prefix_tokens + P + h * w, D)`` output of :meth:`norm`.
+            pooling: ``"cls"`` (class token; averaged with the distillation token for distilled DeiT, as timm does)
+                or ``"mean"`` (mean of the patch tokens only).
+            num_prompt_tokens: ``P``, the prompt tokens sitting between the prefix and the patch tokens.
+
+        Returns:
+            ``(B, D)`` pooled features after timm's ``fc_norm``.
+        """
+        if pooling == "cls":
+            if not self.has_class_token:
+                raise ValueError(f"pooling='cls' needs a class token; backbone {self.name!r} has none: use 'mean'")
+            pooled = (tokens[:, 0] + tokens[:, 1]) / 2 if self.is_distilled else tokens[:, 0]
+        elif pooling == "mean":
+            pooled = tokens[:, self.num_prefix_tokens + num_prompt_tokens :].mean(dim=1)
+        else:
+            raise ValueError(f"pooling={pooling!r}; expected one of ['cls', 'mean']")
+        return self.model.fc_norm(pooled)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """timm's ``forward_features``: ``(B, C, H, W) -> (B, num_prefix_tokens + h * w, D)``."""
+        return self.model.forward_features(images)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, embed_dim={self.embed_dim}, patch_size={self.patch_size}, blocks={self.num_blocks}"
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    **timm_kwargs: Any,
+) -> Backbone:
+    """Creates a frozen timm Vision Transformer.
+
+    Args:
+        name: timm model name, optionally with a pretrained tag (``"vit_base_patch16_224.augreg_in21k"``).
+        pretrained: Load timm's pretrained weights through timm's own hub loading (needs the hub or its cache).
+        checkpoint_path: Local weights (``.safetensors`` or a ``torch.save`` file) to load after creation; timm-style
+            state dicts, optionally wrapped (``{"state_dict": ...}``, ``{"model": ...}``) or prefixed
+            (``module.``, ``model.``). The positional embedding is resampled when ``img_size`` differs.
+        img_size: Input size the model is built for (default: the model's own).
+        **timm_kwargs: Further arguments of ``timm.create_model`` (``patch_size``, ``embed_dim``, ``depth``,
+            ``reg_tokens``, ``global_pool``, ``dynamic_img_size``, ...). ``num_classes`` is always 0.
+
+    Returns:
+        The frozen backbone in ``eval()`` mode.
+
+    Raises:
+        ValueError: for an unknown name, a model that is not a timm VisionTransformer, or a checkpoint none of
+            whose weights match the model.
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}; see timm.list_models('vit_*')")
+    if "num_classes" in timm_kwargs:
+        raise ValueError(
+            "num_classes is not a backbone argument: the backbone has no classifier (the head is separate)"
+        )
+    kwargs = dict(timm_kwargs)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if pretrained:
+        # check the architecture on the meta device before timm fetches any weights for it
+        with torch.device("meta"):
+            _check_vision_transformer(timm.create_model(name, pretrained=False, num_classes=0, **kwargs), name)
+    model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    _check_vision_transformer(model, name)
+    if checkpoint_path is not None:
+        load_backbone_checkpoint(model, checkpoint_path)
+    config: dict[str, Any] = _plain({"name": name, "pretrained": pretrained, "img_size": img_size, **timm_kwargs})
+    if checkpoint_path is not None:
+        config["checkpoint_path"] = str(checkpoint_path)
+    # arguments JSON cannot hold (e.g. a norm_layer class) are not recorded: such a backbone is rebuilt by hand
+    return Backbone(model, name, config=config if _is_json(config) else {"name": name})
+
+
+def load_backbone_checkpoint(model: nn.Module, checkpoint_path: str | Path) -> tuple[list[str], list[str]]:
+    """Loads local weights into a timm VisionTransformer, reporting what did not match.
+
+    Args:
+        model: The timm model to load into (in place).
+        checkpoint_path: ``.safetensors`` file or a ``torch.save`` file (read with ``weights_only=True``).
+
+    Returns:
+        ``(missing, unexpected)`` keys; a warning lists them when either is non-empty. Classifier weights
+        (``head.*``) of the checkpoint are ignored: the backbone has no classifier.
+
+    Raises:
+        ValueError: if the file is missing or unreadable, holds no tensors, has shapes that do not fit, or
+            matches none of the model's weights.
+    """
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint_path {str(path)!r} does not exist or is not a file")
+    state_dict = _read_state_dict(path)
+    state_dict = {k: v for k, v in state_dict.items() if k not in _CLASSIFIER_KEYS}
+    try:
+        state_dict = checkpoint_filter_fn(state_dict, model)
+    except (RuntimeError, ValueError, KeyError, AttributeError) as error:
+        raise ValueError(f"checkpoint {str(path)!r} could not be adapted to {type(model).__name__}: {error}") from error
+    model_keys = set(model.state_dict())
+    matched = model_keys & set(state_dict)
+    if not matched:
+        example = sorted(state_dict)[:5]
+        raise ValueError(
+            f"checkpoint {str(path)!r} matches none of the model's {len(model_keys)} weights "
+            f"(checkpoint keys start with {example}); expected a timm VisionTransformer state dict"
+        )
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {str(path)!r} does not fit the model: {error}") from error
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+        warnings.warn(
+            f"checkpoint {str(path)!r}: {len(matched)} weights loaded; missing (left at init): {missing}; "
+            f"unexpected (ignored): {unexpected}",
+            stacklevel=2,
+        )
+    return missing, unexpected
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Reads a safetensors or torch file, unwraps common containers and strips common key prefixes."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the readers raise many types (SafetensorError, UnpicklingError, EOFError, ...)
+        raise ValueError(f"checkpoint {str(path)!r} could not be read: {type(error).__name__}: {error}") from error
+    for wrapper in _STATE_DICT_WRAPPERS:
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a state dict")
+    tensors = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise ValueError(f"checkpoint {str(path)!r} holds no tensors")
+    for prefix in _KEY_PREFIXES:
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _check_vision_transformer(model: nn.Module, name: str) -> None:
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(
+            f"timm model {name!r} is a {type(model).__name__}; expected a VisionTransformer or a subclass of it "
+            "(vit_*, deit_*, ...)"
+        )
+
+
+def _pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    first, second = value
+    return (int(first), int(second))
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences (e.g. Hydra's DictConfig/ListConfig) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

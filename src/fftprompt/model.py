@@ -1,0 +1,487 @@
+"""PromptedViT: a frozen timm ViT with prompt tokens, optional FourierFT deltas and a task head.
+
+Token order: ``[prefix tokens (CLS, distillation, registers)] [P prompts] [h * w patch tokens]``. Prompts are
+inserted after timm's positional embedding (they carry none, as in VPT); deep prompts replace the prompt slots at the
+input of every block, so the sequence length stays constant. Pooling reads the class token or the mean of the patch
+tokens, never the prompts. With ``NoPrompt`` the model computes exactly the backbone's ``forward_features``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from fftprompt.backbone import Backbone, create_backbone
+from fftprompt.fourierft import FourierFTConfig, inject_fourierft
+from fftprompt.heads import ClassificationHead, LinearDecoder, PUPDecoder
+from fftprompt.prompts import FrequencyPrompt, ModelDims, NoPrompt, PromptSource, VFPTPrompt, VPTPrompt
+from fftprompt.spectral import FrequencyFeatures, FrequencyMaps
+
+__all__ = ["PromptedViT", "create_model", "load_model"]
+
+Pooling = Literal["cls", "mean"]
+Task = Literal["classification", "segmentation"]
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter.json"
+_FORMAT = "fftprompt-adapter"
+_FORMAT_VERSION = 1
+_GROUPS = ("prompt", "adapter", "head")
+# the only classes an adapter.json may name; nothing else is ever instantiated from a checkpoint
+_PROMPT_CLASSES: dict[str, type[PromptSource]] = {
+    cls.__name__: cls for cls in (NoPrompt, VPTPrompt, VFPTPrompt, FrequencyPrompt)
+}
+_HEAD_CLASSES: dict[str, type[nn.Module]] = {
+    cls.__name__: cls for cls in (ClassificationHead, LinearDecoder, PUPDecoder)
+}
+_FEATURE_SETTINGS = ("patch_size", "window", "orientation_bins", "radial_bins", "global_symmetry", "groups")
+
+
+class PromptedViT(nn.Module):
+    """A frozen ViT with prompts, optional FourierFT deltas and a trainable head.
+
+    Args:
+        backbone: The frozen backbone (kept in ``eval()`` even in ``model.train()``).
+        features: Frequency feature extractor with the backbone's patch size, or None. Maps are computed under
+            ``torch.no_grad`` in float32 (they depend only on the images) when the prompt or head reads them.
+        prompt: The prompt source (``NoPrompt`` for none).
+        head: ``ClassificationHead`` (pooled ``(B, D)``) or a segmentation decoder (grid ``(B, D, h, w)``).
+        adapter: FourierFT settings; injected into the backbone's linear layers when given.
+        pooling: ``"cls"`` (class token; timm's average of class and distillation token for distilled DeiT) or
+            ``"mean"`` (mean of the patch tokens). timm's ``fc_norm`` follows, as in ``forward_head``.
+        task: ``"classification"`` or ``"segmentation"``.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        features: FrequencyFeatures | None,
+        prompt: PromptSource,
+        head: nn.Module,
+        adapter: FourierFTConfig | None = None,
+        pooling: Pooling = "cls",
+        task: Task = "classification",
+    ) -> None:
+        super().__init__()
+        _check_choice("pooling", pooling, Pooling)
+        _check_choice("task", task, Task)
+        if pooling == "cls" and task == "classification" and not backbone.has_class_token:
+            raise ValueError(f"pooling='cls' needs a class token; backbone {backbone.name!r} has none: use 'mean'")
+        if features is not None and features.patch_size != backbone.patch_size:
+            raise ValueError(
+                f"features.patch_size={features.patch_size} differs from the backbone's patch size "
+                f"{backbone.patch_size}"
+            )
+        needs_maps = [name for name, part in (("prompt", prompt), ("head", head)) if _requires_maps(part)]
+        if needs_maps and features is None:
+            raise ValueError(f"{' and '.join(needs_maps)} read frequency maps: pass features=FrequencyFeatures(...)")
+        if prompt.dims.embed_dim != backbone.embed_dim:
+            raise ValueError(
+                f"prompt built for embed_dim={prompt.dims.embed_dim}; "
+                f"backbone {backbone.name!r} has embed_dim={backbone.embed_dim}"
+            )
+        if prompt.deep and prompt.dims.num_layers != backbone.num_blocks:
+            raise ValueError(
+                f"deep prompt built for {prompt.dims.num_layers} layers; backbone has {backbone.num_blocks} blocks"
+            )
+        head_maps = getattr(head, "feature_channels", 0)
+        if head_maps and features is not None and head_maps != features.num_channels:
+            raise ValueError(
+                f"{type(head).__name__}.feature_channels={head_maps}; the features give {features.num_channels}"
+            )
+        self.backbone = backbone
+        self.features = features
+        self.prompt = prompt
+        self.head = head
+        self.pooling: Pooling = pooling
+        self.task: Task = task
+        self.adapter_config = adapter
+        self.adapted_modules: list[str] = []
+        if adapter is not None:
+            if any("fourierft" in name for name, _ in backbone.model.named_parameters()):
+                raise ValueError(
+                    f"backbone {backbone.name!r} already holds FourierFT layers (injection changes it in place): "
+                    "create a new backbone for each adapted model"
+                )
+            self.adapted_modules = list(inject_fourierft(backbone.model, adapter))
+            stray = [n for n, p in backbone.model.named_parameters() if p.requires_grad and "fourierft" not in n]
+            if stray:
+                raise ValueError(f"FourierFT injection left non-adapter backbone parameters trainable: {stray[:5]}")
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return self.prompt.num_tokens
+
+    def train(self, mode: bool = True) -> PromptedViT:
+        super().train(mode)
+        self.backbone.train(mode)  # keeps the timm model itself in eval()
+        return self
+
+    def compute_maps(self, images: Tensor) -> FrequencyMaps | None:
+        """Frequency maps of ``(B, C, H, W)`` images (no gradient, float32), or None without features."""
+        if self.features is None:
+            return None
+        with torch.no_grad():
+            return self.features(images.float())
+
+    def _needs_maps(self) -> bool:
+        return _requires_maps(self.prompt) or _requires_maps(self.head)
+
+    def _forward_tokens(self, images: Tensor, maps: FrequencyMaps | None) -> tuple[Tensor, tuple[int, int]]:
+        """Runs the blocks with prompts: ``(B, C, H, W) -> (B, prefix + P + h * w, D)`` normed tokens, grid."""
+        backbone = self.backbone
+        x, grid = backbone.embed(images)
+        prefix, num_prompts = backbone.num_prefix_tokens, self.prompt.num_tokens
+        if num_prompts == 0:
+            return backbone.norm(backbone.blocks(x)), grid
+        if maps is not None and tuple(maps.log_magnitude.shape[2:4]) != grid:
+            raise ValueError(f"frequency maps grid {tuple(maps.log_magnitude.shape[2:4])} != token grid {grid}")
+        prompts = self.prompt(images, maps, x[:, prefix:])
+        prompts = prompts.to(x.dtype)
+        first = prompts[0] if self.prompt.deep else prompts
+        x = torch.cat([x[:, :prefix], first, x[:, prefix:]], dim=1)
+        for index, block in enumerate(backbone.blocks):
+            if self.prompt.deep and index > 0:
+                x = torch.cat([x[:, :prefix], prompts[index], x[:, prefix + num_prompts :]], dim=1)
+            x = block(x)
+        return backbone.norm(x), grid
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, prefix + P + h * w, D)``: all tokens after the final norm."""
+        maps = self.compute_maps(images) if _requires_maps(self.prompt) else None
+        return self._forward_tokens(images, maps)[0]
+
+    def forward_pooled(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, D)``: pooled features as timm's ``forward_head(pre_logits=True)``."""
+        return self.backbone.pool(self.forward_features(images), self.pooling, self.prompt.num_tokens)
+
+    def forward_patch_tokens(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, D, h, w)``: normed patch tokens as a grid (prompts and prefix dropped)."""
+        maps = self.compute_maps(images) if _requires_maps(self.prompt) else None
+        return self._patch_grid(*self._forward_tokens(images, maps))
+
+    def _patch_grid(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        patches = tokens[:, self.backbone.num_prefix_tokens + self.prompt.num_tokens :]
+        return patches.transpose(1, 2).reshape(patches.shape[0], -1, *grid)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W) ->`` ``(B, K)`` class logits or ``(B, K, H, W)`` mask logits."""
+        maps = self.compute_maps(images) if self._needs_maps() else None
+        tokens, grid = self._forward_tokens(images, maps if _requires_maps(self.prompt) else None)
+        if self.task == "classification":
+            return self.head(self.backbone.pool(tokens, self.pooling, self.prompt.num_tokens))
+        compact = maps.compact() if maps is not None and _requires_maps(self.head) else None
+        return self.head(self._patch_grid(tokens, grid), compact, output_size=tuple(images.shape[-2:]))
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by group: ``"prompt"``, ``"adapter"`` (FourierFT coefficients) and ``"head"``."""
+        return {name: [p for _, p in params] for name, params in self._named_trainable().items()}
+
+    def _named_trainable(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        return {
+            "prompt": [(n, p) for n, p in self.prompt.named_parameters() if p.requires_grad],
+            "adapter": [(n, p) for n, p in self.backbone.model.named_parameters() if p.requires_grad],
+            "head": [(n, p) for n, p in self.head.named_parameters() if p.requires_grad],
+        }
+
+    def num_trainable_parameters(self) -> int:
+        """Number of trainable parameters (prompt, adapter and head)."""
+        return sum(p.numel() for group in self.trainable_parameters().values() for p in group)
+
+    def num_total_parameters(self) -> int:
+        """Number of parameters of the whole model, frozen ones included."""
+        return sum(p.numel() for p in self.parameters())
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """What :meth:`save_trainable` stores: trainable parameters and the head's and prompt's buffers
+        (e.g. BatchNorm statistics), keyed ``"prompt.*"``, ``"adapter.*"`` (module path in the timm model),
+        ``"head.*"``."""
+        state = {f"prompt.{n}": t for n, t in self.prompt.state_dict().items()}
+        state.update({f"adapter.{n}": p for n, p in self._named_trainable()["adapter"]})
+        state.update({f"head.{n}": t for n, t in self.head.state_dict().items()})
+        return {k: v.detach() for k, v in state.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON description written to ``adapter.json``: enough to rebuild the trainable parts on the backbone."""
+        from fftprompt import __version__
+
+        return {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "fftprompt_version": __version__,
+            "backbone": {
+                "name": self.backbone.name,
+                "config": self.backbone.config,
+                "embed_dim": self.backbone.embed_dim,
+                "patch_size": self.backbone.patch_size,
+                "num_blocks": self.backbone.num_blocks,
+                "num_prefix_tokens": self.backbone.num_prefix_tokens,
+            },
+            "task": self.task,
+            "pooling": self.pooling,
+            "features": None
+            if self.features is None
+            else {"class": "FrequencyFeatures", **_features_config(self.features)},
+            "prompt": {"class": type(self.prompt).__name__, "config": self.prompt.config},
+            "head": {"class": type(self.head).__name__, "config": getattr(self.head, "config", None)},
+            "adapter": None
+            if self.adapter_config is None
+            else {"class": "FourierFTConfig", **_adapter_config(self.adapter_config)},
+        }
+
+    def save_trainable(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Writes ``adapter.safetensors`` (trainable tensors only) and ``adapter.json`` into directory ``path``.
+
+        Each file is written to a temporary file in the same directory and moved into place (``os.replace``), so a
+        crash never leaves a half-written file under the final name.
+
+        Args:
+            path: Output directory (created if missing).
+            overwrite: Replace existing files; otherwise they raise ``FileExistsError``.
+
+        Returns:
+            The directory.
+        """
+        directory = Path(path)
+        weights_path, config_path = directory / ADAPTER_WEIGHTS, directory / ADAPTER_CONFIG
+        if not overwrite:
+            for existing in (weights_path, config_path):
+                if existing.exists():
+                    raise FileExistsError(f"{existing} exists; pass overwrite=True to replace it")
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.cpu().contiguous().clone() for k, v in self.trainable_state_dict().items()}
+        description = self.describe()
+        description["tensors"] = {k: list(v.shape) for k, v in tensors.items()}
+        text = json.dumps(description, indent=2, sort_keys=True)
+        _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"format": _FORMAT}))
+        _atomic_write(config_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+        return directory
+
+    def load_trainable(self, path: str | os.PathLike[str]) -> None:
+        """Loads tensors written by :meth:`save_trainable` into this model (in place).
+
+        Args:
+            path: Directory holding ``adapter.safetensors`` and ``adapter.json`` (or the path of either file).
+
+        Raises:
+            ValueError: naming the mismatch when the checkpoint was written for another backbone, prompt, head or
+                adapter, or when keys are missing, unexpected or of another shape.
+        """
+        description, tensors, weights_path = _read_adapter(path)
+        self._check_description(description, weights_path)
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{weights_path}: missing keys {missing}, unexpected keys {unexpected}")
+        shapes = [
+            f"{k}: {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
+            for k, v in expected.items()
+            if tensors[k].shape != v.shape
+        ]
+        if shapes:
+            raise ValueError(f"{weights_path}: shape mismatch (checkpoint vs model): {shapes}")
+        adapter_params = dict(self._named_trainable()["adapter"])
+        with torch.no_grad():
+            self.prompt.load_state_dict({k[len("prompt.") :]: v for k, v in tensors.items() if k.startswith("prompt.")})
+            self.head.load_state_dict({k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")})
+            for key, value in tensors.items():
+                if key.startswith("adapter."):
+                    adapter_params[key[len("adapter.") :]].copy_(value)
+
+    def _check_description(self, description: dict[str, Any], source: Path) -> None:
+        mine = self.describe()
+        checks = [
+            ("backbone name", description.get("backbone", {}).get("name"), mine["backbone"]["name"]),
+            ("backbone embed_dim", description.get("backbone", {}).get("embed_dim"), mine["backbone"]["embed_dim"]),
+            ("task", description.get("task"), mine["task"]),
+            ("prompt class", (description.get("prompt") or {}).get("class"), mine["prompt"]["class"]),
+            ("head class", (description.get("head") or {}).get("class"), mine["head"]["class"]),
+            ("adapter", description.get("adapter"), mine["adapter"]),
+            ("features", description.get("features"), mine["features"]),
+        ]
+        for what, saved, current in checks:
+            if saved != current:
+                raise ValueError(f"{source}: {what} is {saved!r} in the checkpoint but {current!r} in this model")
+
+
+def create_model(
+    backbone: Backbone | str,
+    num_classes: int,
+    *,
+    task: Task = "classification",
+    prompt: PromptSource | Callable[[ModelDims], PromptSource] | None = None,
+    features: FrequencyFeatures | Callable[..., FrequencyFeatures] | None = None,
+    head: nn.Module | Callable[..., nn.Module] | None = None,
+    adapter: FourierFTConfig | None = None,
+    pooling: Pooling = "cls",
+) -> PromptedViT:
+    """Builds a :class:`PromptedViT`, resolving the parts that need facts about the backbone.
+
+    Args:
+        backbone: A :class:`Backbone`, or a timm model name given to :func:`create_backbone` (no weights).
+        num_classes: Classes ``K`` of the head.
+        task: ``"classification"`` or ``"segmentation"``.
+        prompt: A prompt source, a callable ``dims -> PromptSource`` (e.g. ``functools.partial(VPTPrompt,
+            num_tokens=10)``, or a Hydra ``_partial_: true`` config), or None for no prompts.
+        features: A ``FrequencyFeatures``, a callable called with ``patch_size=backbone.patch_size``, or None.
+        head: A head module; a callable called with ``embed_dim=D, num_classes=K`` (plus ``patch_size=p`` for
+            segmentation); or None for ``ClassificationHead`` / ``LinearDecoder``.
+        adapter: FourierFT settings, or None.
+        pooling: ``"cls"`` or ``"mean"``.
+
+    Returns:
+        The model, with a frozen backbone.
+    """
+    _check_choice("task", task, Task)
+    if isinstance(backbone, str):
+        backbone = create_backbone(backbone)
+    if features is not None and not isinstance(features, nn.Module):
+        features = features(patch_size=backbone.patch_size)
+    dims = ModelDims(
+        embed_dim=backbone.embed_dim,
+        num_layers=backbone.num_blocks,
+        patch_size=backbone.patch_size,
+        grid_size=backbone.grid_size,
+        in_chans=backbone.in_chans,
+        feature_channels=0 if features is None else features.num_channels,
+    )
+    if prompt is None:
+        prompt = NoPrompt(dims)
+    elif not isinstance(prompt, nn.Module):
+        prompt = prompt(dims)
+    if not isinstance(prompt, PromptSource):
+        raise ValueError(f"prompt built a {type(prompt).__name__}; expected a fftprompt PromptSource")
+    if head is None or not isinstance(head, nn.Module):
+        builder = head or (ClassificationHead if task == "classification" else LinearDecoder)
+        head_kwargs: dict[str, Any] = {"embed_dim": backbone.embed_dim, "num_classes": num_classes}
+        if task == "segmentation":
+            head_kwargs["patch_size"] = backbone.patch_size
+        head = builder(**head_kwargs)
+    return PromptedViT(backbone, features, prompt, head, adapter=adapter, pooling=pooling, task=task)
+
+
+def load_model(path: str | os.PathLike[str], backbone: Backbone | None = None) -> PromptedViT:
+    """Rebuilds a model from ``adapter.json`` and loads ``adapter.safetensors``.
+
+    Only fftprompt's own classes (an allow-list) are instantiated, with the recorded keyword arguments.
+
+    Args:
+        path: Directory written by :meth:`PromptedViT.save_trainable` (or the path of either file).
+        backbone: The backbone to attach to; default: rebuilt with the recorded :func:`create_backbone` arguments
+            (which fetch pretrained or local weights again as recorded).
+
+    Returns:
+        The model with the saved trainable tensors loaded.
+    """
+    description, _, weights_path = _read_adapter(path)
+    if backbone is None:
+        config = dict(description["backbone"].get("config") or {})
+        if "name" not in config:
+            raise ValueError(f"{weights_path}: the recorded backbone cannot be rebuilt; pass backbone=")
+        if not config.get("pretrained") and config.get("checkpoint_path") is None:
+            raise ValueError(
+                f"{weights_path}: backbone {config['name']!r} was created without weights (pretrained=False, no "
+                "checkpoint_path), so a rebuilt one would be randomly initialised; pass backbone="
+            )
+        backbone = create_backbone(**config)
+    features = None
+    if description.get("features") is not None:
+        settings = {k: v for k, v in description["features"].items() if k != "class"}
+        features = FrequencyFeatures(**settings)
+    prompt_class = _allowed(_PROMPT_CLASSES, description["prompt"]["class"], "prompt", weights_path)
+    head_class = _allowed(_HEAD_CLASSES, description["head"]["class"], "head", weights_path)
+    adapter = None
+    if description.get("adapter") is not None:
+        settings = {k: v for k, v in description["adapter"].items() if k != "class"}
+        adapter = FourierFTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    prompt_config = dict(description["prompt"]["config"] or {})
+    model = create_model(
+        backbone,
+        num_classes=int(description["head"]["config"]["num_classes"]),
+        task=description["task"],
+        prompt=lambda dims: prompt_class(dims, **prompt_config),
+        features=features,
+        head=head_class(**description["head"]["config"]),
+        adapter=adapter,
+        pooling=description["pooling"],
+    )
+    model.load_trainable(path)
+    return model
+
+
+def _read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Tensor], Path]:
+    path = Path(path)
+    directory = path.parent if path.name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) else path
+    weights_path, config_path = directory / ADAPTER_WEIGHTS, directory / ADAPTER_CONFIG
+    for required in (weights_path, config_path):
+        if not required.is_file():
+            raise ValueError(f"{required} not found; expected the output of PromptedViT.save_trainable")
+    try:
+        description = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path} is not valid JSON: {error}") from error
+    if not isinstance(description, dict) or description.get("format") != _FORMAT:
+        raise ValueError(f"{config_path} is not an fftprompt adapter config (format != {_FORMAT!r})")
+    if description.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(
+            f"{config_path}: format_version {description.get('format_version')!r}; expected {_FORMAT_VERSION}"
+        )
+    return description, load_file(str(weights_path)), weights_path
+
+
+def _allowed(classes: dict[str, type], name: Any, what: str, source: Path) -> type:
+    if name not in classes:
+        raise ValueError(f"{source}: {what} class {name!r} is not one of {sorted(classes)}")
+    return classes[name]
+
+
+def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _requires_maps(module: nn.Module) -> bool:
+    return bool(getattr(module, "requires_maps", False))
+
+
+def _check_choice(name: str, value: str, choices: Any) -> None:
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}; expected one of {list(allowed)}")
+
+
+def _features_config(features: FrequencyFeatures) -> dict[str, Any]:
+    """Constructor arguments of a FrequencyFeatures, read back from its attributes."""
+    parameters = inspect.signature(FrequencyFeatures.__init__).parameters
+    attribute = {"window": "window_name"}
+    config = {}
+    for name in _FEATURE_SETTINGS:
+        if name not in parameters:
+            continue
+        value = getattr(features, attribute.get(name, name))
+        config[name] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+def _adapter_config(config: FourierFTConfig) -> dict[str, Any]:
+    values = asdict(config)
+    return {
+        f.name: list(values[f.name]) if isinstance(values[f.name], tuple) else values[f.name] for f in fields(config)
+    }

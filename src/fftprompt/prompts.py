@@ -1,0 +1,401 @@
+"""Prompt sources: none, VPT (shallow/deep), VFPT and frequency-conditioned prompts.
+
+Every source is an ``nn.Module`` with one call, ``(images, maps, patch_tokens) -> prompts`` of shape ``(B, P, D)``
+(shallow: inserted once, after timm's positional embedding) or ``(L, B, P, D)`` (deep: one set per block, replacing
+the prompt slots at the input of every block). :class:`fftprompt.model.PromptedViT` owns the token order.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from fftprompt.spectral import FrequencyMaps
+
+__all__ = [
+    "FrequencyPrompt",
+    "ModelDims",
+    "NoPrompt",
+    "PromptSource",
+    "VFPTPrompt",
+    "VPTPrompt",
+    "vpt_init_bound",
+]
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Facts about the backbone and the frequency features that prompt sources and heads build themselves from.
+
+    Attributes:
+        embed_dim: Token width ``D``.
+        num_layers: Number of transformer blocks ``L`` (one prompt set each in deep mode).
+        patch_size: Patch side ``p``.
+        grid_size: Patch grid ``(h, w)`` of the backbone's default input size.
+        in_chans: Image channels ``C``.
+        feature_channels: ``C_f`` of ``FrequencyMaps.compact()``, 0 when the model computes no features.
+    """
+
+    embed_dim: int
+    num_layers: int
+    patch_size: int
+    grid_size: tuple[int, int]
+    in_chans: int
+    feature_channels: int = 0
+
+
+def vpt_init_bound(patch_size: int, embed_dim: int) -> float:
+    """VPT's uniform prompt initialisation bound ``sqrt(6 / (3 p^2 + D))`` (Xavier over the patch projection)."""
+    return math.sqrt(6.0 / (3 * patch_size**2 + embed_dim))
+
+
+class PromptSource(nn.Module, abc.ABC):
+    """Interface of every prompt source.
+
+    Attributes:
+        num_tokens: Prompt tokens ``P`` per prompted layer.
+        deep: True when :meth:`forward` returns one prompt set per block ``(L, B, P, D)``.
+        requires_maps: True when :meth:`forward` reads the ``FrequencyMaps``.
+        config: JSON-serialisable constructor arguments (without ``dims``), recorded in adapter checkpoints.
+    """
+
+    num_tokens: int = 0
+    deep: bool = False
+    requires_maps: bool = False
+
+    def __init__(self, dims: ModelDims, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.dims = dims
+        self.config = config
+
+    @abc.abstractmethod
+    def forward(self, images: Tensor, maps: FrequencyMaps | None, patch_tokens: Tensor) -> Tensor:
+        """Prompt tokens for a batch.
+
+        Args:
+            images: ``(B, C, H, W)`` normalised images.
+            maps: Frequency maps of the images, or None when the model computes none.
+            patch_tokens: ``(B, h * w, D)`` embedded patch tokens of the frozen backbone (after the positional
+                embedding, before the first block).
+
+        Returns:
+            ``(B, P, D)`` when shallow, ``(L, B, P, D)`` when deep.
+        """
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters of this source."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class NoPrompt(PromptSource):
+    """No prompts: the prompted model reduces exactly to the backbone."""
+
+    def __init__(self, dims: ModelDims) -> None:
+        super().__init__(dims, {})
+
+    def forward(self, images: Tensor, maps: FrequencyMaps | None, patch_tokens: Tensor) -> Tensor:
+        """``-> (B, 0, D)``: an empty prompt set."""
+        return patch_tokens.new_zeros(patch_tokens.shape[0], 0, self.dims.embed_dim)
+
+
+class VPTPrompt(PromptSource):
+    """Visual Prompt Tuning (Jia et al., 2022): static learnable prompts, shallow or deep.
+
+    Args:
+        dims: Backbone facts.
+        num_tokens: Prompts ``P`` per layer.
+        deep: One prompt set per block (``(L, P, D)`` parameters) instead of one at the input.
+        dropout: Dropout on the prompt embeddings while training.
+    """
+
+    def __init__(self, dims: ModelDims, num_tokens: int = 10, deep: bool = False, dropout: float = 0.0) -> None:
+        super().__init__(dims, {"num_tokens": num_tokens, "deep": deep, "dropout": dropout})
+        _check_num_tokens(num_tokens)
+        self.num_tokens = num_tokens
+        self.deep = deep
+        self.prompt_dropout = nn.Dropout(dropout)
+        shape = (dims.num_layers, num_tokens, dims.embed_dim) if deep else (num_tokens, dims.embed_dim)
+        bound = vpt_init_bound(dims.patch_size, dims.embed_dim)
+        self.prompt_embeddings = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+
+    def forward(self, images: Tensor, maps: FrequencyMaps | None, patch_tokens: Tensor) -> Tensor:
+        """``-> (B, P, D)`` or ``(L, B, P, D)``: the learned prompts broadcast over the batch."""
+        prompts = self.prompt_dropout(self.prompt_embeddings)
+        return _expand_batch(prompts, patch_tokens.shape[0], self.deep)
+
+
+class VFPTPrompt(PromptSource):
+    """Visual Fourier Prompt Tuning (Zeng et al., 2024).
+
+    VPT-deep prompts where the first ``floor(alpha * P)`` prompts of each layer pass through
+    ``Re(FFT_tokens(FFT_hidden(prompts)))`` (unnormalised FFTs over the Fourier prompts' hidden and token axes),
+    placed before the plain prompts.
+
+    Args:
+        dims: Backbone facts.
+        num_tokens: Prompts ``P`` per layer.
+        alpha: Fraction of Fourier prompts in ``[0, 1]``.
+        dropout: Dropout on the prompt embeddings (applied before the FFT) while training.
+        deep: Deep by definition; ``False`` prompts the input only.
+    """
+
+    def __init__(
+        self, dims: ModelDims, num_tokens: int = 10, alpha: float = 0.5, dropout: float = 0.0, deep: bool = True
+    ) -> None:
+        super().__init__(dims, {"num_tokens": num_tokens, "alpha": alpha, "dropout": dropout, "deep": deep})
+        _check_num_tokens(num_tokens)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha}; expected a fraction in [0, 1]")
+        self.num_tokens = num_tokens
+        self.deep = deep
+        self.num_fourier_tokens = math.floor(alpha * num_tokens)
+        self.prompt_dropout = nn.Dropout(dropout)
+        shape = (dims.num_layers, num_tokens, dims.embed_dim) if deep else (num_tokens, dims.embed_dim)
+        bound = vpt_init_bound(dims.patch_size, dims.embed_dim)
+        self.prompt_embeddings = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+
+    def forward(self, images: Tensor, maps: FrequencyMaps | None, patch_tokens: Tensor) -> Tensor:
+        """``-> (B, P, D)`` or ``(L, B, P, D)``: Fourier prompts first, then the plain ones."""
+        prompts = self.prompt_dropout(self.prompt_embeddings)
+        n = self.num_fourier_tokens
+        if n > 0:
+            with torch.autocast(prompts.device.type, enabled=False):
+                fourier = prompts[..., :n, :].float()
+                fourier = torch.fft.fft(torch.fft.fft(fourier, dim=-1), dim=-2).real.to(prompts.dtype)
+            prompts = torch.cat([fourier, prompts[..., n:, :]], dim=-2)
+        return _expand_batch(prompts, patch_tokens.shape[0], self.deep)
+
+
+class FrequencyPrompt(PromptSource):
+    """Frequency-conditioned prompts: prompt tokens generated from each image's own patch spectra.
+
+    Per patch, a descriptor is built from the compact frequency maps ``(C_f)``, a linear projection of the
+    centred patch spectrum (log-magnitude, and phase as cos/sin, over a central ``spectrum_crop`` square of
+    low frequencies), a fixed sin/cos code of the patch position and, optionally, a projection of the frozen
+    backbone's embedded patch token. A small MLP embeds each descriptor to ``hidden_dim``; ``P`` learnable queries
+    cross-attend over the ``h * w`` patch embeddings; the result is projected to ``D`` and added to static
+    learnable prompts (VPT-initialised). The output projection starts small (normal, std ``init_std``), so the
+    model starts as VPT with a small image-dependent perturbation and every parameter gets a gradient at once.
+
+    In deep mode each block gets its own static prompts (they are the per-layer shift) plus the shared dynamic
+    part times a per-layer channel scale (initialised to 1): ``prompts_l = static_l + scale_l * dynamic``.
+
+    Args:
+        dims: Backbone facts (``feature_channels`` = channels of ``FrequencyMaps.compact()``).
+        num_tokens: Prompts ``P`` per layer.
+        deep: One prompt set per block.
+        hidden_dim: Width of the patch embeddings and queries.
+        num_heads: Cross-attention heads (must divide ``hidden_dim``).
+        use_spectrum: Feed the projected patch spectra (log-magnitude, phase) besides the compact maps.
+        spectrum_crop: Side of the central (low-frequency) square of the centred ``p x p`` spectrum that is
+            projected; None or ``>= p`` takes the whole spectrum.
+        spectrum_dim: Width of the spectrum projection.
+        use_patch_tokens: Also feed a projection of the frozen backbone's embedded patch tokens.
+        patch_token_dim: Width of that projection.
+        positional: Add a fixed sin/cos code of the patch position (the attention is otherwise blind to where a
+            patch sits).
+        dropout: Dropout on the final prompts while training.
+        init_std: Std of the output projection's initial weights.
+
+    Attributes:
+        last_attention: ``(B, P, h * w)`` head-averaged cross-attention weights of the last call (detached), or
+            None before the first call.
+    """
+
+    requires_maps = True
+
+    def __init__(
+        self,
+        dims: ModelDims,
+        num_tokens: int = 10,
+        deep: bool = False,
+        hidden_dim: int = 64,
+        num_heads: int = 4,
+        use_spectrum: bool = True,
+        spectrum_crop: int | None = 8,
+        spectrum_dim: int = 32,
+        use_patch_tokens: bool = False,
+        patch_token_dim: int = 32,
+        positional: bool = True,
+        dropout: float = 0.0,
+        init_std: float = 1e-3,
+    ) -> None:
+        config = {
+            "num_tokens": num_tokens,
+            "deep": deep,
+            "hidden_dim": hidden_dim,
+            "num_heads": num_heads,
+            "use_spectrum": use_spectrum,
+            "spectrum_crop": spectrum_crop,
+            "spectrum_dim": spectrum_dim,
+            "use_patch_tokens": use_patch_tokens,
+            "patch_token_dim": patch_token_dim,
+            "positional": positional,
+            "dropout": dropout,
+            "init_std": init_std,
+        }
+        super().__init__(dims, config)
+        _check_num_tokens(num_tokens)
+        if hidden_dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} does not divide hidden_dim={hidden_dim}")
+        if spectrum_crop is not None and spectrum_crop < 1:
+            raise ValueError(f"spectrum_crop={spectrum_crop}; expected a positive size or None (whole spectrum)")
+        if dims.feature_channels == 0 and not use_spectrum:
+            raise ValueError(
+                "FrequencyPrompt has no frequency input: dims.feature_channels is 0 (no FrequencyFeatures) and "
+                "use_spectrum is False"
+            )
+        self.num_tokens = num_tokens
+        self.deep = deep
+        self.num_heads = num_heads
+        self.use_spectrum = use_spectrum
+        self.use_patch_tokens = use_patch_tokens
+        self.positional = positional
+        self.crop = dims.patch_size if spectrum_crop is None else min(spectrum_crop, dims.patch_size)
+        self.last_attention: Tensor | None = None
+        self._position_cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+
+        descriptor_dim = dims.feature_channels
+        if use_spectrum:
+            # log-magnitude, cos(phase), sin(phase) of every channel over the crop
+            self.spectrum_proj = nn.Linear(3 * dims.in_chans * self.crop**2, spectrum_dim)
+            descriptor_dim += spectrum_dim
+        if use_patch_tokens:
+            self.patch_token_proj = nn.Linear(dims.embed_dim, patch_token_dim)
+            descriptor_dim += patch_token_dim
+        if positional:
+            descriptor_dim += _POSITION_CODE_DIM
+        self.patch_mlp = nn.Sequential(
+            nn.Linear(descriptor_dim, hidden_dim),
+            nn.LayerNorm(hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.LayerNorm(hidden_dim),
+        )
+        self.queries = nn.Parameter(torch.randn(num_tokens, hidden_dim) * hidden_dim**-0.5)
+        self.key_value = nn.Linear(hidden_dim, 2 * hidden_dim)
+        self.out_proj = nn.Linear(hidden_dim, dims.embed_dim)
+        nn.init.normal_(self.out_proj.weight, std=init_std)
+        nn.init.zeros_(self.out_proj.bias)
+
+        bound = vpt_init_bound(dims.patch_size, dims.embed_dim)
+        shape = (dims.num_layers, num_tokens, dims.embed_dim) if deep else (num_tokens, dims.embed_dim)
+        self.prompt_embeddings = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+        self.layer_scale = nn.Parameter(torch.ones(dims.num_layers, 1, dims.embed_dim)) if deep else None
+        self.prompt_dropout = nn.Dropout(dropout)
+
+    def spectrum_descriptors(self, maps: FrequencyMaps) -> Tensor:
+        """Cropped patch spectra as flat per-patch vectors.
+
+        Args:
+            maps: Frequency maps with ``log_magnitude`` and ``phase`` of shape ``(B, C, h, w, p, p)`` (centred).
+
+        Returns:
+            ``(B, h, w, 3 * C * k * k)``: log-magnitude, cos(phase) and sin(phase) over the central ``k x k`` square.
+        """
+        log_magnitude, phase = maps.log_magnitude, maps.phase
+        p = log_magnitude.shape[-1]
+        start = p // 2 - self.crop // 2
+        window = slice(start, start + self.crop)
+        log_magnitude = log_magnitude[..., window, window]
+        phase = phase[..., window, window]
+        stacked = torch.stack([log_magnitude, torch.cos(phase), torch.sin(phase)], dim=1)  # (B, 3, C, h, w, k, k)
+        batch, _, _, h, w, _, _ = stacked.shape
+        return stacked.permute(0, 3, 4, 1, 2, 5, 6).reshape(batch, h, w, -1)
+
+    def forward(self, images: Tensor, maps: FrequencyMaps | None, patch_tokens: Tensor) -> Tensor:
+        """``-> (B, P, D)`` or ``(L, B, P, D)``; see :meth:`forward_from_descriptors`."""
+        if maps is None:
+            raise ValueError(
+                "FrequencyPrompt needs FrequencyMaps: build the model with features=FrequencyFeatures(...)"
+            )
+        compact = maps.compact() if self.dims.feature_channels > 0 else None
+        spectrum = self.spectrum_descriptors(maps) if self.use_spectrum else None
+        return self.forward_from_descriptors(compact, spectrum, patch_tokens)
+
+    def forward_from_descriptors(
+        self, compact: Tensor | None, spectrum: Tensor | None, patch_tokens: Tensor | None
+    ) -> Tensor:
+        """Prompts from per-patch descriptors (differentiable in ``compact``, e.g. for integrated gradients).
+
+        Args:
+            compact: ``(B, C_f, h, w)`` output of ``FrequencyMaps.compact()``; None only when ``C_f == 0``.
+            spectrum: ``(B, h, w, S)`` output of :meth:`spectrum_descriptors`; None when ``use_spectrum`` is False.
+            patch_tokens: ``(B, h * w, D)`` embedded patch tokens; read only when ``use_patch_tokens``.
+
+        Returns:
+            ``(B, P, D)`` or, in deep mode, ``(L, B, P, D)``. Sets :attr:`last_attention` ``(B, P, h * w)``.
+        """
+        parts = []
+        if self.dims.feature_channels > 0:
+            if compact is None or compact.shape[1] != self.dims.feature_channels:
+                got = None if compact is None else tuple(compact.shape)
+                raise ValueError(f"compact maps of shape {got}; expected (B, {self.dims.feature_channels}, h, w)")
+            batch, _, h, w = compact.shape
+            parts.append(compact.permute(0, 2, 3, 1).reshape(batch, h * w, -1))
+        if self.use_spectrum:
+            if spectrum is None:
+                raise ValueError("spectrum descriptors are None but use_spectrum is True")
+            batch, h, w, _ = spectrum.shape
+            parts.append(self.spectrum_proj(spectrum.reshape(batch, h * w, -1).to(self.spectrum_proj.weight.dtype)))
+        if self.use_patch_tokens:
+            if patch_tokens is None or patch_tokens.shape[1] != h * w:
+                got = None if patch_tokens is None else tuple(patch_tokens.shape)
+                raise ValueError(f"patch_tokens of shape {got}; expected (B, {h * w}, {self.dims.embed_dim})")
+            parts.append(self.patch_token_proj(patch_tokens.detach()))
+        dtype = parts[-1].dtype
+        if self.positional:
+            key = (h, w, parts[0].device, dtype)
+            if key not in self._position_cache:  # a constant of the grid: built once, not on every call
+                self._position_cache[key] = _position_code(h, w, device=parts[0].device, dtype=dtype)
+            parts.append(self._position_cache[key].expand(batch, -1, -1))
+        descriptors = torch.cat([part.to(dtype) for part in parts], dim=-1)  # (B, N, descriptor_dim)
+        embedded = self.patch_mlp(descriptors)  # (B, N, hidden)
+
+        keys, values = self.key_value(embedded).chunk(2, dim=-1)
+        head_dim = keys.shape[-1] // self.num_heads
+        keys = keys.reshape(batch, h * w, self.num_heads, head_dim).transpose(1, 2)  # (B, heads, N, d)
+        values = values.reshape(batch, h * w, self.num_heads, head_dim).transpose(1, 2)
+        queries = self.queries.to(keys.dtype).reshape(self.num_tokens, self.num_heads, head_dim).transpose(0, 1)
+        attention = torch.softmax(queries @ keys.transpose(-2, -1) * head_dim**-0.5, dim=-1)  # (B, heads, P, N)
+        self.last_attention = attention.detach().mean(dim=1)
+        attended = (attention @ values).transpose(1, 2).reshape(batch, self.num_tokens, -1)  # (B, P, hidden)
+        dynamic = self.out_proj(attended)  # (B, P, D)
+
+        if self.deep:
+            prompts = self.prompt_embeddings.unsqueeze(1) + self.layer_scale.unsqueeze(1) * dynamic  # (L, B, P, D)
+        else:
+            prompts = self.prompt_embeddings + dynamic
+        return self.prompt_dropout(prompts)
+
+
+_POSITION_FREQUENCIES = (1.0, 2.0)
+_POSITION_CODE_DIM = 4 * len(_POSITION_FREQUENCIES)
+
+
+def _position_code(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Fixed sin/cos code of the patch centres in ``[-1, 1]^2``: ``-> (1, h * w, 4 * len(frequencies))``."""
+    rows = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 - 1
+    cols = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 - 1
+    y, x = torch.meshgrid(rows, cols, indexing="ij")
+    angles = [math.pi * f * coordinate for f in _POSITION_FREQUENCIES for coordinate in (y, x)]
+    code = torch.stack([fn(a) for a in angles for fn in (torch.sin, torch.cos)], dim=-1)
+    return code.reshape(1, h * w, -1).to(dtype)
+
+
+def _expand_batch(prompts: Tensor, batch: int, deep: bool) -> Tensor:
+    """``(P, D) -> (B, P, D)`` or ``(L, P, D) -> (L, B, P, D)`` as a view."""
+    if deep:
+        return prompts.unsqueeze(1).expand(-1, batch, -1, -1)
+    return prompts.unsqueeze(0).expand(batch, -1, -1)
+
+
+def _check_num_tokens(num_tokens: int) -> None:
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens={num_tokens}; expected at least 1 prompt token (use NoPrompt for none)")
