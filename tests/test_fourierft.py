@@ -1,0 +1,427 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fftprompt.fourierft import (
+    FourierFTConfig,
+    FourierFTLinear,
+    _choose_grad_mode,
+    fourierft_locations,
+    fourierft_state_dict,
+    inject_fourierft,
+    load_fourierft_state_dict,
+    merge_fourierft,
+)
+
+peft_fourierft = pytest.importorskip("peft.tuners.fourierft.layer")
+from peft import FourierFTConfig as PeftFourierFTConfig  # noqa: E402
+from peft import inject_adapter_in_model  # noqa: E402
+
+GRAD_MODES = ("dense", "fft")
+
+
+def tiny_vit(num_classes: int = 5) -> nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        pretrained=False,
+        num_classes=num_classes,
+    )
+    return model.requires_grad_(False).eval()
+
+
+def images(batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def peft_layer(linear: nn.Linear, n_frequency: int, scaling: float = 150.0, seed: int = 777) -> nn.Module:
+    config = PeftFourierFTConfig(
+        n_frequency=n_frequency, scaling=scaling, random_loc_seed=seed, init_weights=False, target_modules=["x"]
+    )
+    return peft_fourierft.FourierFTLinear(linear, "default", config, n_frequency=n_frequency)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# numerics against PEFT
+
+
+def test_locations_are_peft_s_and_reproducible_from_seed():
+    linear = nn.Linear(24, 40)
+    reference = peft_layer(copy.deepcopy(linear), n_frequency=100, seed=5).indices["default"]
+    assert torch.equal(fourierft_locations(40, 24, 100, seed=5), reference)
+    assert torch.equal(FourierFTLinear(linear, n_frequency=100, seed=5).locations, reference)
+    assert torch.equal(fourierft_locations(40, 24, 100, seed=5), fourierft_locations(40, 24, 100, seed=5))
+    assert not torch.equal(fourierft_locations(40, 24, 100, seed=6), reference)
+    flat = reference[0] * 24 + reference[1]
+    assert flat.unique().numel() == 100 and reference[0].max() < 40 and reference[1].max() < 24
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+@pytest.mark.parametrize(("d_out", "d_in"), [(48, 32), (32, 48), (33, 17), (31, 31)])
+def test_linear_matches_peft_output_delta_and_gradient(grad_mode, d_out, d_in):
+    torch.manual_seed(0)
+    linear = nn.Linear(d_in, d_out)
+    reference = peft_layer(copy.deepcopy(linear), n_frequency=200)
+    ours = FourierFTLinear(copy.deepcopy(linear), n_frequency=200, grad_mode=grad_mode)
+    with torch.no_grad():
+        ours.fourierft_spectrum["full"].copy_(reference.fourierft_spectrum["default"])
+    x = torch.randn(3, 5, d_in)
+    expected, actual = reference(x), ours(x)
+    assert rel_err(actual, expected) < 1e-6
+    torch.testing.assert_close(ours.get_delta_weight(), reference.get_delta_weight("default"), rtol=0, atol=0)
+    upstream = torch.randn_like(expected)
+    (expected_grad,) = torch.autograd.grad((expected * upstream).sum(), reference.fourierft_spectrum["default"])
+    (actual_grad,) = torch.autograd.grad((actual * upstream).sum(), ours.fourierft_spectrum["full"])
+    assert rel_err(actual_grad, expected_grad) < 1e-5
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+def test_timm_qkv_matches_peft_on_qkv(grad_mode):
+    model = tiny_vit()
+    reference = inject_adapter_in_model(
+        PeftFourierFTConfig(
+            n_frequency=60, scaling=150.0, random_loc_seed=777, init_weights=False, target_modules=["qkv"]
+        ),
+        copy.deepcopy(model),
+    )
+    adapted = inject_fourierft(model, FourierFTConfig(n_frequency=60, targets=("qkv",), grad_mode=grad_mode))
+    assert adapted == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    with torch.no_grad():
+        for name in adapted:
+            model.get_submodule(name).fourierft_spectrum["full"].copy_(
+                reference.get_submodule(name).fourierft_spectrum["default"]
+            )
+    x = images()
+    expected, actual = reference(x), model(x)
+    assert rel_err(actual, expected) < 1e-5
+    expected.square().sum().backward()
+    actual.square().sum().backward()
+    for name in adapted:
+        expected_grad = reference.get_submodule(name).fourierft_spectrum["default"].grad
+        assert rel_err(model.get_submodule(name).fourierft_spectrum["full"].grad, expected_grad) < 1e-4
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+def test_q_v_blocks_equal_peft_on_separate_q_k_v_layers(grad_mode):
+    torch.manual_seed(0)
+    dim = 16
+    qkv = nn.Linear(dim, 3 * dim)
+    ours = FourierFTLinear(copy.deepcopy(qkv), n_frequency=40, blocks=("v", "q"), grad_mode=grad_mode)
+    assert ours.block_names == ("q", "v")
+    assert set(dict(ours.named_parameters())) == {
+        "fourierft_spectrum.q",
+        "fourierft_spectrum.v",
+        "base_layer.weight",
+        "base_layer.bias",
+    }
+    parts = []
+    for index, block in enumerate("qkv"):
+        part = nn.Linear(dim, dim)
+        with torch.no_grad():
+            part.weight.copy_(qkv.weight[index * dim : (index + 1) * dim])
+            part.bias.copy_(qkv.bias[index * dim : (index + 1) * dim])
+        if block in "qv":
+            part = peft_layer(part, n_frequency=40)
+            with torch.no_grad():
+                part.fourierft_spectrum["default"].copy_(ours.fourierft_spectrum[block])
+        parts.append(part)
+    x = torch.randn(4, 3, dim)
+    expected = torch.cat([part(x) for part in parts], dim=-1)
+    actual = ours(x)
+    assert rel_err(actual, expected) < 1e-6
+    # the k rows are untouched
+    torch.testing.assert_close(ours.get_delta_weight()[dim : 2 * dim], torch.zeros(dim, dim), rtol=0, atol=0)
+    upstream = torch.randn_like(expected)
+    (expected * upstream).sum().backward()
+    (actual * upstream).sum().backward()
+    for index, block in ((0, "q"), (2, "v")):
+        expected_grad = parts[index].fourierft_spectrum["default"].grad
+        assert rel_err(ours.fourierft_spectrum[block].grad, expected_grad) < 1e-5
+
+
+def test_vit_base_q_v_has_72000_coefficients_named_fourierft():
+    with torch.device("meta"):
+        model = timm.create_model("vit_base_patch16_224", pretrained=False)
+    model.requires_grad_(False)
+    adapted = inject_fourierft(model, FourierFTConfig(n_frequency=3000, targets=("q", "v")))
+    assert adapted == [f"blocks.{i}.attn.qkv" for i in range(12)]
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert sum(p.numel() for p in trainable.values()) == 72_000
+    assert len(trainable) == 24 and all("fourierft" in name for name in trainable)
+    # one wrapper per qkv: q and v blocks (768 x 768) share their locations
+    layer = model.blocks[0].attn.qkv
+    assert isinstance(layer, FourierFTLinear) and layer.block_names == ("q", "v") and layer.block_rows == 768
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# gradients
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+@pytest.mark.parametrize(
+    ("blocks", "d_out", "d_in"), [(None, 12, 10), (None, 7, 13), (("q", "v"), 24, 8), (("k",), 9, 7)]
+)
+def test_gradcheck_float64(grad_mode, blocks, d_out, d_in):
+    torch.manual_seed(0)
+    layer = FourierFTLinear(nn.Linear(d_in, d_out), n_frequency=20, grad_mode=grad_mode, blocks=blocks).double()
+    keys = list(layer.fourierft_spectrum)
+
+    def forward(x, weight, bias, *coefficients):
+        parameters = {f"fourierft_spectrum.{k}": c for k, c in zip(keys, coefficients, strict=True)}
+        parameters |= {"base_layer.weight": weight, "base_layer.bias": bias}
+        return functional_call(layer, parameters, (x,))
+
+    inputs = (
+        torch.randn(2, 3, d_in, dtype=torch.float64),
+        layer.base_layer.weight.detach().clone(),
+        layer.base_layer.bias.detach().clone(),
+        *(layer.fourierft_spectrum[k].detach().clone() for k in keys),
+    )
+    assert torch.autograd.gradcheck(forward, tuple(t.requires_grad_() for t in inputs))
+
+
+def test_auto_grad_mode_picks_fft_for_large_cpu_layers_and_dense_otherwise():
+    cpu, cuda, f32 = torch.device("cpu"), torch.device("cuda"), torch.float32
+    assert _choose_grad_mode("auto", cpu, f32, 1, 1152, 384, 3000) == "fft"  # ViT-S qkv
+    assert _choose_grad_mode("auto", cpu, f32, 1, 3072, 768, 3000) == "fft"  # ViT-B fc1
+    assert _choose_grad_mode("auto", cpu, f32, 1, 32, 32, 500) == "dense"
+    assert _choose_grad_mode("auto", cpu, torch.bfloat16, 1, 1152, 384, 3000) == "dense"  # fast bf16 products
+    assert _choose_grad_mode("auto", cuda, f32, 1, 3072, 768, 3000) == "dense"
+    assert _choose_grad_mode("fft", cuda, f32, 1, 32, 32, 500) == "fft"
+    assert _choose_grad_mode("dense", cpu, f32, 1, 3072, 768, 3000) == "dense"
+
+
+def test_fft_gradient_over_several_token_chunks_matches_dense():
+    torch.manual_seed(0)
+    x = torch.randn(2, 700, 24)  # 1400 tokens: three chunks of the FFT path
+    linear = nn.Linear(24, 40)
+    grads = {}
+    for grad_mode in GRAD_MODES:
+        torch.manual_seed(1)
+        layer = FourierFTLinear(copy.deepcopy(linear), n_frequency=300, grad_mode=grad_mode)
+        out = layer(x)
+        out.square().sum().backward()
+        grads[grad_mode] = layer.fourierft_spectrum["full"].grad
+    assert rel_err(grads["fft"], grads["dense"]) < 1e-5
+
+
+def test_only_coefficients_and_head_train_and_frozen_weights_get_no_grad():
+    model = tiny_vit()
+    model.head.requires_grad_(True)
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v", "proj", "fc1", "fc2")))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    labels = torch.tensor([0, 3])
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(images()), labels).backward()
+        optimizer.step()
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p, before[name])
+        if "fourierft" in name or name.startswith("head."):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+            assert changed, name
+        else:
+            assert p.grad is None and not changed, name
+    assert len(optimizer.state) == len(trainable)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# merging, caching, state
+
+
+def test_merge_unmerge_round_trip_and_merged_output_equals_unmerged():
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 96)
+    original = linear.weight.detach().clone()
+    layer = FourierFTLinear(linear, n_frequency=100, blocks=("q", "v"))
+    x = torch.randn(5, 32)
+    unmerged = layer(x)
+    layer.merge()
+    assert layer.merged
+    torch.testing.assert_close(layer.base_layer.weight, original + layer.get_delta_weight())
+    torch.testing.assert_close(layer(x), unmerged, rtol=1e-5, atol=1e-5)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base_layer.weight, original, rtol=0, atol=1e-6)
+    torch.testing.assert_close(layer(x), unmerged, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_fourierft_returns_plain_model_with_equal_outputs():
+    model = tiny_vit()
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v", "fc2")))
+    x = images()
+    with torch.no_grad():
+        adapted = model(x)
+    merged = merge_fourierft(model)
+    assert not any(isinstance(m, FourierFTLinear) for m in merged.modules())
+    assert type(merged.blocks[0].attn.qkv) is nn.Linear and type(merged.blocks[1].mlp.fc2) is nn.Linear
+    assert not any("fourierft" in name for name, _ in merged.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_init_reproduces_the_base_model():
+    model = tiny_vit()
+    x = images()
+    with torch.no_grad():
+        base = model(x)
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("qkv", "fc1"), init="zeros"))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base, rtol=0, atol=0)
+
+
+def test_no_grad_cache_is_reused_and_invalidated_when_coefficients_change():
+    torch.manual_seed(0)
+    layer = FourierFTLinear(nn.Linear(16, 24), n_frequency=30)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        first = layer(x)
+        cached = layer._cache[1]
+        layer(x)
+        assert layer._cache[1] is cached
+        layer.fourierft_spectrum["full"].add_(1.0)
+        changed = layer(x)
+    assert layer._cache[1] is not cached
+    torch.testing.assert_close(changed, layer(x))  # grad path computes W + dW afresh
+    assert not torch.allclose(changed, first)
+    assert layer._cache is None  # a training forward drops the evaluation cache
+
+
+def test_state_dict_round_trip_regenerates_locations():
+    config = FourierFTConfig(n_frequency=40, targets=("q", "v", "fc1"))
+    model = tiny_vit()
+    inject_fourierft(model, config)
+    state = fourierft_state_dict(model)
+    assert sorted(state) == sorted(
+        [f"blocks.{i}.attn.qkv.fourierft_spectrum.{b}" for i in range(2) for b in "qv"]
+        + [f"blocks.{i}.mlp.fc1.fourierft_spectrum.full" for i in range(2)]
+    )
+    assert not any("location" in key for key in model.state_dict())
+    restored = tiny_vit()
+    torch.manual_seed(123)  # different random coefficients before loading
+    inject_fourierft(restored, config)
+    x = images()
+    with torch.no_grad():
+        assert not torch.allclose(restored(x), model(x))
+        load_fourierft_state_dict(restored, state)
+        torch.testing.assert_close(restored(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="missing"):
+        load_fourierft_state_dict(restored, {k: v for k, v in state.items() if "fc1" not in k})
+    bad = dict(state) | {"blocks.0.mlp.fc1.fourierft_spectrum.full": torch.zeros(3)}
+    with pytest.raises(ValueError, match="shape"):
+        load_fourierft_state_dict(restored, bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# targets and errors
+
+
+def test_regex_and_layer_name_targets():
+    model = tiny_vit()
+    adapted = inject_fourierft(model, FourierFTConfig(n_frequency=20, targets=(r"re:blocks\.1\.mlp\.fc\d", "proj")))
+    assert adapted == ["blocks.0.attn.proj", "blocks.1.attn.proj", "blocks.1.mlp.fc1", "blocks.1.mlp.fc2"]
+    # patch_embed.proj is a convolution: never adapted
+    assert isinstance(model.patch_embed.proj, nn.Conv2d)
+    with pytest.raises(ValueError, match="already has FourierFT layers"):
+        inject_fourierft(model, FourierFTConfig(n_frequency=20, targets=("fc1",)))
+
+
+def test_unknown_target_lists_available_layers():
+    with pytest.raises(ValueError, match=r"\['query'\].*'fc1'.*'qkv'.*'q'/'k'/'v'"):
+        inject_fourierft(tiny_vit(), FourierFTConfig(targets=("v", "query")))
+
+
+def test_n_frequency_larger_than_matrix_names_the_layer():
+    # q/v blocks are 32 x 32 = 1024 entries
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv.*n_frequency=2000.*32x32"):
+        inject_fourierft(tiny_vit(), FourierFTConfig(n_frequency=2000, targets=("q",)))
+    with pytest.raises(ValueError, match="n_frequency=500"):
+        FourierFTLinear(nn.Linear(10, 10), n_frequency=500)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_frequency": 0}, "n_frequency"),
+        ({"scaling": float("nan")}, "scaling"),
+        ({"seed": -1}, "seed"),
+        ({"targets": "qkv"}, "sequence of strings"),
+        ({"targets": ()}, "empty"),
+        ({"targets": ("re:(",)}, "regular expression"),
+        ({"targets": ("q", "q")}, "repeats"),
+        ({"targets": ("qkv", "v")}, "cannot be combined"),
+        ({"init": "uniform"}, "init='uniform'"),
+        ({"grad_mode": "sparse"}, "grad_mode='sparse'"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FourierFTConfig(**kwargs)
+
+
+def test_config_accepts_lists_from_yaml():
+    assert FourierFTConfig(targets=["q", "v"]).targets == ("q", "v")
+
+
+def test_qkv_blocks_need_three_equal_row_blocks():
+    with pytest.raises(ValueError, match="multiple of 3"):
+        FourierFTLinear(nn.Linear(8, 10), n_frequency=4, blocks=("q",))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# mixed precision and compilation
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+def test_bf16_autocast_on_cpu_runs_with_float32_coefficients(grad_mode):
+    model = tiny_vit()
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v", "fc1"), grad_mode=grad_mode))
+    layer = model.blocks[0].attn.qkv
+    x = images()
+    reference = model(x)
+    reference.square().sum().backward()
+    reference_grad = layer.fourierft_spectrum["q"].grad.clone()
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        qkv_out = layer(torch.randn(3, 32))
+    assert out.dtype == qkv_out.dtype == torch.bfloat16
+    assert rel_err(out.float(), reference) < 5e-2
+    out.float().square().sum().backward()
+    grad = layer.fourierft_spectrum["q"].grad
+    assert layer.fourierft_spectrum["q"].dtype == grad.dtype == torch.float32
+    assert rel_err(grad, reference_grad) < 0.1
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    model = tiny_vit()
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v", "fc1"), grad_mode="fft"))
+    x = images()
+    eager = model(x)
+    eager.square().sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(model)
+    out = compiled(x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    assert set(grads) == {name for name, p in model.named_parameters() if p.grad is not None}
+    for name, grad in grads.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-4, atol=1e-6)
