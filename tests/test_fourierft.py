@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import warnings
 
 import pytest
 import timm
@@ -409,19 +411,67 @@ def test_bf16_autocast_on_cpu_runs_with_float32_coefficients(grad_mode):
     assert rel_err(grad, reference_grad) < 0.1
 
 
-@pytest.mark.slow
-def test_torch_compile_matches_eager():
-    model = tiny_vit()
-    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v", "fc1"), grad_mode="fft"))
-    x = images()
+class _TinyBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.fc1, self.fc2 = nn.Linear(16, 48), nn.Linear(48, 32), nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.gelu(self.fc1(self.qkv(x))))
+
+
+def assert_compiled_matches_eager(model: nn.Module, x: torch.Tensor, backend: str) -> None:
     eager = model(x)
     eager.square().sum().backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert grads and all("fourierft" in name for name in grads)
     model.zero_grad(set_to_none=True)
-    compiled = torch.compile(model)
-    out = compiled(x)
+    out = torch.compile(model, backend=backend)(x)
     out.square().sum().backward()
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     assert set(grads) == {name for name, p in model.named_parameters() if p.grad is not None}
     for name, grad in grads.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+def test_torch_compile_inductor_matches_eager(grad_mode):
+    torch.manual_seed(0)
+    model = _TinyBlock().requires_grad_(False)
+    inject_fourierft(model, FourierFTConfig(n_frequency=30, targets=("q", "v", "fc1"), grad_mode=grad_mode))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+        assert_compiled_matches_eager(model, torch.randn(4, 5, 16), backend="inductor")
+
+
+@pytest.mark.slow
+def test_torch_compile_traces_adapted_vit_without_graph_breaks():
+    model = tiny_vit()
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v", "fc1"), grad_mode="fft"))
+    assert torch._dynamo.explain(model)(images()).graph_break_count == 0
+    assert_compiled_matches_eager(model, images(), backend="aot_eager")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# benchmark command
+
+
+def test_benchmark_command_runs_all_methods_on_equal_layers(tmp_path):
+    from fftprompt.bench.fourierft import main
+
+    path = tmp_path / "report.json"
+    argv = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2", "--steps", "1"]
+    argv += ["--warmup", "0", "--threads", "1", "--n-frequency", "100", "--no-memory", "--json", str(path)]
+    assert main(argv) == 0
+    report = json.loads(path.read_text())
+    params = {r["method"]: r["trainable_params"] for r in report["results"]}
+    head = 192 * 10 + 10
+    layers = 12 * 4  # qkv, proj, fc1, fc2 in each of the 12 blocks
+    assert report["settings"]["adapted_layers"] == layers
+    assert params["linear_probe"] == head
+    assert params["fourierft"] == params["peft_fourierft"] == head + layers * 100
+    lora = 12 * 16 * ((192 + 576) + (192 + 192) + (192 + 768) + (768 + 192))
+    assert params["lora"] == head + lora
+    assert {"time_fourierft/peft_fourierft", "time_fourierft/lora", "cpu_time_fourierft/lora"} <= set(report["ratios"])
+    assert all(r["step_ms"] > 0 for r in report["results"])

@@ -344,15 +344,23 @@ def _spectral_products(
     total = None
     for start in range(0, tokens, chunk_tokens):
         grads = output_grad[start : start + chunk_tokens].to(fft_dtype)
-        # half spectra, transposed so that each frequency's token values are contiguous for the sampled product
-        left = torch.fft.rfft(grads, dim=-1).reshape(grads.shape[0], -1).t().contiguous()
-        right = torch.fft.rfft(inputs[start : start + chunk_tokens].to(fft_dtype), dim=-1).t().contiguous()
+        length = grads.shape[0]
+        # half spectra, transposed so that each frequency's token values are contiguous for the sampled product,
+        # the smaller one followed by its conjugate
+        grads_hat = torch.fft.rfft(grads, dim=-1).reshape(length, num_blocks, -1).permute(1, 2, 0)
+        inputs_hat = torch.fft.rfft(inputs[start : start + chunk_tokens].to(fft_dtype), dim=-1).t()
         if conjugate_inputs:
-            right = torch.cat([right, right.conj()])
+            left = grads_hat.reshape(left_rows, length).contiguous()  # complex copy: far faster than a real one
+            right = inputs_hat.new_empty((2,) + inputs_hat.shape)
+            right[0] = inputs_hat
+            right[1] = right[0].conj()
         else:
-            left = left.reshape(num_blocks, -1, left.shape[1])
-            left = torch.cat([left, left.conj()], dim=1).reshape(left_rows, -1)
-        left, right = torch.view_as_real(left).flatten(1), torch.view_as_real(right).flatten(1)
+            left = grads_hat.new_empty((num_blocks, 2) + grads_hat.shape[1:])
+            left[:, 0] = grads_hat
+            left[:, 1] = left[:, 0].conj()
+            right = inputs_hat.contiguous()
+        left = torch.view_as_real(left.reshape(left_rows, length)).flatten(1)
+        right = torch.view_as_real(right.reshape(right_rows, length)).flatten(1)
         values = torch.sparse.sampled_addmm(pattern, left, right.t(), beta=0.0).values()
         total = values.clone() if total is None else total.add_(values)
     return total

@@ -174,9 +174,22 @@ class PromptedViT(nn.Module):
         patches = tokens[:, self.backbone.num_prefix_tokens + self.prompt.num_tokens :]
         return patches.transpose(1, 2).reshape(patches.shape[0], -1, *grid)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """``(B, C, H, W) ->`` ``(B, K)`` class logits or ``(B, K, H, W)`` mask logits."""
-        maps = self.compute_maps(images) if self._needs_maps() else None
+    def forward(self, images: Tensor, *, maps: FrequencyMaps | None = None) -> Tensor:
+        """``(B, C, H, W) ->`` ``(B, K)`` class logits or ``(B, K, H, W)`` mask logits.
+
+        Args:
+            images: ``(B, C, H, W)`` normalised images.
+            maps: Frequency maps to use instead of ``compute_maps(images)`` (keyword only), e.g. maps whose
+                ``compact()`` channels are interpolated for integrated gradients (:mod:`fftprompt.explain`), in which
+                case gradients flow into them. Only for models whose prompt or head reads maps.
+        """
+        if maps is not None and not self._needs_maps():
+            raise ValueError(
+                f"maps= given but neither the prompt ({type(self.prompt).__name__}) nor the head "
+                f"({type(self.head).__name__}) reads frequency maps"
+            )
+        if maps is None:
+            maps = self.compute_maps(images) if self._needs_maps() else None
         tokens, grid = self._forward_tokens(images, maps if _requires_maps(self.prompt) else None)
         if self.task == "classification":
             return self.head(self.backbone.pool(tokens, self.pooling, self.prompt.num_tokens))

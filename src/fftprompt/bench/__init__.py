@@ -14,6 +14,7 @@ _COMMANDS = {
     "features": "Frequency feature extraction vs a frozen ViT forward.",
     "fourierft": "Train step and memory: linear probe, LoRA, PEFT's FourierFT, ours.",
     "prompts": "Train step of frequency-conditioned prompts vs VPT prompts.",
+    "methods": "Every method side by side: trainable params, train step, inference, peak memory.",
 }
 
 

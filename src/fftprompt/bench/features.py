@@ -11,22 +11,18 @@ run: the goal is at most 10% of the backbone's forward on CPUs and 5% on GPUs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from fftprompt.backbone import create_backbone
+from fftprompt.bench._common import DTYPES, autocast, machine, time_ms
 from fftprompt.spectral import FrequencyFeatures
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GOALS = {"cpu": 0.10, "cuda": 0.05}
 
 
@@ -41,24 +37,19 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     ).to(device)
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
 
-    def autocast() -> contextlib.AbstractContextManager[Any]:
-        if args.dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=_DTYPES[args.dtype])
-
     def features_step() -> None:
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), autocast(device, args.dtype):
             features(images).compact()
 
     def backbone_step() -> None:
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), autocast(device, args.dtype):
             backbone(images)
 
     steps: dict[str, Callable[[], None]] = {"features": features_step, "backbone": backbone_step}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for repetition in range(args.warmup + args.repeats):
         for name, step in steps.items():
-            elapsed = _time_ms(step, device)
+            elapsed = time_ms(step, device)
             if repetition >= args.warmup:
                 times[name].append(elapsed)
 
@@ -66,7 +57,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     ratio = medians["features"] / medians["backbone"]
     goal = GOALS.get(device.type)
     return {
-        "machine": _machine(device),
+        "machine": machine(device),
         "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"patch_size": backbone.patch_size},
         "feature_channels": features.num_channels,
         "results": {
@@ -81,43 +72,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "goal": goal,
         "goal_met": None if goal is None else ratio <= goal,
     }
-
-
-def _time_ms(step: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end)
-    start_time = time.perf_counter()
-    step()
-    return (time.perf_counter() - start_time) * 1e3
-
-
-def _machine(device: torch.device) -> dict[str, Any]:
-    cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
-        "cpu": _cpu_model(),
-        "cpu_count": cpu_count,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -150,7 +104,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="autocast dtype of both steps")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="autocast dtype of both steps")
     parser.add_argument("--window", choices=("hann", "none"), default="hann")
     parser.add_argument("--global-symmetry", action="store_true", help="also compute the whole-image symmetry")
     parser.add_argument("--repeats", type=int, default=10, help="timed repetitions of each step (median reported)")

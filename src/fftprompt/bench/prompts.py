@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +32,7 @@ import torch
 from torch import nn
 
 from fftprompt.backbone import create_backbone
+from fftprompt.bench._common import machine, time_ms, wall_and_cpu_ms
 from fftprompt.model import PromptedViT, create_model
 from fftprompt.prompts import FrequencyPrompt, VPTPrompt
 from fftprompt.spectral import FrequencyFeatures
@@ -61,19 +59,6 @@ def _build(args: argparse.Namespace) -> dict[str, PromptedViT]:
             features = FrequencyFeatures(patch_size=backbone.patch_size)
         models[method] = create_model(backbone, args.num_classes, prompt=prompt, features=features).train()
     return models
-
-
-def _time_ms(step: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    step()
-    return (time.perf_counter() - start) * 1e3
-
-
-def _wall_and_cpu_ms(step: Callable[[], Any]) -> tuple[float, float]:
-    """Wall time and CPU time of this process (all threads) of one call, in ms."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    step()
-    return (time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,7 +93,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     for round_index in range(args.steps):
         # alternate the order so that neither method always runs right after the other
         for name in order if round_index % 2 == 0 else order[::-1]:
-            wall, cpu = _wall_and_cpu_ms(steps[name])
+            wall, cpu = wall_and_cpu_ms(steps[name])
             times[name].append(wall)
             cpu_times[name].append(cpu)
 
@@ -142,7 +127,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     extra = result["features_ms"] + result["generator_fwd_bwd_ms"]
                     ratios[f"{name}: (features + generator) / vpt step"] = extra / by_name["vpt"]["step_ms"]
     return {
-        "machine": _machine(),
+        "machine": machine("cpu"),
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "results": results,
         "ratios": ratios,
@@ -151,7 +136,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def _fft_parts(model: PromptedViT, images: torch.Tensor, repeats: int) -> dict[str, float]:
     """Median times of the frequency features and of the generator's forward + backward on fixed maps."""
-    features_ms = statistics.median(_time_ms(lambda: model.compute_maps(images)) for _ in range(repeats))
+    features_ms = statistics.median(time_ms(lambda: model.compute_maps(images)) for _ in range(repeats))
     maps = model.compute_maps(images)
     patch_tokens = model.backbone.embed(images)[0][:, model.backbone.num_prefix_tokens :].detach()
 
@@ -159,29 +144,8 @@ def _fft_parts(model: PromptedViT, images: torch.Tensor, repeats: int) -> dict[s
         model.prompt.zero_grad(set_to_none=True)
         model.prompt(images, maps, patch_tokens).square().mean().backward()
 
-    generator_ms = statistics.median(_time_ms(generator_step) for _ in range(repeats))
+    generator_ms = statistics.median(time_ms(generator_step) for _ in range(repeats))
     return {"features_ms": features_ms, "generator_fwd_bwd_ms": generator_ms}
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "device": _cpu_model(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_table(report: dict[str, Any]) -> str:

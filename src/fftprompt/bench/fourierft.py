@@ -1,0 +1,264 @@
+"""``fftprompt-bench fourierft``: train-step time and peak memory of adapters on a frozen timm ViT.
+
+Methods, all with a trainable linear head on the same frozen backbone and the same batch:
+
+- ``linear_probe``: the head only;
+- ``lora``: PEFT's LoRA (rank ``--lora-rank``, ``lora_alpha`` = rank) on the target layers;
+- ``peft_fourierft``: PEFT's FourierFT (``init_weights=False``) on the target layers;
+- ``fourierft``: ours (:mod:`fftprompt.fourierft`) on the same layers with the same ``n_frequency`` and seed.
+
+The PEFT methods receive the exact module paths our injection adapted, so every method adapts the same layers.
+A train step is ``zero_grad(set_to_none=True)``, forward, cross-entropy, backward and an AdamW step. Steps run
+round-robin over the methods (one step of each in turn) so that load from other processes hits all methods alike;
+times are medians after warm-up (CUDA events on GPUs). On CPUs the CPU time of the process per step is reported too:
+unlike wall time it does not count the time other processes hold the cores (it still counts their cache and memory
+traffic), so its ratios are the steadier ones on a shared machine.
+
+Peak memory (see :mod:`fftprompt.bench._common`): the bytes alive across steps (parameters, buffers, optimiser
+state) plus the step's own peak, from ``torch.cuda.max_memory_allocated`` on GPUs and from the profiler's raw
+allocation events on CPUs (activations, saved tensors, gradients, temporaries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, get_args
+
+import torch
+from torch import Tensor, nn
+
+from fftprompt.backbone import create_backbone
+from fftprompt.bench._common import (
+    cpu_step_peak_bytes,
+    cuda_step_peak_bytes,
+    machine,
+    state_bytes,
+    time_ms,
+    wall_and_cpu_ms,
+)
+from fftprompt.fourierft import FourierFTConfig, GradMode, inject_fourierft
+
+METHODS = ("linear_probe", "lora", "peft_fourierft", "fourierft")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class _Classifier(nn.Module):
+    """A backbone returning pooled features ``(B, D)`` and a linear head ``(B, D) -> (B, K)``."""
+
+    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(images))
+
+
+@dataclass
+class MethodResult:
+    """Measurements of one method."""
+
+    method: str
+    trainable_params: int
+    step_ms: float
+    step_ms_all: list[float]
+    step_cpu_ms: float | None
+    peak_mb: float
+    state_mb: float
+
+
+def _build_methods(args: argparse.Namespace) -> tuple[dict[str, nn.Module], list[str]]:
+    """One model per requested method, all copies of the same frozen backbone and head."""
+    from peft import FourierFTConfig as PeftFourierFTConfig
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    backbone = create_backbone(args.model, pretrained=False, img_size=args.img_size).model
+    base = _Classifier(backbone, backbone.embed_dim, args.num_classes)
+    base.requires_grad_(False)
+    config = FourierFTConfig(
+        n_frequency=args.n_frequency, scaling=150.0, seed=777, targets=tuple(args.targets), grad_mode=args.grad_mode
+    )
+    ours = copy.deepcopy(base)
+    adapted = [f"backbone.{name}" for name in inject_fourierft(ours.backbone, config)]
+    models: dict[str, nn.Module] = {}
+    for method in args.methods:
+        if method == "fourierft":
+            model = ours
+        elif method == "linear_probe":
+            model = copy.deepcopy(base)
+        elif method == "lora":
+            lora = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, lora_dropout=0.0, target_modules=adapted)
+            model = inject_adapter_in_model(lora, copy.deepcopy(base))
+        else:
+            fourier = PeftFourierFTConfig(
+                n_frequency=args.n_frequency,
+                scaling=150.0,
+                random_loc_seed=777,
+                init_weights=False,
+                target_modules=adapted,
+            )
+            model = inject_adapter_in_model(fourier, copy.deepcopy(base))
+        model.head.requires_grad_(True)
+        models[method] = model.to(args.device).eval()  # frozen backbone in eval(), as in training
+    return models, adapted
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Measures every method; returns the machine, settings, per-method results and ratios."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = _DTYPES[args.dtype]
+    models, adapted = _build_methods(args)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=generator).to(device)
+    labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
+    optimizers = {
+        name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        for name, model in models.items()
+    }
+
+    def make_step(name: str) -> Callable[[], None]:
+        model, optimizer = models[name], optimizers[name]
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    steps = {name: make_step(name) for name in models}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            if device.type == "cpu":
+                wall_ms, cpu_ms = wall_and_cpu_ms(step)
+                cpu[name].append(cpu_ms)
+            else:
+                wall_ms = time_ms(step, device)
+            wall[name].append(wall_ms)
+
+    results = {}
+    for name, model in models.items():
+        state = state_bytes(model, optimizers[name])
+        optimizers[name].zero_grad(set_to_none=True)  # frees inside the profiled step would be of unknown blocks
+        if device.type == "cuda":
+            peak = state + cuda_step_peak_bytes(steps[name], device)
+        elif args.memory:
+            peak = state + cpu_step_peak_bytes(steps[name])
+        else:
+            peak = float("nan")
+        results[name] = MethodResult(
+            method=name,
+            trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            step_ms=statistics.median(wall[name]),
+            step_ms_all=[round(t, 2) for t in wall[name]],
+            step_cpu_ms=statistics.median(cpu[name]) if cpu[name] else None,
+            peak_mb=peak / 2**20,
+            state_mb=state / 2**20,
+        )
+    ratios = {}
+    if "fourierft" in results:
+        ours = results["fourierft"]
+        for other in ("peft_fourierft", "lora"):
+            if other in results:
+                ratios[f"time_fourierft/{other}"] = ours.step_ms / results[other].step_ms
+                if ours.step_cpu_ms is not None:
+                    ratios[f"cpu_time_fourierft/{other}"] = ours.step_cpu_ms / results[other].step_cpu_ms
+                ratios[f"memory_fourierft/{other}"] = ours.peak_mb / results[other].peak_mb
+    return {
+        "machine": machine(device),
+        "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"adapted_layers": len(adapted)},
+        "results": [asdict(r) for r in results.values()],
+        "ratios": ratios,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown table of a :func:`run_benchmark` report."""
+    s = report["settings"]
+    m = report["machine"]
+    lines = [
+        f"{s['model']}, batch {s['batch_size']}, {s['img_size']}px, {s['dtype']}, {s['device']} ({m['device']}, "
+        f"{m['threads']} threads), targets {','.join(s['targets'])} ({s['adapted_layers']} layers), "
+        f"n_frequency {s['n_frequency']} (ours: grad_mode {s['grad_mode']}), LoRA r{s['lora_rank']}, "
+        f"torch {m['torch']}; median of {s['steps']} steps after {s['warmup']} warm-up; "
+        f"load average {m.get('load_average')}",
+        "",
+        "| method | trainable params | train step (ms) | CPU time per step (ms) | peak memory (MiB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        cpu = "-" if r["step_cpu_ms"] is None else f"{r['step_cpu_ms']:.0f}"
+        lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['step_ms']:.0f} | {cpu} | {r['peak_mb']:.0f} |")
+    if report["ratios"]:
+        lines.append("")
+        lines += [f"- {key}: {value:.2f}" for key, value in report["ratios"].items()]
+    return "\n".join(lines)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fftprompt-bench fourierft", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="vit_small_patch16_224", help="timm ViT name (built without weights)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="autocast dtype of the step")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--n-frequency", type=int, default=3000)
+    parser.add_argument(
+        "--targets", default="qkv,proj,fc1,fc2", help="comma-separated whole-layer targets (PEFT adapts whole layers)"
+    )
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument(
+        "--grad-mode", choices=get_args(GradMode), default="auto", help="coefficient gradient of ours (see fourierft)"
+    )
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the CPU memory profile")
+    parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
+    args = parser.parse_args(list(argv))
+    args.targets = [t for t in args.targets.split(",") if t]
+    args.methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad or not args.methods:
+        parser.error(f"--methods {bad or args.methods}: expected a subset of {METHODS}")
+    blocks = [t for t in args.targets if t in ("q", "k", "v")]
+    if blocks:
+        parser.error(f"--targets {blocks}: PEFT cannot adapt row blocks of a fused qkv; use whole layers such as qkv")
+    for name in ("batch_size", "img_size", "steps", "threads", "n_frequency", "lora_rank", "num_classes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the benchmark and prints a markdown table (or JSON with ``--json``)."""
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    report = run_benchmark(args)
+    if args.json is None:
+        print(format_table(report))
+    elif args.json == "-":
+        print(json.dumps(report, indent=2))
+    else:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=2)
+        print(format_table(report))
+    return 0

@@ -1,0 +1,492 @@
+"""``fftprompt-bench methods``: every fine-tuning method side by side: parameters, train step, inference, memory.
+
+One row per method, each a :class:`fftprompt.model.PromptedViT` built through fftprompt's own API
+(:func:`fftprompt.backbone.create_backbone`, :func:`fftprompt.model.create_model`, :class:`FourierFTConfig`), i.e.
+the code users train, on a **fresh** backbone (adapters change a backbone in place) drawn from the same seed, so
+every method sees the same frozen weights (built without pretrained weights: speed does not depend on them):
+
+- ``linear_probe``: the classification head only;
+- ``vpt_shallow`` / ``vpt_deep``: :class:`VPTPrompt` with ``--num-tokens`` prompts (at the input / in every block);
+- ``vfpt``: :class:`VFPTPrompt` (deep, ``alpha`` 0.5);
+- ``fft_shallow`` / ``fft_deep``: :class:`FrequencyPrompt` (default settings) with ``FrequencyFeatures`` computed
+  every step;
+- ``fourierft``: ours, :class:`FourierFTConfig` (``--n-frequency``, ``--fourierft-targets``) injected by
+  ``create_model(adapter=...)``;
+- ``fourierft_peft``: PEFT's FourierFT (``init_weights=False``) on the same linear layers, same ``n_frequency``,
+  scaling and location seed (skipped when peft is not installed, or the targets are ``q``/``k``/``v`` row blocks,
+  which PEFT cannot adapt);
+- ``lora``: PEFT's LoRA, rank ``--lora-rank`` (``lora_alpha`` = rank), on the same linear layers (skipped likewise);
+- ``fft_fourierft``: ``fft_shallow`` prompts plus our FourierFT;
+- ``full_finetune``: every backbone parameter trainable (backbone still in ``eval()``: no dropout/drop-path).
+
+PEFT adapters are injected into the timm model inside the backbone (``peft.inject_adapter_in_model``); the
+``PromptedViT`` then counts their parameters in its ``"adapter"`` group like ours.
+
+Measurements (random images and labels, ``--batch-size`` at ``--img-size``):
+
+- train step: ``zero_grad(set_to_none=True)``, forward, cross-entropy, backward, ``torch.optim.AdamW`` step, with
+  autocast in ``--dtype`` when it is not float32 (parameters and optimiser state stay float32);
+- inference: forward under ``torch.no_grad`` in ``eval()`` (autocast likewise), reported per image.
+
+Steps run round-robin over the methods (alternating order every round) so that load from other processes hits all
+methods alike; times are medians of ``--steps`` repetitions after ``--warmup`` untimed ones (CUDA events on GPUs).
+Peak memory of a train step: see :mod:`fftprompt.bench._common` (GPU: ``torch.cuda.max_memory_allocated``; CPU:
+``torch.profiler`` allocation events), in both cases the step's own peak plus the bytes the method keeps between
+steps (parameters, buffers, optimiser state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import torch
+from torch import nn
+
+from fftprompt.backbone import Backbone, create_backbone
+from fftprompt.bench._common import (
+    autocast,
+    cpu_step_peak_bytes,
+    cuda_step_peak_bytes,
+    machine,
+    state_bytes,
+    time_ms,
+)
+from fftprompt.fourierft import QKV_BLOCKS, REGEX_PREFIX, FourierFTConfig
+from fftprompt.model import PromptedViT, create_model
+from fftprompt.prompts import FrequencyPrompt, VFPTPrompt, VPTPrompt
+from fftprompt.spectral import FrequencyFeatures
+
+Method = Literal[
+    "linear_probe",
+    "vpt_shallow",
+    "vpt_deep",
+    "vfpt",
+    "fft_shallow",
+    "fft_deep",
+    "fourierft",
+    "fourierft_peft",
+    "lora",
+    "fft_fourierft",
+    "full_finetune",
+]
+METHODS: tuple[str, ...] = get_args(Method)
+LABELS: dict[str, str] = {
+    "linear_probe": "linear probe",
+    "vpt_shallow": "VPT shallow",
+    "vpt_deep": "VPT deep",
+    "vfpt": "VFPT",
+    "fft_shallow": "fft prompts shallow",
+    "fft_deep": "fft prompts deep",
+    "fourierft": "FourierFT (ours)",
+    "fourierft_peft": "FourierFT (PEFT)",
+    "lora": "LoRA",
+    "fft_fourierft": "fft prompts + FourierFT",
+    "full_finetune": "full fine-tuning",
+}
+PEFT_METHODS = ("fourierft_peft", "lora")
+# numerator, denominator: the comparisons the project's goals are stated in
+RATIOS = (
+    ("fourierft", "fourierft_peft"),
+    ("fourierft", "lora"),
+    ("fft_shallow", "vpt_shallow"),
+    ("fft_deep", "vpt_deep"),
+)
+FFT_OVER_VPT_GOAL = 1.15  # fft prompts' train step at most 1.15x VPT's (docs/benchmarks.md, "Prompts")
+_DTYPE_CHOICES = ("float32", "bfloat16")
+
+
+def peft_available() -> bool:
+    """Whether the ``peft`` package can be imported."""
+    return importlib.util.find_spec("peft") is not None
+
+
+def adapted_linear_paths(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    """Paths of the ``nn.Linear`` modules of ``model`` that whole-layer FourierFT ``targets`` select.
+
+    The same rule as :func:`fftprompt.fourierft.inject_fourierft` for whole layers (a plain name matches the last
+    component of a module path; ``"re:<regex>"`` matches the whole path), so PEFT adapters get the exact layers ours
+    adapts (PEFT's own suffix matching would also pick e.g. the patch embedding's ``proj`` convolution).
+
+    Raises:
+        ValueError: when ``targets`` holds ``q``/``k``/``v`` row blocks (PEFT adapts whole layers only) or selects
+            no linear layer.
+    """
+    blocks = [t for t in targets if t in QKV_BLOCKS]
+    if blocks:
+        raise ValueError(f"targets {blocks} are row blocks of a fused qkv; PEFT adapts whole layers such as 'qkv'")
+    paths = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        for target in targets:
+            if target.startswith(REGEX_PREFIX):
+                matched = re.fullmatch(target[len(REGEX_PREFIX) :], name) is not None
+            else:
+                matched = name.split(".")[-1] == target
+            if matched:
+                paths.append(name)
+                break
+    if not paths:
+        raise ValueError(f"targets {list(targets)} select no nn.Linear of the model")
+    return paths
+
+
+def create_method_model(
+    method: Method,
+    backbone: Backbone,
+    num_classes: int,
+    *,
+    num_tokens: int = 10,
+    n_frequency: int = 3000,
+    scaling: float = 150.0,
+    targets: Sequence[str] = ("qkv",),
+    lora_rank: int = 16,
+) -> PromptedViT:
+    """Builds the model of one method on ``backbone`` (which adapters change in place: pass a fresh one).
+
+    Args:
+        method: One of :data:`METHODS`.
+        backbone: A frozen backbone not used by another model.
+        num_classes: Classes ``K`` of the head.
+        num_tokens: Prompts per prompted layer (VPT, VFPT, fft prompts).
+        n_frequency: FourierFT entries per adapted matrix (ours and PEFT's).
+        scaling: FourierFT scaling (ours and PEFT's).
+        targets: FourierFT targets; PEFT FourierFT and LoRA adapt the same layers (whole layers only).
+        lora_rank: LoRA rank (``lora_alpha`` = rank).
+
+    Returns:
+        The model; its trainable parameters are exactly the method's.
+
+    Raises:
+        ValueError: for an unknown method, or a PEFT method when peft is not installed or the targets are row
+            blocks.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; expected one of {list(METHODS)}")
+    adapter = FourierFTConfig(n_frequency=n_frequency, scaling=scaling, seed=777, targets=tuple(targets))
+    prompt: Callable[..., Any] | None = None
+    features = None
+    if method in ("vpt_shallow", "vpt_deep"):
+        prompt = functools.partial(VPTPrompt, num_tokens=num_tokens, deep=method == "vpt_deep")
+    elif method == "vfpt":
+        prompt = functools.partial(VFPTPrompt, num_tokens=num_tokens, alpha=0.5, deep=True)
+    elif method in ("fft_shallow", "fft_deep", "fft_fourierft"):
+        prompt = functools.partial(FrequencyPrompt, num_tokens=num_tokens, deep=method == "fft_deep")
+        features = FrequencyFeatures(patch_size=backbone.patch_size)
+    elif method in PEFT_METHODS:
+        _inject_peft(method, backbone, n_frequency=n_frequency, scaling=scaling, targets=targets, rank=lora_rank)
+    uses_ours = method in ("fourierft", "fft_fourierft")
+    model = create_model(
+        backbone, num_classes, prompt=prompt, features=features, adapter=adapter if uses_ours else None
+    )
+    if method == "full_finetune":
+        backbone.model.requires_grad_(True)
+    return model
+
+
+def _inject_peft(
+    method: str, backbone: Backbone, *, n_frequency: int, scaling: float, targets: Sequence[str], rank: int
+) -> None:
+    if not peft_available():
+        raise ValueError(f"method {method!r} needs the peft package (pip install peft)")
+    from peft import FourierFTConfig as PeftFourierFTConfig
+    from peft import LoraConfig, inject_adapter_in_model
+
+    paths = adapted_linear_paths(backbone.model, targets)
+    if method == "lora":
+        config: Any = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=paths)
+    else:
+        config = PeftFourierFTConfig(
+            n_frequency=n_frequency, scaling=scaling, random_loc_seed=777, init_weights=False, target_modules=paths
+        )
+    inject_adapter_in_model(config, backbone.model)
+
+
+def skip_reason(method: str, targets: Sequence[str]) -> str | None:
+    """Why ``method`` cannot run here (a note for its row), or None when it can."""
+    if method not in PEFT_METHODS:
+        return None
+    if not peft_available():
+        return "skipped: peft is not installed (pip install peft)"
+    blocks = [t for t in targets if t in QKV_BLOCKS]
+    if blocks:
+        return f"skipped: PEFT cannot adapt the row blocks {blocks} of a fused qkv (use --fourierft-targets qkv)"
+    return None
+
+
+def _backbone_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``["depth=2", "embed_dim=32"]`` -> ``{"depth": 2, "embed_dim": 32}`` (ints, floats, booleans, else strings)."""
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--backbone-arg {item!r}; expected KEY=VALUE such as depth=2")
+        value: Any = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(text)
+                    break
+                except ValueError:
+                    continue
+        kwargs[key] = value
+    return kwargs
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Builds and measures every requested method; returns machine, settings, per-method rows and ratios."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    backbone_kwargs = _backbone_kwargs(args.backbone_arg)
+
+    def fresh_backbone() -> Backbone:
+        torch.manual_seed(0)  # the same frozen weights for every method
+        return create_backbone(args.backbone, pretrained=False, img_size=args.img_size, **backbone_kwargs)
+
+    models: dict[str, PromptedViT] = {}
+    skipped: dict[str, str] = {}
+    for method in args.methods:
+        reason = skip_reason(method, args.fourierft_targets)
+        if reason is not None:
+            skipped[method] = reason
+            continue
+        torch.manual_seed(1)  # the same head (and prompt) initialisation for every method
+        model = create_method_model(
+            method,
+            fresh_backbone(),
+            args.num_classes,
+            num_tokens=args.num_tokens,
+            n_frequency=args.n_frequency,
+            scaling=args.scaling,
+            targets=args.fourierft_targets,
+            lora_rank=args.lora_rank,
+        )
+        models[method] = model.to(device)
+
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=generator).to(device)
+    labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
+    optimizers = {
+        name: torch.optim.AdamW([p for group in m.trainable_parameters().values() for p in group], lr=1e-4)
+        for name, m in models.items()
+    }
+
+    def train_step(name: str) -> Callable[[], None]:
+        model, optimizer = models[name], optimizers[name]
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, args.dtype):
+                loss = nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    def inference_step(name: str) -> Callable[[], None]:
+        model = models[name]
+
+        def step() -> None:
+            with torch.no_grad(), autocast(device, args.dtype):
+                model(images)
+
+        return step
+
+    for model in models.values():
+        model.train()
+    train_times = _round_robin({name: train_step(name) for name in models}, args.warmup, args.steps, device)
+    for model in models.values():
+        model.eval()
+    infer_times = _round_robin({name: inference_step(name) for name in models}, args.warmup, args.steps, device)
+
+    rows: list[dict[str, Any]] = []
+    for method in args.methods:
+        if method in skipped:
+            rows.append({"method": method, "label": _label(method, args), "skipped": skipped[method]})
+            continue
+        model = models[method]
+        model.train()
+        state = state_bytes(model, optimizers[method])
+        if device.type == "cuda":
+            peak: float = state + cuda_step_peak_bytes(train_step(method), device)
+        elif args.memory:
+            peak = state + cpu_step_peak_bytes(train_step(method))
+        else:
+            peak = float("nan")
+        rows.append(
+            {
+                "method": method,
+                "label": _label(method, args),
+                "trainable_params": model.num_trainable_parameters(),
+                "total_params": model.num_total_parameters(),
+                "train_step_ms": statistics.median(train_times[method]),
+                "train_step_ms_min": min(train_times[method]),
+                "train_step_ms_all": [round(t, 3) for t in train_times[method]],
+                "inference_ms_per_image": statistics.median(infer_times[method]) / args.batch_size,
+                "inference_ms_all": [round(t, 3) for t in infer_times[method]],
+                "peak_train_mb": peak / 2**20,
+                "state_mb": state / 2**20,
+            }
+        )
+    return {
+        "machine": machine(device),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "out_dir")},
+        "results": rows,
+        "ratios": _ratios(rows, train_times),
+    }
+
+
+def _round_robin(
+    steps: dict[str, Callable[[], None]], warmup: int, repeats: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Times every step ``repeats`` times after ``warmup`` untimed calls, one of each in turn (order alternating)."""
+    order = list(steps)
+    for _ in range(warmup):
+        for name in order:
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in order}
+    for repetition in range(repeats):
+        for name in order if repetition % 2 == 0 else order[::-1]:
+            times[name].append(time_ms(steps[name], device))
+    return times
+
+
+def _ratios(rows: list[dict[str, Any]], train_times: dict[str, list[float]]) -> dict[str, float]:
+    by_method = {r["method"]: r for r in rows if "skipped" not in r}
+    ratios: dict[str, float] = {}
+    for numerator, denominator in RATIOS:
+        if numerator not in by_method or denominator not in by_method:
+            continue
+        top, bottom = by_method[numerator], by_method[denominator]
+        key = f"{numerator}/{denominator}"
+        ratios[f"train step {key}"] = top["train_step_ms"] / bottom["train_step_ms"]
+        # steps of one round ran back to back, under similar load: their ratio is less noisy on a shared machine
+        paired = [a / b for a, b in zip(train_times[numerator], train_times[denominator], strict=True)]
+        ratios[f"train step {key} (median of per-round ratios)"] = statistics.median(paired)
+        ratios[f"inference {key}"] = top["inference_ms_per_image"] / bottom["inference_ms_per_image"]
+        ratios[f"peak memory {key}"] = top["peak_train_mb"] / bottom["peak_train_mb"]
+        ratios[f"trainable params {key}"] = top["trainable_params"] / bottom["trainable_params"]
+    return ratios
+
+
+def _label(method: str, args: argparse.Namespace) -> str:
+    if method == "lora":
+        return f"LoRA r{args.lora_rank} (PEFT)"
+    return LABELS[method]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown table (with a settings line and the ratios) of a :func:`run_benchmark` report."""
+    s, m = report["settings"], report["machine"]
+    extra = "".join(f", {item}" for item in s["backbone_arg"])
+    load = "" if m["load_average"] is None else f", load average {m['load_average']}"
+    lines = [
+        f"{s['backbone']} ({s['img_size']} px{extra}, no weights), batch {s['batch_size']}, {s['dtype']}, "
+        f"{s['device']} ({m['device']}, {m['threads']} threads of {m['cpu_count']} cores{load}), torch {m['torch']}; "
+        f"{s['num_tokens']} prompts, FourierFT n={s['n_frequency']} on {','.join(s['fourierft_targets'])}; "
+        f"median of {s['steps']} steps after {s['warmup']} warm-up",
+        "",
+        "| method | trainable params | train step (ms) | inference (ms/image) | peak train memory (MiB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        if "skipped" in r:
+            lines.append(f"| {r['label']} | - | - | - | - ({r['skipped']}) |")
+            continue
+        lines.append(
+            f"| {r['label']} | {r['trainable_params']:,} | {r['train_step_ms']:.1f} "
+            f"| {r['inference_ms_per_image']:.2f} | {r['peak_train_mb']:.1f} |"
+        )
+    if report["ratios"]:
+        lines += ["", "Ratios (numerator / denominator; < 1 means the numerator is faster or smaller):", ""]
+        lines += [f"- {key}: {value:.3f}" for key, value in report["ratios"].items()]
+        fft_vpt = report["ratios"].get("train step fft_shallow/vpt_shallow")
+        if fft_vpt is not None:
+            verdict = "met" if fft_vpt <= FFT_OVER_VPT_GOAL else "missed"
+            lines.append(f"- goal fft_shallow/vpt_shallow train step <= {FFT_OVER_VPT_GOAL}: {verdict}")
+    return "\n".join(lines)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fftprompt-bench methods", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="vit_base_patch16_224", help="timm ViT name (built without weights)")
+    parser.add_argument(
+        "--backbone-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm.create_model argument, repeatable (e.g. --backbone-arg depth=2)",
+    )
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=_DTYPE_CHOICES, default="float32", help="autocast dtype of the steps")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    parser.add_argument("--num-tokens", type=int, default=10, help="prompts per prompted layer")
+    parser.add_argument("--n-frequency", type=int, default=3000, help="FourierFT entries per adapted matrix")
+    parser.add_argument("--scaling", type=float, default=150.0, help="FourierFT scaling")
+    parser.add_argument(
+        "--fourierft-targets",
+        default="qkv",
+        help="comma-separated FourierFT targets; LoRA and PEFT FourierFT adapt the same (whole) layers",
+    )
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the CPU memory profile")
+    parser.add_argument("--out-dir", default=None, help="also write methods.json and methods.md into this folder")
+    parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
+    args = parser.parse_args(list(argv))
+    args.methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad or not args.methods:
+        parser.error(f"--methods {bad or args.methods}: expected a subset of {list(METHODS)}")
+    args.fourierft_targets = [t for t in args.fourierft_targets.split(",") if t]
+    if not args.fourierft_targets:
+        parser.error("--fourierft-targets is empty; expected e.g. qkv or q,v")
+    for name in ("batch_size", "img_size", "steps", "threads", "num_tokens", "n_frequency", "lora_rank"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.num_classes < 2:
+        parser.error("--num-classes must be >= 2")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    try:
+        _backbone_kwargs(args.backbone_arg)
+    except ValueError as error:
+        parser.error(str(error))
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the benchmark; prints a markdown table (or JSON with ``--json -``); ``--out-dir`` also writes files."""
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    report = run_benchmark(args)
+    table = format_table(report)
+    if args.out_dir is not None:
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "methods.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (out_dir / "methods.md").write_text(table + "\n", encoding="utf-8")
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(table)
+    return 0

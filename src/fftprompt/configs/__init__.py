@@ -1,0 +1,1 @@
+"""Hydra configs of fftprompt-train / fftprompt-eval (a package so that Hydra can locate them when installed)."""

@@ -1,0 +1,415 @@
+"""Lightning modules that train the prompts, FourierFT deltas and head of a :class:`~fftprompt.model.PromptedViT`.
+
+Both tasks share one base: the optimiser sees only trainable parameters, grouped as ``prompt``, ``adapter`` and
+``head`` (each group may have its own learning rate and weight decay), under a per-step linear warm-up and cosine
+schedule. Metrics are torchmetrics collections cloned per split, logged as ``<split>/<name>``.
+
+Metric definitions (all accumulated over the whole split, never averaged over batches):
+
+- classification: ``acc`` (micro accuracy), ``f1_macro`` (unweighted mean of per-class F1), ``auroc`` (macro
+  one-vs-rest AUROC on softmax probabilities; for two classes it equals the binary AUROC).
+- segmentation: ``miou`` (mean over classes, background included, of the dataset-level IoU from the pixel
+  confusion matrix; classes absent from both prediction and target are left out, as in mmsegmentation) and
+  ``dice`` (dataset-level Dice ``2|P and T| / (|P| + |T|)`` of the foreground classes, averaged over them; for a
+  binary task it is the foreground Dice).
+
+Checkpoints hold only what is not frozen: frozen parameters (the backbone's weights) come from timm or the seed, and
+a fingerprint of them is stored so that loading onto a different backbone fails loudly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+)
+from torchmetrics.segmentation import DiceScore
+
+if TYPE_CHECKING:
+    from fftprompt.model import PromptedViT
+
+__all__ = ["ClassificationModule", "SegmentationModule", "classification_metrics", "segmentation_metrics"]
+
+PARAM_GROUPS = ("prompt", "adapter", "head")
+_FINGERPRINT_KEY = "fftprompt_frozen_fingerprint"
+_SCHEDULES = ("cosine", "constant")
+
+
+def classification_metrics(num_classes: int) -> MetricCollection:
+    """The classification metrics ``acc``, ``f1_macro`` and ``auroc`` (see the module docstring)."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            "auroc": MulticlassAUROC(num_classes, average="macro"),
+        }
+    )
+
+
+def segmentation_metrics(num_classes: int) -> MetricCollection:
+    """The segmentation metrics ``miou`` and ``dice`` (see the module docstring)."""
+    return MetricCollection(
+        {
+            "miou": MulticlassJaccardIndex(num_classes, average="macro"),
+            "dice": DiceScore(
+                num_classes,
+                include_background=False,
+                average="macro",
+                aggregation_level="global",
+                input_format="index",
+            ),
+        }
+    )
+
+
+def soft_dice_loss(logits: Tensor, target: Tensor, include_background: bool = False, smooth: float = 1.0) -> Tensor:
+    """``1 - mean_c Dice_c`` on softmax probabilities, each class's Dice pooled over the batch and pixels.
+
+    Args:
+        logits: (B, K, H, W) mask logits.
+        target: (B, H, W) class indices.
+        include_background: average over all K classes instead of classes 1..K-1.
+        smooth: added to numerator and denominator; keeps classes absent from a batch at loss 0 when also unpredicted.
+
+    Returns:
+        Scalar loss.
+    """
+    num_classes = logits.shape[1]
+    probs = logits.float().softmax(dim=1)
+    one_hot = F.one_hot(target, num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    if not include_background and num_classes > 1:
+        probs, one_hot = probs[:, 1:], one_hot[:, 1:]
+    dims = (0, 2, 3)
+    intersection = (probs * one_hot).sum(dims)
+    denominator = probs.sum(dims) + one_hot.sum(dims)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    return 1 - dice.mean()
+
+
+def _frozen_fingerprint(module: nn.Module) -> float:
+    """Sum of ``|w|`` over every frozen parameter: cheap to compute, differs for differently initialised backbones."""
+    total = torch.zeros((), dtype=torch.float64)
+    for parameter in module.parameters():
+        if not parameter.requires_grad:
+            total += parameter.detach().to(torch.float64).abs().sum().cpu()
+    return float(total)
+
+
+class _PromptTuningModule(L.LightningModule):
+    """Shared optimisation, scheduling, logging and checkpoint logic; subclasses define loss and metrics."""
+
+    def __init__(
+        self,
+        model: PromptedViT,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        prompt_lr: float | None = None,
+        adapter_lr: float | None = None,
+        head_lr: float | None = None,
+        adapter_weight_decay: float | None = None,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int | None = None,
+        scheduler: Literal["cosine", "constant"] = "cosine",
+        min_lr_ratio: float = 0.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (binary tasks use 2 classes), got {num_classes}")
+        if scheduler not in _SCHEDULES:
+            raise ValueError(f"scheduler must be one of {_SCHEDULES}, got {scheduler!r}")
+        if warmup_steps is not None and warmup_epochs:
+            raise ValueError(
+                f"give warmup_epochs ({warmup_epochs}) or warmup_steps ({warmup_steps}), not both; set the other to "
+                "0 / null"
+            )
+        if warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
+            raise ValueError(f"warm-up must be >= 0, got warmup_epochs={warmup_epochs}, warmup_steps={warmup_steps}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+        self.model = model
+        self.num_classes = num_classes
+        self.optimizer_factory = optimizer if optimizer is not None else partial(torch.optim.AdamW)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.group_lr = {"prompt": prompt_lr, "adapter": adapter_lr, "head": head_lr}
+        self.group_weight_decay: dict[str, float | None] = {"adapter": adapter_weight_decay}
+        self.warmup_epochs = warmup_epochs
+        self.warmup_steps = warmup_steps
+        self.scheduler_name = scheduler
+        self.min_lr_ratio = min_lr_ratio
+        self.label_smoothing = label_smoothing
+        # frozen weights are not checkpointed (see on_save_checkpoint), so loading must tolerate their absence
+        self.strict_loading = False
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        metrics = self._make_metrics(num_classes)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    # -- task-specific parts -------------------------------------------------------------------------------------
+    def _make_metrics(self, num_classes: int) -> MetricCollection:
+        raise TypeError(f"{type(self).__name__} must define _make_metrics")
+
+    def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        raise TypeError(f"{type(self).__name__} must define _loss")
+
+    def _metric_inputs(self, logits: Tensor) -> Tensor:
+        raise TypeError(f"{type(self).__name__} must define _metric_inputs")
+
+    def _logits(self, images: Tensor, target: Tensor) -> Tensor:
+        return self(images)
+
+    # -- steps ---------------------------------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> logits (B, K) or (B, K, H, W)."""
+        return self.model(images)
+
+    def _step(self, batch: tuple[Tensor, Tensor], split: Literal["train", "val", "test"]) -> tuple[Tensor, Tensor]:
+        images, target = batch
+        logits = self._logits(images, target)
+        loss = self._loss(logits, target)
+        metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[split]
+        metrics.update(self._metric_inputs(logits.detach()), target)
+        on_step = split == "train"
+        batch_size = images.shape[0]
+        self.log(
+            f"{split}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=not on_step,
+        )
+
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split != "train", batch_size=batch_size)
+        return loss, logits
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        for group in self.optimizers().optimizer.param_groups:
+            self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False)
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    # -- optimisation --------------------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups ``{"name", "params", ["lr"], ["weight_decay"]}``; empty groups are skipped.
+
+        Keys absent from a group fall back to the optimiser factory's defaults.
+
+        Raises:
+            ValueError: if the model has a trainable parameter outside the prompt/adapter/head groups, or a group
+                holds a frozen parameter, or there is nothing to train.
+        """
+        groups: list[dict[str, Any]] = []
+        grouped: set[int] = set()
+        named = self.model.trainable_parameters()
+        unknown = set(named) - set(PARAM_GROUPS)
+        if unknown:
+            raise ValueError(f"trainable_parameters() returned groups {sorted(unknown)}; expected {PARAM_GROUPS}")
+        for name in PARAM_GROUPS:
+            params = list(named.get(name, []))
+            frozen = [p for p in params if not p.requires_grad]
+            if frozen:
+                raise ValueError(f"parameter group {name!r} holds {len(frozen)} parameters with requires_grad=False")
+            if not params:
+                continue
+            group: dict[str, Any] = {"name": name, "params": params}
+            lr = self.group_lr[name] if self.group_lr[name] is not None else self.lr
+            weight_decay = self.group_weight_decay.get(name)
+            weight_decay = weight_decay if weight_decay is not None else self.weight_decay
+            if lr is not None:
+                group["lr"] = lr
+            if weight_decay is not None:
+                group["weight_decay"] = weight_decay
+            groups.append(group)
+            grouped.update(id(p) for p in params)
+        stray = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in grouped]
+        if stray:
+            raise ValueError(f"trainable parameters outside the {PARAM_GROUPS} groups would not be optimised: {stray}")
+        if not groups:
+            raise ValueError("the model has no trainable parameters (prompt, adapter and head groups are all empty)")
+        return groups
+
+    def _warmup_and_total_steps(self) -> tuple[int, int]:
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("the cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        total = max(int(total), 1)
+        if self.warmup_steps is not None:
+            return self.warmup_steps, total
+        max_epochs = self.trainer.max_epochs
+        if not self.warmup_epochs:
+            return 0, total
+        if max_epochs is None or max_epochs <= 0:
+            raise ValueError("warmup_epochs needs trainer.max_epochs > 0; give warmup_steps instead")
+        steps_per_epoch = total / max_epochs
+        return round(self.warmup_epochs * steps_per_epoch), total
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(self.param_groups())
+        warmup, total = self._warmup_and_total_steps()
+        schedule = partial(
+            lr_factor, warmup_steps=warmup, total_steps=total, schedule=self.scheduler_name, min_ratio=self.min_lr_ratio
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # -- checkpoints -----------------------------------------------------------------------------------------------
+    def _frozen_keys(self) -> set[str]:
+        return {f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        frozen = self._frozen_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        checkpoint[_FINGERPRINT_KEY] = _frozen_fingerprint(self.model)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        expected = set(self.state_dict()) - self._frozen_keys()
+        present = set(checkpoint["state_dict"])
+        missing, unexpected = sorted(expected - present), sorted(present - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint does not match this model: missing {missing[:8]} ({len(missing)}), "
+                f"unexpected {unexpected[:8]} ({len(unexpected)}); rebuild the model with the run's config"
+            )
+        stored = checkpoint.get(_FINGERPRINT_KEY)
+        if stored is not None:
+            current = _frozen_fingerprint(self.model)
+            if not math.isclose(stored, current, rel_tol=1e-9, abs_tol=1e-6):
+                raise ValueError(
+                    f"checkpoint was trained on different frozen weights (fingerprint {stored!r}, this backbone "
+                    f"{current!r}): use the run's backbone settings and seed"
+                )
+
+
+def lr_factor(
+    step: int, warmup_steps: int, total_steps: int, schedule: Literal["cosine", "constant"], min_ratio: float
+) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based): linear warm-up, then cosine or constant.
+
+    The warm-up rises linearly to 1 at ``step = warmup_steps``; the cosine decays from 1 to ``min_ratio`` at
+    ``total_steps``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ClassificationModule(_PromptTuningModule):
+    """Image classification: cross-entropy (optionally label-smoothed) on ``(B, K)`` logits.
+
+    Args:
+        model: the prompted, frozen ViT (``task="classification"``).
+        num_classes: K (>= 2; binary tasks are 2-class multiclass).
+        optimizer: factory ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.AdamW, lr=1e-3)``, or a
+            Hydra ``_partial_: true`` config); defaults to AdamW with its own defaults.
+        lr: learning rate for every group without its own, overriding the factory's.
+        weight_decay: weight decay for every group, overriding the factory's.
+        prompt_lr: learning rate of the prompt parameters.
+        adapter_lr: learning rate of the FourierFT coefficients (0.1-0.3 in the FourierFT paper's ViT runs).
+        head_lr: learning rate of the head.
+        adapter_weight_decay: weight decay of the FourierFT coefficients.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed), converted to optimiser steps.
+        warmup_steps: linear warm-up length in optimiser steps (instead of ``warmup_epochs``).
+        scheduler: ``"cosine"`` decays to ``min_lr_ratio`` over the run after warm-up; ``"constant"`` holds.
+        min_lr_ratio: final learning rate as a fraction of each group's.
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(self, model: PromptedViT, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(model, num_classes, **kwargs)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+
+    def _make_metrics(self, num_classes: int) -> MetricCollection:
+        return classification_metrics(num_classes)
+
+    def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
+
+    def _metric_inputs(self, logits: Tensor) -> Tensor:
+        return logits.float().softmax(dim=-1)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        _, logits = self._step(batch, "test")
+        self.test_confusion.update(logits.detach().argmax(dim=-1), batch[1])
+
+
+class SegmentationModule(_PromptTuningModule):
+    """Semantic segmentation: ``ce_weight * CE + dice_weight * soft Dice`` on ``(B, K, H, W)`` logits.
+
+    Logits at another resolution than the ``(B, H, W)`` target are resized bilinearly to it first.
+
+    Args:
+        model: the prompted, frozen ViT (``task="segmentation"``).
+        num_classes: K (>= 2, background = class 0).
+        ce_weight: weight of the pixel cross-entropy.
+        dice_weight: weight of the soft Dice loss (see :func:`soft_dice_loss`).
+        dice_include_background: let the soft Dice loss average over class 0 too.
+        **kwargs: optimisation arguments of :class:`ClassificationModule` (optimizer, lr, ... label_smoothing).
+    """
+
+    def __init__(
+        self,
+        model: PromptedViT,
+        num_classes: int,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        dice_include_background: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
+            raise ValueError(f"ce_weight and dice_weight must be >= 0, not both 0; got {ce_weight}, {dice_weight}")
+        self.ce_weight = ce_weight
+        self.dice_weight = dice_weight
+        self.dice_include_background = dice_include_background
+        super().__init__(model, num_classes, **kwargs)
+
+    def _make_metrics(self, num_classes: int) -> MetricCollection:
+        return segmentation_metrics(num_classes)
+
+    def _logits(self, images: Tensor, target: Tensor) -> Tensor:
+        logits = self(images)
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+    def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        loss = logits.new_zeros((), dtype=torch.float32)
+        if self.ce_weight:
+            loss = loss + self.ce_weight * F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * soft_dice_loss(logits, target, self.dice_include_background)
+        return loss
+
+    def _metric_inputs(self, logits: Tensor) -> Tensor:
+        return logits.argmax(dim=1)
