@@ -131,7 +131,7 @@ def test_quick_ablation_end_to_end(tmp_path, capsys):
         assert cells[2] == f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}"
         assert cells[3] == f"{statistics.fmean(f1):.3f} ± {statistics.stdev(f1):.3f}"
     assert "## Feature ablations" in markdown
-    assert "VPT" not in markdown and "## Goal" not in markdown  # only the requested rows; no baseline to beat
+    assert "| VPT" not in markdown and "## Goal" not in markdown  # only the requested rows; no baseline to beat
 
     # a second call reuses the finished runs instead of training again
     stamp = (output / "runs" / "fft_shallow" / "seed1" / "metrics.json").stat().st_mtime_ns

@@ -207,3 +207,31 @@ def test_bench_methods_on_cuda_bfloat16(tmp_path):
         if "skipped" in row:
             continue
         assert row["train_step_ms"] > 0 and row["peak_train_mb"] > row["state_mb"] > 0, method
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("features", ["--model", "vit_tiny_patch16_224", "--repeats", "1", "--warmup", "0"]),
+        ("prompts", ["--model", "vit_tiny_patch16_224", "--steps", "1", "--warmup", "0"]),
+        (
+            "fourierft",
+            ["--model", "vit_tiny_patch16_224", "--steps", "1", "--warmup", "0", "--n-frequency", "50"],
+        ),
+    ],
+)
+def test_other_bench_commands_report_the_shared_machine_description(command, options, tmp_path):
+    if command == "fourierft" and not peft_available():
+        pytest.skip("needs peft")
+    path = tmp_path / f"{command}.json"
+    common = ["--img-size", "32", "--batch-size", "2", "--threads", "1", "--json", str(path)]
+    assert bench_main([command, *options, *common]) == 0
+    report = json.loads(path.read_text())
+    assert report["machine"] == report["machine"] | {"cpu_count": machine("cpu")["cpu_count"], "threads": 1}
+    assert {"device", "torch", "python", "load_average"} <= set(report["machine"])
+    if command == "fourierft":
+        rows = {r["method"]: r for r in report["results"]}
+        # the profiled step allocates activations and gradients on top of what lives between steps
+        assert all(r["peak_mb"] > r["state_mb"] > 0 for r in rows.values())
+        assert rows["fourierft"]["trainable_params"] == rows["peft_fourierft"]["trainable_params"]

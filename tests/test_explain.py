@@ -67,6 +67,7 @@ def test_rollout_matrix_is_row_stochastic_and_deep_prompts_are_fresh_sources():
         functools.partial(VPTPrompt, num_tokens=2, deep=True),
         functools.partial(FrequencyPrompt, num_tokens=3, deep=True, hidden_dim=16, num_heads=2, spectrum_dim=8),
     ],
+    ids=["fft", "vpt_deep", "fft_deep"],
 )
 def test_attention_rollout_of_a_prompted_vit(prompt):
     model = tiny_model(prompt, features=prompt is None or prompt.func is FrequencyPrompt)
@@ -352,3 +353,35 @@ def test_explain_config_mirrors_the_function():
         cfg = compose("explain", overrides=["run_dir=runs/x", "images=test:4"])
     assert set(cfg) == set(inspect.signature(explain).parameters)
     assert cfg.images == "test:4" and cfg.baseline == "zero" and cfg.out_dir is None
+
+
+@pytest.mark.slow
+def test_explain_model_covers_segmentation_and_prompts_without_maps(tmp_path):
+    from fftprompt.explain import explain_model
+    from fftprompt.heads import LinearDecoder
+
+    torch.manual_seed(0)
+    backbone = create_backbone("vit_tiny_patch16_224", **TINY)
+    segmenter = create_model(
+        backbone,
+        2,
+        task="segmentation",
+        prompt=functools.partial(FrequencyPrompt, num_tokens=2, hidden_dim=16, num_heads=2, spectrum_dim=8),
+        features=FrequencyFeatures,
+        head=LinearDecoder,
+    )
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[:, 8:24, 8:24] = 1
+    x = images(2)
+    profiles = class_profiles(segmenter.features, [(x, masks)], ["background", "object"])
+    written = explain_model(
+        segmenter, x, tmp_path / "seg", mean=(0.5,) * 3, std=(0.25,) * 3, labels=masks, profiles=profiles, ig_steps=8
+    )
+    assert {"rollout", "prompt_attention", "attribution_maps", "attribution_groups", "class_profiles"} <= set(written)
+    assert "| 0 | image 0 | - |" in written["markdown"].read_text()
+
+    vpt = tiny_model(functools.partial(VPTPrompt, num_tokens=2), features=False)
+    written = explain_model(vpt, x, tmp_path / "vpt", mean=(0.5,) * 3, std=(0.25,) * 3, class_names=list("abcd"))
+    assert set(written) == {"rollout", "markdown"}
+    assert "does not read frequency maps" in written["markdown"].read_text()
+    _assert_png(written["rollout"])

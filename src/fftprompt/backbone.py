@@ -71,6 +71,16 @@ class Backbone(nn.Module):
         self.in_chans = int(model.in_chans)
         self.img_size = _pair(model.patch_embed.img_size)
         self.grid_size = _pair(model.patch_embed.grid_size)
+        if any(side % self.patch_size for side in self.img_size) and not getattr(
+            model.patch_embed, "dynamic_img_pad", False
+        ):
+            # timm's strided patch convolution would silently drop the last pixel rows and columns
+            height, width = self.img_size
+            lower = max(height // self.patch_size, 1) * self.patch_size
+            raise ValueError(
+                f"backbone {name!r}: img_size {height}x{width} is not a multiple of the patch size {self.patch_size}; "
+                f"use e.g. {lower} or {lower + self.patch_size} (data.image_size in the configs)"
+            )
         self.has_class_token = model.cls_token is not None
         self.is_distilled = isinstance(model, VisionTransformerDistilled)
         data_config = timm.data.resolve_model_data_config(model)

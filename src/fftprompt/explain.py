@@ -293,7 +293,7 @@ def integrated_gradients(
     images: Tensor,
     *,
     target: Tensor | None = None,
-    steps: int = 32,
+    steps: int = 64,
     baseline: Baseline = "zero",
     spectrum: bool = True,
     chunk_size: int = 64,
@@ -514,12 +514,12 @@ def _plain_axes(ax: Any, title: str | None = None, fontsize: int = 8) -> None:
         ax.set_title(title, fontsize=fontsize)
 
 
-def _overlay(ax: Any, image: np.ndarray, heat: np.ndarray, vmax: float, cmap: str = "inferno") -> Any:
+def _overlay(ax: Any, image: np.ndarray, heat: np.ndarray, vmin: float, vmax: float, cmap: str = "inferno") -> Any:
     """Image with a patch-grid heatmap ``(h, w)`` on top (nearest: one cell per patch)."""
     height, width = image.shape[:2]
     ax.imshow(image, extent=(0, width, height, 0))
     return ax.imshow(
-        heat, cmap=cmap, vmin=0.0, vmax=vmax, alpha=0.6, interpolation="nearest", extent=(0, width, height, 0)
+        heat, cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.6, interpolation="nearest", extent=(0, width, height, 0)
     )
 
 
@@ -538,11 +538,17 @@ def plot_rollout(shown: np.ndarray, rollout: AttentionRollout, captions: Sequenc
         _plain_axes(axes[0, i], captions[i])
         axes[0, i].imshow(shown[i])
         heat = rollout.patches[i].cpu().numpy()
-        cells = _overlay(axes[1, i], shown[i], heat, float(heat.max()))
-        share = f"to patches {rollout.patch_share[i]:.0%}, prompts {rollout.prompt_share[i]:.0%}"
+        cells = _overlay(axes[1, i], shown[i], heat, float(heat.min()), float(heat.max()))
+        share = (
+            f"to patches {rollout.patch_share[i]:.0%}, prompts {rollout.prompt_share[i]:.0%}\n"
+            f"peak patch {heat.max() * heat.size:.2f} x uniform"
+        )
         _plain_axes(axes[1, i], share)
-        _colorbar(fig, cells, axes[1, i], "share of patch rollout")
-    fig.suptitle("Attention rollout from the pooled token to the patches (frozen ViT with the tuned prompts)")
+        _colorbar(fig, cells, axes[1, i], f"share of patch rollout (uniform {1 / heat.size:.4f})")
+    fig.suptitle(
+        "Attention rollout from the pooled token to the patches (frozen ViT with the tuned prompts; colours span "
+        "each image's min to max)"
+    )
     return fig
 
 
@@ -554,34 +560,41 @@ def plot_prompt_attention(shown: np.ndarray, attention: Tensor, captions: Sequen
     for i in range(count):
         _plain_axes(axes[i, 0], captions[i])
         axes[i, 0].imshow(shown[i])
-        vmax = float(attention[i].max())
+        vmin, vmax = float(attention[i].min()), float(attention[i].max())
         for p in range(prompts):
-            cells = _overlay(axes[i, p + 1], shown[i], attention[i, p].cpu().numpy(), vmax, cmap="viridis")
+            heat = attention[i, p].cpu().numpy()
+            cells = _overlay(axes[i, p + 1], shown[i], heat, vmin, vmax, cmap="viridis")
             _plain_axes(axes[i, p + 1], f"prompt {p}" if i == 0 else None)
-        _colorbar(fig, cells, axes[i, 1:].tolist(), "attention weight")
-    fig.suptitle("Prompt generator: each prompt query's cross-attention over the patches (head average)")
+        _colorbar(fig, cells, axes[i, 1:].tolist(), f"attention weight (uniform {1 / heat.size:.4f})")
+    fig.suptitle(
+        "Prompt generator: each prompt query's cross-attention over the patches (head average; colours span each "
+        "image's min to max)"
+    )
     return fig
 
 
 def plot_attribution_maps(shown: np.ndarray, attribution: Attribution, captions: Sequence[str]) -> Figure:
-    """One row per image: the image, then the integrated-gradients map of each channel group (common scale per row)."""
+    """One row per image: the image, then the integrated-gradients map of each channel group (each on its own
+    symmetric scale; the titles give the group totals for comparison)."""
     group_maps = attribution.group_maps()
     groups = list(group_maps)
     count = shown.shape[0]
-    fig = Figure(figsize=(2.1 * (len(groups) + 1) + 0.8, 2.1 * count + 0.7), layout="constrained")
+    fig = Figure(figsize=(2.5 * (len(groups) + 1), 2.1 * count + 0.7), layout="constrained")
     axes = fig.subplots(count, len(groups) + 1, squeeze=False)
     for i in range(count):
         _plain_axes(axes[i, 0], captions[i])
         axes[i, 0].imshow(shown[i])
-        limit = max(float(group_maps[g][i].abs().max()) for g in groups) or 1.0
         for j, group in enumerate(groups):
             values = group_maps[group][i].cpu().numpy()
+            limit = float(np.abs(values).max()) or 1.0
             cells = axes[i, j + 1].imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-            _plain_axes(axes[i, j + 1], f"{group}  sum {values.sum():+.3f}")
-        _colorbar(fig, cells, axes[i, 1:].tolist(), "attribution to the class logit")
+            _plain_axes(axes[i, j + 1], f"{group}  sum {values.sum():+.3g}")
+            bar = fig.colorbar(cells, ax=axes[i, j + 1], fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=5)
+            bar.ax.yaxis.get_offset_text().set_fontsize(5)
     fig.suptitle(
         f"Integrated gradients per feature group and patch ({attribution.baseline} baseline, "
-        f"{attribution.steps} steps; red raises the explained logit)"
+        f"{attribution.steps} steps; red raises the explained logit; each map on its own scale)"
     )
     return fig
 
@@ -590,16 +603,28 @@ def plot_attribution_shares(attribution: Attribution) -> Figure:
     """Group shares of the attribution mass, mean mass per channel and, when the spectra were attributed, the mean
     mass per centred frequency of the log-magnitude and phase inputs."""
     shares = {g: v.cpu().numpy() for g, v in attribution.group_shares("mass").items()}
+    totals = {g: v.cpu().numpy() for g, v in attribution.group_shares("total").items()}
     spectrum = attribution.spectrum
     fig = Figure(figsize=(17.0 if spectrum is not None else 13.0, 4.4), layout="constrained")
-    ratios = [1, 2.6] + ([0.9, 0.9] if spectrum is not None else [])
+    ratios = [1.2, 2.6] + ([0.9, 0.9] if spectrum is not None else [])
     axes = fig.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios})
     positions = np.arange(len(shares))
-    axes[0].bar(positions, [v.mean() for v in shares.values()], color=[_GROUP_COLOURS[g] for g in shares], alpha=0.8)
+    colours = [_GROUP_COLOURS[g] for g in shares]
+    axes[0].bar(positions - 0.2, [v.mean() for v in shares.values()], 0.4, color=colours, label="mass share")
+    axes[0].bar(
+        positions + 0.2,
+        [v.mean() for v in totals.values()],
+        0.4,
+        color=colours,
+        alpha=0.45,
+        hatch="//",
+        label="total share",
+    )
     for k, values in enumerate(shares.values()):
-        axes[0].scatter(np.full(values.shape, k), values, color="black", s=10, zorder=3)
+        axes[0].scatter(np.full(values.shape, k - 0.2), values, color="black", s=8, zorder=3)
     axes[0].set_xticks(positions, list(shares), fontsize=8, rotation=20)
-    axes[0].set(ylim=(0, 1), ylabel="share of |attribution|", title="Share per group (bars: mean, dots: images)")
+    axes[0].set(ylim=(0, 1), ylabel="share", title="Share per group (mean; dots: images)")
+    axes[0].legend(fontsize=7)
     channel = attribution.compact.abs().sum(dim=(2, 3)).mean(dim=0).cpu().numpy()
     names = list(attribution.channel_names)
     group_of = {index: group for group, indices in attribution.channel_groups.items() for index in indices}
@@ -616,8 +641,10 @@ def plot_attribution_shares(attribution: Attribution) -> Figure:
         p = frequency.shape[-1]
         for k, name in enumerate(("log-magnitude", "phase")):
             ax = axes[2 + k]
-            shown = ax.imshow(frequency[k], cmap="magma", extent=(-p // 2 - 0.5, p - p // 2 - 0.5) * 2)
-            ax.set(title=f"{name} inputs per frequency", xlabel="k_x", ylabel="k_y")
+            # centred spectrum: column c is k_x = c - p // 2, row r is k_y = p // 2 - r (y up, as in spectral.py)
+            extent = (-(p // 2) - 0.5, p - p // 2 - 0.5, p // 2 - p + 0.5, p // 2 + 0.5)
+            shown = ax.imshow(frequency[k], cmap="magma", extent=extent)
+            ax.set(title=f"{name} inputs per frequency", xlabel="k_x (cycles per patch)", ylabel="k_y")
             _colorbar(fig, shown, ax, "mean |attribution|")
     error = attribution.completeness_error()
     fig.suptitle(
@@ -676,7 +703,7 @@ def explain_model(
     labels: Tensor | None = None,
     captions: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
-    ig_steps: int = 32,
+    ig_steps: int = 64,
     baseline: Baseline = "zero",
     profiles: ClassProfiles | None = None,
     title: str = "Explanations",
@@ -718,7 +745,7 @@ def explain_model(
     base = list(captions) if captions is not None else [f"image {i}" for i in range(images.shape[0])]
     label_of = [names[int(labels[i])] if labels is not None and labels.ndim == 1 else None for i in range(len(base))]
     captions = [
-        f"{base[i]}\n" + (f"label {label_of[i]}, " if label_of[i] else "") + f"pred {names[predicted[i]]}"
+        f"{base[i]}\n" + (f"label {label_of[i]}\n" if label_of[i] else "") + f"pred {names[predicted[i]]}"
         for i in range(len(base))
     ]
     shown = _hwc(denormalize(images.detach().cpu(), mean, std))
@@ -758,7 +785,7 @@ def explain_model(
         written["attribution_groups"] = _save(
             plot_attribution_shares(attribution), out_dir / "attribution_groups.png", dpi
         )
-        lines += _attribution_section(attention, attribution, written)
+        lines += _attribution_section(attention, attribution, written, crop=model.prompt.crop)
     else:
         lines += [
             f"The run's prompt ({type(model.prompt).__name__}) does not read frequency maps: there is no generator "
@@ -774,7 +801,7 @@ def explain_model(
     return written
 
 
-def _attribution_section(attention: Tensor, attribution: Attribution, written: dict[str, Path]) -> list[str]:
+def _attribution_section(attention: Tensor, attribution: Attribution, written: dict[str, Path], crop: int) -> list[str]:
     shares, total_shares = attribution.group_shares("mass"), attribution.group_shares("total")
     totals = attribution.group_totals()
     error = attribution.completeness_error()
@@ -796,14 +823,21 @@ def _attribution_section(attention: Tensor, attribution: Attribution, written: d
         "|group totals|. Completeness (sum of attributions vs. f(x) - f(baseline)): mean relative error "
         f"{error.mean():.2%}, max {error.max():.2%}.",
         "",
-        "| group | mass share | total share | mean signed total |",
-        "|---|---|---|---|",
+        "| group | inputs per patch | mass share | total share | mean signed total |",
+        "|---|---|---|---|---|",
+    ]
+    inputs = {g: len(i) for g, i in attribution.channel_groups.items()}
+    if attribution.spectrum is not None:
+        inputs["spectrum"] = int(np.prod(attribution.spectrum.shape[1:3])) * crop**2  # log-magnitude and phase
+    lines += [
+        f"| {g} | {inputs[g]} | {shares[g].mean():.3f} | {total_shares[g].mean():.3f} | {totals[g].mean():+.4f} |"
+        for g in shares
     ]
     lines += [
-        f"| {g} | {shares[g].mean():.3f} | {total_shares[g].mean():.3f} | {totals[g].mean():+.4f} |" for g in shares
-    ]
-    lines += [
-        f"| all | 1 | 1 | {attribution.total.mean():+.4f} (f(x) - f(x') = {attribution.delta.mean():+.4f}) |",
+        f"| all | | 1 | 1 | {attribution.total.mean():+.4f} (f(x) - f(x') = {attribution.delta.mean():+.4f}) |",
+        "",
+        "The mass share grows with the number of inputs of a group when their attributions have mixed signs; the "
+        "total share lets them cancel.",
         "",
         f"![attribution maps]({written['attribution_maps'].name})",
         "",
@@ -894,7 +928,10 @@ def _check_frozen_weights(model: PromptedViT, run_dir: Path) -> None:
     checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     if not checkpoints:
         return
-    stored = torch.load(checkpoints[-1], map_location="cpu", weights_only=True).get(_FINGERPRINT_KEY)
+    try:
+        stored = torch.load(checkpoints[-1], map_location="cpu", weights_only=True).get(_FINGERPRINT_KEY)
+    except Exception as error:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... depending on the damage
+        raise ValueError(f"{checkpoints[-1]} cannot be read as a Lightning checkpoint: {error}") from error
     current = _frozen_fingerprint(model)
     if stored is not None and not np.isclose(stored, current, rtol=1e-9, atol=1e-6):
         raise ValueError(
@@ -966,7 +1003,7 @@ def explain(
     images: str | Path | Sequence[str | Path] = "test:8",
     out_dir: str | Path | None = None,
     *,
-    ig_steps: int = 32,
+    ig_steps: int = 64,
     baseline: Baseline = "zero",
     profiles: bool = True,
     profile_images: int | None = None,

@@ -15,18 +15,27 @@ Metric definitions (all accumulated over the whole split, never averaged over ba
 
 Checkpoints hold only what is not frozen: frozen parameters (the backbone's weights) come from timm or the seed, and
 a fingerprint of them is stored so that loading onto a different backbone fails loudly.
+
+Faults: a NaN/Inf training loss stops the run with :class:`NonFiniteLossError` before the optimiser step, and no
+checkpoint holding non-finite tensors is ever written, so the last checkpoint on disk is the last good one.
+:class:`AtomicCheckpointIO` writes each checkpoint to a temporary file next to its target and renames it into place.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -41,11 +50,84 @@ from torchmetrics.segmentation import DiceScore
 if TYPE_CHECKING:
     from fftprompt.model import PromptedViT
 
-__all__ = ["ClassificationModule", "SegmentationModule", "classification_metrics", "segmentation_metrics"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "ClassificationModule",
+    "NonFiniteLossError",
+    "SegmentationModule",
+    "classification_metrics",
+    "segmentation_metrics",
+]
 
 PARAM_GROUPS = ("prompt", "adapter", "head")
 _FINGERPRINT_KEY = "fftprompt_frozen_fingerprint"
 _SCHEDULES = ("cosine", "constant")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss (or a tensor about to be checkpointed) is NaN or infinite: the run stops.
+
+    Raised before the optimiser step that would spread the NaN into the weights, and instead of writing a checkpoint
+    with non-finite tensors, so the newest checkpoint on disk is the last good one (resume with ``ckpt_path=last``
+    after lowering the learning rates).
+    """
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that never leaves a partly written checkpoint under its final name.
+
+    Lightning's own ``TorchCheckpointIO`` writes through an fsspec transaction whose temporary file lives in the
+    system temporary directory; when that is another file system (a tmpfs ``/tmp``), the final move is a copy, and a
+    crash during the copy leaves a truncated ``last.ckpt``. Here the checkpoint is written to a temporary file in
+    the target's own directory, flushed to disk (``fsync``) and renamed over the target with ``os.replace``, which is
+    atomic on POSIX and Windows: a reader (or a resumed run) sees the old file or the new one, never a mix. Remote
+    paths (``s3://...``) keep Lightning's behaviour. Loading defaults to ``weights_only=True`` (no unpickling of
+    arbitrary objects).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        """Writes ``checkpoint`` to ``path`` atomically (temporary file + fsync + rename)."""
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(
+                f"{type(self).__name__}.save_checkpoint got storage_options={storage_options!r}; it takes none"
+            )
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        _fsync_directory(target.parent)
+
+    def load_checkpoint(
+        self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Lightning's loader with ``weights_only=True`` unless asked otherwise (plain tensors and containers only)."""
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        return super().load_checkpoint(path, weights_only=True if weights_only is None else weights_only, **kwargs)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Makes a rename inside ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -206,7 +288,33 @@ class _PromptTuningModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         for group in self.optimizers().optimizer.param_groups:
             self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False)
-        return self._step(batch, "train")[0]
+        loss = self._step(batch, "train")[0]
+        self._check_finite_loss(loss, batch_idx)
+        return loss
+
+    def _check_finite_loss(self, loss: Tensor, batch_idx: int) -> None:
+        """Raises :class:`NonFiniteLossError` (on every rank when any rank's loss is NaN/Inf) before ``backward``."""
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            # every rank must stop together, or the others would wait forever in the next collective
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        last = None
+        if trainer is not None and trainer.checkpoint_callback is not None:
+            last = getattr(trainer.checkpoint_callback, "last_model_path", None) or None
+        kept = (
+            f"the last good checkpoint is {last}"
+            if last and Path(last).is_file()
+            else "no checkpoint had been written yet"
+        )
+        raise NonFiniteLossError(
+            f"non-finite training loss ({float(loss.detach().float().max())}) at epoch {self.current_epoch}, global "
+            f"step {self.global_step} (batch {batch_idx}); training stopped before the optimiser step, so the weights "
+            f"and checkpoints hold no NaN/Inf: {kept}. Lower the learning rates (task.module.lr, prompt_lr, "
+            "adapter_lr, head_lr) or keep gradient clipping on, then resume with ckpt_path=last"
+        )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -285,6 +393,15 @@ class _PromptTuningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         frozen = self._frozen_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        non_finite = [
+            k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()
+        ]
+        if non_finite:
+            raise NonFiniteLossError(
+                f"refusing to write a checkpoint: {non_finite[:8]} ({len(non_finite)} tensors) hold NaN/Inf at epoch "
+                f"{self.current_epoch}, global step {self.global_step} (the training diverged); the previous "
+                "checkpoint is kept. Lower the learning rates, then resume with ckpt_path=last"
+            )
         checkpoint[_FINGERPRINT_KEY] = _frozen_fingerprint(self.model)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

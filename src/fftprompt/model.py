@@ -408,27 +408,34 @@ def load_model(path: str | os.PathLike[str], backbone: Backbone | None = None) -
                 "checkpoint_path), so a rebuilt one would be randomly initialised; pass backbone="
             )
         backbone = create_backbone(**config)
-    features = None
-    if description.get("features") is not None:
-        settings = {k: v for k, v in description["features"].items() if k != "class"}
-        features = FrequencyFeatures(**settings)
     prompt_class = _allowed(_PROMPT_CLASSES, description["prompt"]["class"], "prompt", weights_path)
     head_class = _allowed(_HEAD_CLASSES, description["head"]["class"], "head", weights_path)
-    adapter = None
-    if description.get("adapter") is not None:
-        settings = {k: v for k, v in description["adapter"].items() if k != "class"}
-        adapter = FourierFTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
     prompt_config = dict(description["prompt"]["config"] or {})
-    model = create_model(
-        backbone,
-        num_classes=int(description["head"]["config"]["num_classes"]),
-        task=description["task"],
-        prompt=lambda dims: prompt_class(dims, **prompt_config),
-        features=features,
-        head=head_class(**description["head"]["config"]),
-        adapter=adapter,
-        pooling=description["pooling"],
-    )
+    head_config = dict(description["head"]["config"] or {})
+    try:
+        features = None
+        if description.get("features") is not None:
+            settings = {k: v for k, v in description["features"].items() if k != "class"}
+            features = FrequencyFeatures(**settings)
+        adapter = None
+        if description.get("adapter") is not None:
+            settings = {k: v for k, v in description["adapter"].items() if k != "class"}
+            adapter = FourierFTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+        model = create_model(
+            backbone,
+            num_classes=int(head_config["num_classes"]),
+            task=description["task"],
+            prompt=lambda dims: prompt_class(dims, **prompt_config),
+            features=features,
+            head=head_class(**head_config),
+            adapter=adapter,
+            pooling=description["pooling"],
+        )
+    except (TypeError, KeyError) as error:  # arguments the recorded classes do not take, or missing entries
+        raise ValueError(
+            f"{weights_path.parent / ADAPTER_CONFIG}: the recorded features, adapter, prompt ({prompt_class.__name__}) "
+            f"or head ({head_class.__name__}) settings do not fit their class: {error}"
+        ) from error
     model.load_trainable(path)
     return model
 
@@ -450,7 +457,14 @@ def _read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
         raise ValueError(
             f"{config_path}: format_version {description.get('format_version')!r}; expected {_FORMAT_VERSION}"
         )
-    return description, load_file(str(weights_path)), weights_path
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as error:  # SafetensorError for bad headers/truncation, OSError, ... depending on the damage
+        raise ValueError(
+            f"{weights_path} is not a readable safetensors file ({type(error).__name__}: {error}); it is truncated "
+            "or corrupted: write it again with PromptedViT.save_trainable"
+        ) from error
+    return description, tensors, weights_path
 
 
 def _allowed(classes: dict[str, type], name: Any, what: str, source: Path) -> type:

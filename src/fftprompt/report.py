@@ -133,11 +133,18 @@ def plot_learning_curves(csv_paths: Sequence[str | Path], out_path: str | Path) 
 
     if metric_names:
         metric_axis = axes.pop(0)
-        for name in sorted(metric_names):
+        colours = {}
+        for name in sorted(metric_names, key=lambda n: (n.split("/", 1)[1], n)):
             _, epochs, values = zip(*series[name], strict=True)
             split, metric = name.split("/", 1)
+            colour = colours.setdefault(metric, f"C{len(colours)}")  # one colour per metric, line style per split
             metric_axis.plot(
-                epochs, values, marker="o", ls="--" if split == "train" else "-", label=f"{split} {_label(metric)}"
+                epochs,
+                values,
+                color=colour,
+                marker="o" if split == "val" else ".",
+                ls="-" if split == "val" else "--",
+                label=f"{split} {_label(metric)}",
             )
         metric_axis.set(title="metrics per epoch", xlabel="epoch", ylabel="score", ylim=(-0.02, 1.02))
         metric_axis.grid(alpha=0.3)
@@ -145,10 +152,11 @@ def plot_learning_curves(csv_paths: Sequence[str | Path], out_path: str | Path) 
 
     if lr_names:
         lr_axis = axes.pop(0)
-        for name in lr_names:
+        for index, name in enumerate(lr_names):
             steps, _, values = zip(*series[name], strict=True)
-            lr_axis.plot(steps, values, label=name.split("/", 1)[1])
-        lr_axis.set(title="learning rate", xlabel="optimiser step", ylabel="lr", yscale="log")
+            # groups often share a rate: distinct line styles keep overlapping curves visible
+            lr_axis.plot(steps, values, ls=("-", "--", ":")[index % 3], lw=1.8, label=name.split("/", 1)[1])
+        lr_axis.set(title="learning rate per parameter group", xlabel="optimiser step", ylabel="lr", yscale="log")
         lr_axis.grid(alpha=0.3, which="both")
         lr_axis.legend(fontsize=8)
     return _save(figure, out_path)
@@ -272,7 +280,7 @@ def _label(metric: str) -> str:
 
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)

@@ -24,10 +24,11 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from fftprompt.backbone import Backbone
-from fftprompt.lit import ClassificationModule
+from fftprompt.lit import AtomicCheckpointIO, ClassificationModule
 from fftprompt.model import PromptedViT, create_model
 from fftprompt.report import print_summary, write_report
 
@@ -108,7 +109,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = parts["datamodule"]
     callbacks = _instantiate_collection(cfg.get("callbacks"))
     loggers = _instantiate_collection(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = _make_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     output_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / RUN_CONFIG, resolve=True)
@@ -117,15 +118,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     with warnings.catch_warnings():
         # PromptedViT keeps the frozen backbone in eval() on purpose (no dropout / drop-path, as in VPT)
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
     train_seconds = time.perf_counter() - start
 
     test_checkpoint, weights = _test_checkpoint(trainer)
     start = time.perf_counter()
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, verbose=False)
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, verbose=False, weights_only=True)
     test_seconds = time.perf_counter() - start
 
     metrics = _test_metrics(results)
+    confusion = _test_confusion(module)  # a collective under DDP: every rank takes part
     metrics.update(
         trainable_params=model.num_trainable_parameters(),
         total_params=model.num_total_parameters(),
@@ -138,7 +140,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     report = None
     if trainer.is_global_zero:
         model.save_trainable(output_dir, overwrite=True)  # the directory was checked for an earlier run above
-        report = _write_run_report(cfg, output_dir, metrics, parts, loggers, title="fftprompt training run")
+        report = _write_run_report(
+            cfg, output_dir, metrics, parts, loggers, title="fftprompt training run", confusion=confusion
+        )
         print_summary(metrics, report, title=f"test metrics ({weights} weights)")
     objects = {
         "cfg": cfg,
@@ -176,6 +180,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     if ckpt_path is not None and not source.is_file():
         raise ValueError(f"ckpt_path={str(source)!r} is not a file; expected a Lightning .ckpt file")
+    if ckpt_path is not None:
+        _check_checkpoint(source, f"ckpt_path={ckpt_path!s}")
     run_dir = source if source.is_dir() else source.parent
     if run_dir.name == "checkpoints":
         run_dir = run_dir.parent
@@ -189,12 +195,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if adapter_path is not None:
         model.load_trainable(source)
     callbacks = _instantiate_collection(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    trainer = _make_trainer(cfg, callbacks=callbacks, logger=False)
     start = time.perf_counter()
     results = trainer.test(
-        parts["module"], datamodule=parts["datamodule"], ckpt_path=str(source) if ckpt_path else None, verbose=False
+        parts["module"],
+        datamodule=parts["datamodule"],
+        ckpt_path=str(source) if ckpt_path else None,
+        verbose=False,
+        weights_only=True,
     )
     metrics = _test_metrics(results)
+    confusion = _test_confusion(parts["module"])
     metrics.update(
         trainable_params=model.num_trainable_parameters(),
         total_params=model.num_total_parameters(),
@@ -204,7 +215,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / RUN_CONFIG, resolve=True)
-        report = _write_run_report(cfg, output_dir, metrics, parts, [], title=f"fftprompt evaluation of {source}")
+        report = _write_run_report(
+            cfg, output_dir, metrics, parts, [], title=f"fftprompt evaluation of {source}", confusion=confusion
+        )
         print_summary(metrics, report, title="test metrics")
     return metrics
 
@@ -263,7 +276,39 @@ def _resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
     path = output_dir / "checkpoints" / LAST_CHECKPOINT if str(value) == "last" else Path(to_absolute_path(str(value)))
     if not path.is_file():
         raise ValueError(f"ckpt_path={value!r}: checkpoint {path} does not exist; expected a run's last.ckpt")
+    _check_checkpoint(path, f"ckpt_path={value!s}")
     return path
+
+
+def _check_checkpoint(path: Path, what: str) -> None:
+    """Reads ``path`` as Lightning will (``weights_only=True``) so that a bad file fails here, before any building.
+
+    A checkpoint holding pickled code (or any object beyond tensors and plain containers) is refused without
+    running it; a truncated or corrupted file gets an error naming it instead of a zip-reader message mid-run.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... depending on the damage
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{what}: {path} cannot be loaded safely (weights_only=True): {type(error).__name__}: {reason}; "
+            "expected a Lightning checkpoint written by fftprompt (tensors and plain values only)"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{what}: {path} is not a Lightning checkpoint (no 'state_dict' entry)")
+
+
+def _make_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    """``instantiate(cfg.trainer, **kwargs)`` with checkpoints written atomically (unless a plugin sets its own IO)."""
+    trainer: L.Trainer = instantiate(cfg.trainer, **kwargs)
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer
+
+
+def _test_confusion(module: L.LightningModule) -> torch.Tensor | None:
+    """The test confusion matrix of a classification module (synchronised across processes), else None."""
+    return module.test_confusion.compute().cpu() if isinstance(module, ClassificationModule) else None
 
 
 def _refuse_existing_run(output_dir: Path, overwrite: bool) -> None:
@@ -363,7 +408,7 @@ def _summary(cfg: DictConfig, parts: Mapping[str, Any]) -> dict[str, Any]:
     }
     for split in ("train", "val", "test"):
         summary[f"{split}_images"] = len(datamodule.dataset(split))
-    return summary
+    return {key: value for key, value in summary.items() if value is not None}
 
 
 def _write_run_report(
@@ -373,13 +418,14 @@ def _write_run_report(
     parts: Mapping[str, Any],
     loggers: list[Logger],
     title: str,
+    confusion: torch.Tensor | None = None,
 ) -> Path:
     module, model, datamodule = parts["module"], parts["model"], parts["datamodule"]
     num_samples = int(cfg.get("report", {}).get("num_samples", 6))
     images, targets = _first_test_images(datamodule, num_samples)
     kwargs: dict[str, Any] = {"history_csv": _csv_histories(loggers)}
     if isinstance(module, ClassificationModule):
-        kwargs["confusion"] = module.test_confusion.compute().cpu()
+        kwargs["confusion"] = confusion if confusion is not None else module.test_confusion.compute().cpu()
         kwargs["class_names"] = list(datamodule.class_names)
     else:
         kwargs["segmentation_samples"] = {

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from fftprompt.data.io import OnBadFile, find_bad_images, image_size
@@ -37,6 +38,101 @@ def _as_floats(name: str, values: Sequence[float]) -> tuple[float, float, float]
     if len(floats) != 3:
         raise ValueError(f"{name} must have 3 values (one per RGB channel), got {list(values)}")
     return floats  # type: ignore[return-value]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffled order of ``range(num_items)`` that depends only on ``(seed, epoch)``.
+
+    ``torch``'s ``RandomSampler`` draws each epoch's order from a generator that advances with every epoch, so a run
+    resumed from a checkpoint (a fresh generator) would see other orders than the uninterrupted run. Here Lightning's
+    ``set_epoch`` (called before every training epoch) selects the order, and :attr:`start` lets an epoch begin
+    part-way through (a resumed run skips the indices it had already trained on, without loading them).
+
+    Args:
+        num_items: dataset length.
+        seed: shuffling seed.
+    """
+
+    def __init__(self, num_items: int, seed: int) -> None:
+        self.num_items = int(num_items)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the order of ``epoch`` (called by Lightning before each training epoch)."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
+        start, self.start = self.start, 0  # only the first pass after a resume starts part-way
+        return iter(order[start:].tolist())
+
+    def __len__(self) -> int:
+        return self.num_items
+
+
+class LoaderPosition:
+    """Where a training loader stands in its epoch: batches handed out, and batches to skip after a resume."""
+
+    def __init__(self) -> None:
+        self.batches_taken = 0
+        self.resume_batches = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self.batches_taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume_batches = self.batches_taken = int(state.get("batches", 0))
+
+
+class ResumableDataLoader(DataLoader):
+    """A training ``DataLoader`` that can continue an epoch after the batches a checkpointed run had trained on.
+
+    Its :class:`LoaderPosition` travels in the checkpoint (through the data module's ``state_dict``, which Lightning
+    restores before it asks for the loader; Lightning's own checkpointing of stateful loaders is restored too late
+    when ``configure_optimizers`` reads ``trainer.estimated_stepping_batches``). The first pass after a restore
+    skips the taken batches: by index with an :class:`EpochShuffleSampler` (nothing is loaded), otherwise (e.g.
+    Lightning's distributed sampler under DDP) by loading and dropping them. A restored position at the end of an
+    epoch skips nothing: the next epoch starts afresh. Iteration is lazy: the underlying iterator (and its worker
+    processes) starts at the first batch, after Lightning has set the sampler's epoch.
+
+    Args:
+        dataset: the training dataset.
+        *args: positional arguments of ``DataLoader``.
+        position: shared position record (the data module's); a new one when None.
+        **kwargs: keyword arguments of ``DataLoader``.
+    """
+
+    def __init__(self, dataset: Dataset, *args: Any, position: LoaderPosition | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, *args, **kwargs)
+        self.position = position if position is not None else LoaderPosition()
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._batches()
+
+    def _batches(self) -> Iterator[Any]:
+        position = self.position
+        skip, position.resume_batches = position.resume_batches, 0
+        if skip >= len(self):
+            skip = 0
+        position.batches_taken = skip
+        if skip and isinstance(self.sampler, EpochShuffleSampler) and self.batch_sampler is not None:
+            self.sampler.start = skip * int(self.batch_size or 1)
+            skip = 0
+        for index, batch in enumerate(super().__iter__()):
+            if index < skip:
+                continue
+            position.batches_taken += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """The loader's :class:`LoaderPosition` (Lightning checkpoints loaders that have ``state_dict``)."""
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Makes the next pass skip the batches ``state`` had taken."""
+        self.position.load_state_dict(state)
 
 
 class ImageDataModule(L.LightningDataModule, ABC):
@@ -92,6 +188,7 @@ class ImageDataModule(L.LightningDataModule, ABC):
         self.pin_memory = bool(pin_memory)
         self._datasets: dict[str, Dataset] | None = None
         self._class_names: list[str] | None = None
+        self._train_position = LoaderPosition()
 
     @abstractmethod
     def _build(self) -> tuple[dict[str, Dataset], list[str]]:
@@ -145,19 +242,33 @@ class ImageDataModule(L.LightningDataModule, ABC):
         return denormalize(images, self.mean, self.std)
 
     def _loader(self, split: Split, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            generator=generator,
+        dataset = self.dataset(split)
+        common = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not shuffle:
+            return DataLoader(dataset, shuffle=False, **common)
+        # the shuffled order is a function of (seed, epoch) and the position is checkpointed: resumable runs
+        sampler = EpochShuffleSampler(len(dataset), self.seed)  # type: ignore[arg-type]
+        generator = torch.Generator().manual_seed(self.seed)  # draws the worker processes' base seed
+        return ResumableDataLoader(
+            dataset, sampler=sampler, generator=generator, position=self._train_position, **common
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled by ``(seed, epoch)``; a :class:`ResumableDataLoader`, so mid-epoch checkpoints resume exactly."""
         return self._loader("train", shuffle=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position in its epoch (saved in Lightning checkpoints)."""
+        return {"train_position": self._train_position.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores the training loader's position, so that a resumed run continues mid-epoch exactly."""
+        self._train_position.load_state_dict(state_dict.get("train_position", {}))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
