@@ -16,9 +16,12 @@ from fftprompt.ablate import (
     RUN_OVERRIDES,
     Variant,
     _compose,
+    _parse,
+    _worker_command,
     goal_check,
     main,
     plan_variants,
+    run_ablation,
     summarise,
 )
 from fftprompt.model import create_model
@@ -40,6 +43,7 @@ def build_counts(overrides: tuple[str, ...]) -> dict[str, int]:
     return {group: sum(p.numel() for p in params) for group, params in model.trainable_parameters().items()}
 
 
+@pytest.mark.slow
 def test_variants_fit_the_parameter_budget():
     variants, budget = plan_variants(_compose(TINY), [*METHODS, *ABLATIONS])
     # the quick backbone: 2 blocks of width 32, q and v blocks adapted in each
@@ -112,10 +116,25 @@ def test_quick_ablation_end_to_end(tmp_path, capsys):
         "--doc",
         str(doc),
     ]
+    # what two worker processes of --jobs 2 do (here in this process): every second run each, nothing written
+    for shard in ("0/2", "1/2"):
+        assert main([*argv, "--runs-only", "--shard", shard]) == 0
+    assert not (output / "ablation.json").exists()
+    trained = frozenset(str(p.parent) for p in (output / "runs").glob("*/seed*/metrics.json"))
+    assert len(trained) == 6
+    args = _parse([*argv, "--jobs", "2", "data.noise_std=0.03"])
+    worker = _worker_command(args, 1)
+    assert worker[1:3] == ["-m", "fftprompt.ablate"]
+    again = _parse(worker[3:])
+    assert again.shard == (1, 2) and again.runs_only and again.quick and again.overrides == ["data.noise_std=0.03"]
+    assert (again.seeds, again.methods, again.ablations) == (args.seeds, args.methods, args.ablations)
+    # the collecting process reports the workers' runs as trained in this invocation
+    report = run_ablation(_parse(argv), trained)
+    assert not any(r["reused"] for r in report["runs"])
     assert main(argv) == 0
     capsys.readouterr()
     report = json.loads((output / "ablation.json").read_text())
-    assert len(report["runs"]) == 6 and not any(r["reused"] for r in report["runs"])
+    assert len(report["runs"]) == 6 and all(r["reused"] for r in report["runs"])
     markdown = (output / "ablation.md").read_text()
     assert doc.read_text().replace("ablation.png", "") == markdown.replace("ablation.png", "")
     for path in (output / "ablation.png", doc.with_suffix(".png")):

@@ -385,3 +385,38 @@ def test_explain_model_covers_segmentation_and_prompts_without_maps(tmp_path):
     assert set(written) == {"rollout", "markdown"}
     assert "does not read frequency maps" in written["markdown"].read_text()
     _assert_png(written["rollout"])
+
+
+@pytest.mark.slow
+def test_write_report_links_small_explanation_figures(tmp_path):
+    from fftprompt.report import write_report
+
+    model = tiny_model()
+    x = images(2)
+    explanations = {"model": model, "images": x, "mean": (0.5,) * 3, "std": (0.25,) * 3, "ig_steps": 8, "dpi": 50}
+    report = write_report(tmp_path, {"test/acc": 0.5}, explanations=explanations).read_text()
+    for name in ("rollout", "prompt_attention", "attribution_maps", "attribution_groups"):
+        assert f"](figures/explain/{name}.png)" in report
+        assert (tmp_path / "figures" / "explain" / f"{name}.png").stat().st_size > 2000
+    assert "](figures/explain/explain.md)" in report and (tmp_path / "figures" / "explain" / "explain.md").is_file()
+    assert "explain" not in write_report(tmp_path / "plain", {"test/acc": 0.5}).read_text()
+
+
+@pytest.mark.slow
+def test_fftprompt_explain_command(finished_run, tmp_path, monkeypatch, capsys):
+    from fftprompt.cli import explain_main
+
+    run, _ = finished_run
+    out = tmp_path / "cli"
+    monkeypatch.chdir(tmp_path)
+    argv = ["fftprompt-explain", f"run_dir={run}", "images=test:2", f"out_dir={out}", "ig_steps=4", "profiles=false"]
+    monkeypatch.setattr("sys.argv", argv)
+    explain_main()
+    assert f"explanations: {out / 'explain.md'}" in capsys.readouterr().out
+    assert (out / "attribution_maps.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli"]  # Hydra writes no .hydra folder or log file
+    monkeypatch.setattr("sys.argv", ["fftprompt-explain", f"run_dir={tmp_path / 'missing'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        explain_main()
+    assert exit_info.value.code == 2
+    assert "adapter.json not found" in capsys.readouterr().err

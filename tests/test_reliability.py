@@ -500,12 +500,24 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(pickle.UnpicklingError):  # the exploit really runs when unpickled without weights_only
         torch.load(evil, weights_only=True)
     run = tmp_path / "run"
-    with pytest.raises(ValueError, match=r"ckpt_path=.*evil\.ckpt cannot be loaded safely \(weights_only=True\)"):
+    with pytest.raises(
+        ValueError, match=r"evil\.ckpt cannot be loaded safely \(weights_only=True\): it names the Python"
+    ):
         train(config(run, f"ckpt_path={evil}"))
     with pytest.raises(ValueError, match=r"evil\.ckpt cannot be loaded safely"):
         evaluate(config(tmp_path / "eval", f"ckpt_path={evil}", name="eval"))
     assert not marker.exists()
     assert_nothing_started(run)
+
+
+def test_a_truncated_last_checkpoint_is_named_before_anything_is_built(tmp_path):
+    # what a crash during a non-atomic write would leave behind (AtomicCheckpointIO prevents it for fftprompt's runs)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(100)}, "epoch": 0}, checkpoints / "last.ckpt")
+    truncate(checkpoints / "last.ckpt")
+    with pytest.raises(ValueError, match=r"ckpt_path=last: .*last\.ckpt cannot be loaded safely .*zip archive"):
+        train(config(tmp_path / "run", "ckpt_path=last"))
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ generated symmetry benchmark, small randomly initialised ViT, CPU) with the over
 trains exactly what ``fftprompt-train`` trains. Runs write their directories under ``<output>/runs/<variant>/seed<k>``
 (no logger, no checkpoints, no validation loop: the final weights are tested, the same rule for every method; no
 frequency-map figures). A finished run whose saved ``config.yaml`` equals the composed config is reused, so an
-interrupted ablation continues where it stopped (``--rerun`` trains everything again).
+interrupted ablation continues where it stopped (``--rerun`` trains everything again). ``--jobs N`` trains the runs
+in ``N`` worker processes (every ``N``-th run each, logs in ``<output>/logs``) and then collects them.
 
 Budgets. The reference budget is VPT-deep's and VFPT's standard 10 prompts per block, ``B = 10 * L * D`` prompt
 parameters (``--budget`` overrides it); every method is sized from the backbone and the features of the composed
@@ -89,7 +90,7 @@ RUN_OVERRIDES = (
 )
 # the full ablation: the demo config with fewer images, so 39 runs fit in about 30-40 minutes on 2 CPU cores
 FULL_OVERRIDES = ("data.num_train=1000", "data.num_val=64")
-FULL_EPOCHS = 6
+FULL_EPOCHS = 5
 # --quick: a 2-block ViT of width 32 on 32 px images and a few dozen images, one epoch (for tests)
 QUICK_OVERRIDES = (
     "data.image_size=32",
@@ -247,8 +248,14 @@ def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     return json.loads(metrics_path.read_text(encoding="utf-8"))
 
 
-def run_ablation(args: argparse.Namespace) -> dict[str, Any]:
-    """Trains (or reuses) every variant x seed and returns the ablation report (settings, budget, runs)."""
+def run_ablation(args: argparse.Namespace, trained_by_workers: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Trains (or reuses) every variant x seed of this process's shard and returns the ablation report.
+
+    Args:
+        args: Parsed command line.
+        trained_by_workers: Run directories that worker processes of this invocation trained (reported as trained,
+            not reused, although this process reads them from disk).
+    """
     from fftprompt.run import train
 
     torch.set_num_threads(args.threads)
@@ -262,32 +269,33 @@ def run_ablation(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     load_before = _load_average()
     runs: list[dict[str, Any]] = []
-    for variant in variants:
-        for seed in args.seeds:
-            run_dir = output / "runs" / variant.name / f"seed{seed}"
-            # the user's overrides come last: they win over the variant's
-            cfg = _compose(
-                [*shared, *variant.overrides, f"seed={seed}", f"paths.output_dir={run_dir}", *args.overrides]
-            )
-            metrics = None if args.rerun else _finished(run_dir, cfg)
-            reused = metrics is not None
-            if metrics is None:
-                metrics, _ = train(cfg)
-            runs.append(
-                {
-                    "variant": variant.name,
-                    "seed": seed,
-                    "run_dir": str(run_dir),
-                    "reused": reused,
-                    **{k: metrics[k] for k in ("test/acc", "test/f1_macro", "trainable_params", "train_seconds")},
-                }
-            )
-            took = "reused" if reused else f"{metrics['train_seconds']:.0f} s"
-            print(
-                f"[ablate] {variant.name:<20} seed {seed}: acc {metrics['test/acc']:.3f} "
-                f"f1 {metrics['test/f1_macro']:.3f} params {metrics['trainable_params']:,} ({took})",
-                flush=True,
-            )
+    pairs = [(variant, seed) for variant in variants for seed in args.seeds]
+    shard, shards = args.shard
+    for index, (variant, seed) in enumerate(pairs):
+        if index % shards != shard:
+            continue
+        run_dir = output / "runs" / variant.name / f"seed{seed}"
+        # the user's overrides come last: they win over the variant's
+        cfg = _compose([*shared, *variant.overrides, f"seed={seed}", f"paths.output_dir={run_dir}", *args.overrides])
+        metrics = None if args.rerun else _finished(run_dir, cfg)
+        reused = metrics is not None and str(run_dir) not in trained_by_workers
+        if metrics is None:
+            metrics, _ = train(cfg)
+        runs.append(
+            {
+                "variant": variant.name,
+                "seed": seed,
+                "run_dir": str(run_dir),
+                "reused": reused,
+                **{k: metrics[k] for k in ("test/acc", "test/f1_macro", "trainable_params", "train_seconds")},
+            }
+        )
+        took = "reused" if reused else f"{metrics['train_seconds']:.0f} s"
+        print(
+            f"[ablate] {variant.name:<20} seed {seed}: acc {metrics['test/acc']:.3f} "
+            f"f1 {metrics['test/f1_macro']:.3f} params {metrics['trainable_params']:,} ({took})",
+            flush=True,
+        )
     wall_seconds = time.perf_counter() - start
     data = base.data
     return {
@@ -297,6 +305,7 @@ def run_ablation(args: argparse.Namespace) -> dict[str, Any]:
             "quick": args.quick,
             "overrides": [*scale, *args.overrides],
             "threads": args.threads,
+            "jobs": args.jobs,
             "backbone": str(base.backbone.name),
             "image_size": int(data.image_size),
             "num_train": int(data.num_train),
@@ -402,7 +411,8 @@ def format_markdown(report: dict[str, Any], figure: str | None = "ablation.png")
         f"Budget: at most {b['budget']:,} trainable parameters besides the classification head (VPT-deep with 10 "
         f"prompts per block), FourierFT on {'/'.join(b['fourierft_targets'])} ({b['fourierft_matrices']} matrices), "
         f"{b['feature_channels']} compact feature channels. Wall time {report['wall_seconds'] / 60:.1f} min "
-        f"({s['threads']} torch threads; 1-minute load average {load['before']} before, {load['after']} after).",
+        f"({s['jobs']} process{'es' if s['jobs'] > 1 else ''} of {s['threads']} torch thread"
+        f"{'s' if s['threads'] > 1 else ''}; 1-minute load average {load['before']} before, {load['after']} after).",
         "",
     ]
     for kind, title in (("method", "Methods"), ("feature ablation", "Feature ablations (fft prompts shallow)")):
@@ -515,7 +525,16 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=None, help="prompt/adapter parameter budget (default 10*L*D)")
     parser.add_argument("--output", default="runs/ablation", help="folder of the run directories and the results")
     parser.add_argument("--doc", default=None, help="also write the markdown here (figure next to it, .png)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads per process (1: these small models gain little from more, and on a shared "
+        "machine a second thread mostly waits for a core)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained in parallel by worker processes")
+    parser.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)  # worker I of N: every N-th run from I
+    parser.add_argument("--runs-only", action="store_true", help=argparse.SUPPRESS)  # worker: train, write nothing
     parser.add_argument("--rerun", action="store_true", help="train again even when a finished run matches")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config")
     args = parser.parse_args(list(argv))
@@ -533,12 +552,54 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--epochs must be >= 1")
     if args.budget is not None and args.budget < 1:
         parser.error("--budget must be >= 1")
-    if args.threads < 1:
-        parser.error("--threads must be >= 1")
+    if args.threads < 1 or args.jobs < 1:
+        parser.error("--threads and --jobs must be >= 1")
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/"))
+    except ValueError:
+        parser.error(f"--shard {args.shard!r}: expected I/N")
+    if not 0 <= shard < shards:
+        parser.error(f"--shard {args.shard!r}: expected 0 <= I < N")
+    args.shard = (shard, shards)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides {bad}: expected Hydra overrides such as trainer.max_epochs=3")
     return args
+
+
+def _worker_command(args: argparse.Namespace, shard: int) -> list[str]:
+    command = [sys.executable, "-m", "fftprompt.ablate", "--runs-only", "--shard", f"{shard}/{args.jobs}"]
+    command += ["--seeds", ",".join(map(str, args.seeds)), "--methods", ",".join(args.methods) or "none"]
+    command += ["--ablations", ",".join(args.ablations) or "none", "--output", str(args.output)]
+    command += ["--threads", str(args.threads)]
+    command += ["--quick"] * args.quick + ["--rerun"] * args.rerun
+    command += [] if args.epochs is None else ["--epochs", str(args.epochs)]
+    command += [] if args.budget is None else ["--budget", str(args.budget)]
+    return [*command, *args.overrides]
+
+
+def _run_workers(args: argparse.Namespace) -> frozenset[str]:
+    """Trains the runs in ``args.jobs`` worker processes (logs in ``<output>/logs``); returns the run directories
+    whose ``metrics.json`` they wrote."""
+    import subprocess
+
+    runs = Path(args.output).resolve() / "runs"
+    before = {str(p.parent): p.stat().st_mtime_ns for p in runs.glob("*/seed*/metrics.json")}
+    logs = Path(args.output).resolve() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    processes = []
+    for shard in range(args.jobs):
+        log = (logs / f"worker{shard}.log").open("w", encoding="utf-8")
+        processes.append((subprocess.Popen(_worker_command(args, shard), stdout=log, stderr=subprocess.STDOUT), log))
+    failed = []
+    for shard, (process, log) in enumerate(processes):
+        if process.wait() != 0:
+            failed.append(f"worker {shard} exited with {process.returncode} (see {log.name})")
+        log.close()
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    after = {str(p.parent): p.stat().st_mtime_ns for p in runs.glob("*/seed*/metrics.json")}
+    return frozenset(run for run, stamp in after.items() if before.get(run) != stamp)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -547,7 +608,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    report = run_ablation(args)
+    start, load_before = time.perf_counter(), _load_average()
+    trained: frozenset[str] = frozenset()
+    if args.jobs > 1 and not args.runs_only:
+        trained = _run_workers(args)
+        args.rerun = False  # the workers trained what was asked; this process only collects
+    report = run_ablation(args, trained)
+    if args.runs_only:
+        return 0
+    report["wall_seconds"] = time.perf_counter() - start
+    report["load_average"]["before"] = load_before
     written = write_outputs(report, Path(args.output).resolve(), None if args.doc is None else Path(args.doc))
     print(format_markdown(report, figure=None))
     print("written: " + ", ".join(str(p) for p in written))

@@ -1,4 +1,5 @@
-"""Console entry points ``fftprompt-train`` and ``fftprompt-eval``: thin ``@hydra.main`` shims over ``fftprompt.run``.
+"""Console entry points ``fftprompt-train``, ``fftprompt-eval`` and ``fftprompt-explain``: thin ``@hydra.main`` shims
+over ``fftprompt.run`` and ``fftprompt.explain``.
 
 The configs ship inside the package (``fftprompt/configs``), so both commands work from any directory; runs are
 written under ``./runs/`` of the directory they are started in. Examples::
@@ -9,11 +10,12 @@ written under ``./runs/`` of the directory they are started in. Examples::
     fftprompt-train paths.output_dir=runs/demo ckpt_path=last      # resume an interrupted run
     fftprompt-eval adapter_path=runs/demo                   # same overrides as the training run
     fftprompt-train --cfg job                               # print the composed config
+    fftprompt-explain run_dir=runs/demo images=test:8       # figures + explain.md in runs/demo/explain
 
 Errors caused by the input (a bad data root or layout, a bad config value, a run directory that would be
 overwritten, a checkpoint that cannot be loaded safely) are printed as one ``error: <message>`` line on stderr with
 exit status 2, a diverged run (NaN/Inf loss) with exit status 1; ``HYDRA_FULL_ERROR=1`` shows the full traceback
-instead.
+instead. A run stopped by SIGTERM (after Lightning finishes the current batch) exits with status 143, not 0.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["eval_main", "train_main"]
+__all__ = ["eval_main", "explain_main", "train_main"]
 
 # exceptions whose message is meant for the user: fftprompt raises them for bad input and refused operations
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
@@ -51,12 +53,26 @@ def eval_main(cfg: DictConfig) -> None:
     _reporting_errors(evaluate, cfg)
 
 
+@hydra.main(version_base="1.3", config_path="configs", config_name="explain")
+def explain_main(cfg: DictConfig) -> None:
+    """``fftprompt-explain``: rollout, prompt attention and frequency attributions of a finished run (``run_dir=``)."""
+    from fftprompt.explain import explain
+
+    written = _reporting_errors(lambda c: explain(**OmegaConf.to_container(c, resolve=True)), cfg)
+    print(f"explanations: {written['markdown']}")
+
+
 def _reporting_errors(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Calls ``function(cfg)``; input errors become ``error: <message>`` on stderr and exit status 2 (1: diverged)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from fftprompt.lit import NonFiniteLossError
 
     try:
         return function(cfg)
+    except SIGTERMException:  # a SystemExit without a code: the shell would see status 0
+        print("error: stopped by SIGTERM; resume with ckpt_path=last", file=sys.stderr, flush=True)
+        sys.exit(128 + 15)
     except (*_INPUT_ERRORS, InstantiationException, NonFiniteLossError) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

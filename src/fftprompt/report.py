@@ -33,6 +33,12 @@ __all__ = [
     "write_report",
 ]
 
+_EXPLANATION_CAPTIONS = {  # figures of fftprompt.explain.explain_model shown in report.md
+    "rollout": "Explanations: attention rollout",
+    "prompt_attention": "Explanations: prompt-generator cross-attention",
+    "attribution_maps": "Explanations: attribution to the frequency maps (integrated gradients)",
+    "attribution_groups": "Explanations: attribution per feature group",
+}
 _METRIC_LABELS = {
     "acc": "accuracy",
     "f1_macro": "macro F1",
@@ -297,6 +303,7 @@ def write_report(
     class_names: Sequence[str] | None = None,
     segmentation_samples: Mapping[str, Any] | None = None,
     figures: Mapping[str, str | Path] | None = None,
+    explanations: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes ``metrics.json`` (atomically), the figures and ``report.md`` into ``output_dir``.
 
@@ -311,6 +318,9 @@ def write_report(
         class_names: K class names for the confusion matrix.
         segmentation_samples: keyword arguments of :func:`plot_segmentation_samples` except ``out_path``.
         figures: further figures ``{caption: PNG path}`` already written (e.g. frequency maps).
+        explanations: keyword arguments of :func:`fftprompt.explain.explain_model` except ``out_dir`` (``model``,
+            ``images``, ``mean``, ``std``, ...); its figures go to ``output_dir/figures/explain`` and are linked, with
+            its ``explain.md``.
 
     Returns:
         Path of ``report.md``.
@@ -336,6 +346,11 @@ def write_report(
         )
     for caption, path in (figures or {}).items():
         made[caption] = Path(path)
+    if explanations is not None:
+        from fftprompt.explain import explain_model  # the model stack: imported only when explanations are asked for
+
+        written = explain_model(**explanations, out_dir=figure_dir / "explain")
+        made.update({caption: written[name] for name, caption in _EXPLANATION_CAPTIONS.items() if name in written})
 
     lines = [f"# {title}", ""]
     if summary:
@@ -354,6 +369,11 @@ def write_report(
     for caption, path in made.items():
         relative = os.path.relpath(path, output_dir)
         lines += [f"## {caption}", "", f"![{caption}]({Path(relative).as_posix()})", ""]
+    if explanations is not None:
+        lines += [
+            "Explanation details (tables, completeness of the attributions): [explain.md](figures/explain/explain.md)",
+            "",
+        ]
     report = output_dir / "report.md"
     report.write_text("\n".join(lines))
     return report

@@ -13,6 +13,7 @@ compose a config with ``hydra.compose`` and call them directly. A run directory 
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -289,10 +290,15 @@ def _check_checkpoint(path: Path, what: str) -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... depending on the damage
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        code = re.search(r"GLOBAL (\S+)", text)
+        if code is not None:
+            reason = f"it names the Python object {code.group(1)}, which unpickling would import and may run"
+        else:  # the first sentence: torch's messages go on with generic advice
+            reason = f"{type(error).__name__}: " + (text.splitlines()[0].split(". ")[0] if text else "no message")
         raise ValueError(
-            f"{what}: {path} cannot be loaded safely (weights_only=True): {type(error).__name__}: {reason}; "
-            "expected a Lightning checkpoint written by fftprompt (tensors and plain values only)"
+            f"{what}: {path} cannot be loaded safely (weights_only=True): {reason}; expected a Lightning "
+            "checkpoint written by fftprompt (tensors and plain values only), not truncated or corrupted"
         ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{what}: {path} is not a Lightning checkpoint (no 'state_dict' entry)")
