@@ -272,6 +272,7 @@ def finished_run(tmp_path_factory):
         "++trainer.enable_progress_bar=false",
         "++trainer.enable_model_summary=false",
         "report.frequency_panels=0",
+        "report.explain_images=0",
         f"paths.output_dir={run}",
     ]
     with initialize_config_dir(str(Path(fftprompt.__file__).parent / "configs"), version_base="1.3"):

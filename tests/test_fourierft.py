@@ -199,10 +199,12 @@ def test_gradcheck_float64(grad_mode, blocks, d_out, d_in):
 
 def test_auto_grad_mode_picks_fft_for_large_cpu_layers_and_dense_otherwise():
     cpu, cuda, f32 = torch.device("cpu"), torch.device("cuda"), torch.float32
-    assert _choose_grad_mode("auto", cpu, f32, 1, 1152, 384, 3000) == "fft"  # ViT-S qkv
+    assert _choose_grad_mode("auto", cpu, f32, 1, 2304, 768, 3000) == "fft"  # ViT-B qkv
     assert _choose_grad_mode("auto", cpu, f32, 1, 3072, 768, 3000) == "fft"  # ViT-B fc1
+    assert _choose_grad_mode("auto", cpu, f32, 1, 4096, 1024, 3000) == "fft"  # ViT-L fc1
+    assert _choose_grad_mode("auto", cpu, f32, 1, 1152, 384, 3000) == "dense"  # ViT-S qkv
     assert _choose_grad_mode("auto", cpu, f32, 1, 32, 32, 500) == "dense"
-    assert _choose_grad_mode("auto", cpu, torch.bfloat16, 1, 1152, 384, 3000) == "dense"  # fast bf16 products
+    assert _choose_grad_mode("auto", cpu, torch.bfloat16, 1, 2304, 768, 3000) == "dense"  # fast bf16 products
     assert _choose_grad_mode("auto", cuda, f32, 1, 3072, 768, 3000) == "dense"
     assert _choose_grad_mode("fft", cuda, f32, 1, 32, 32, 500) == "fft"
     assert _choose_grad_mode("dense", cpu, f32, 1, 3072, 768, 3000) == "dense"
@@ -210,7 +212,7 @@ def test_auto_grad_mode_picks_fft_for_large_cpu_layers_and_dense_otherwise():
 
 def test_fft_gradient_over_several_token_chunks_matches_dense():
     torch.manual_seed(0)
-    x = torch.randn(2, 700, 24)  # 1400 tokens: three chunks of the FFT path
+    x = torch.randn(2, 1100, 24)  # 2200 tokens: three chunks of the FFT path
     linear = nn.Linear(24, 40)
     grads = {}
     for grad_mode in GRAD_MODES:

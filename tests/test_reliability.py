@@ -50,6 +50,7 @@ TINY = [
     "trainer.enable_model_summary=false",
     "logger=none",
     "report.frequency_panels=0",
+    "report.explain_images=0",
 ]
 SYMMETRY = ["data.image_size=32", "data.num_train=16", "data.num_val=8", "data.num_test=12", "data.batch_size=8"]
 TEST_KEYS = ("test/acc", "test/auroc", "test/f1_macro", "test/loss")

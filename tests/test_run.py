@@ -32,6 +32,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "report.frequency_panels=0",
+    "report.explain_images=0",
 ]
 CLASSIFICATION_KEYS = {"test/acc", "test/f1_macro", "test/auroc", "test/loss"}
 SEGMENTATION_KEYS = {"test/miou", "test/dice", "test/loss"}
@@ -58,7 +59,9 @@ def assert_scores(metrics: dict, keys: set[str]) -> None:
 @pytest.mark.slow
 def test_train_classification_writes_the_run_directory(tmp_path):
     run = tmp_path / "run"
-    metrics, objects = train(config(run, "trainer.fast_dev_run=true", "report.frequency_panels=1"))
+    metrics, objects = train(
+        config(run, "trainer.fast_dev_run=true", "report.frequency_panels=1", "report.explain_images=1")
+    )
     assert_scores(metrics, CLASSIFICATION_KEYS)
     saved = json.loads((run / "metrics.json").read_text())
     assert {k: saved[k] for k in CLASSIFICATION_KEYS} == {k: metrics[k] for k in CLASSIFICATION_KEYS}
@@ -67,6 +70,8 @@ def test_train_classification_writes_the_run_directory(tmp_path):
     for name in ("config.yaml", "report.md", "adapter.safetensors", "adapter.json", "figures/confusion.png"):
         assert (run / name).is_file(), name
     assert (run / "figures/frequency_maps_0.png").is_file()
+    assert "figures/explain/explain.md" in (run / "report.md").read_text()
+    assert (run / "figures/explain/explain.md").is_file()
     assert objects["trainer"].global_step == 1
     assert sum(p.numel() for p in objects["module"].parameters() if p.requires_grad) == metrics["trainable_params"]
 

@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -111,6 +111,9 @@ _FFT_CROP = 4
 _FOURIERFT_SHARE = 0.25  # of the budget, in fft prompts + FourierFT
 
 
+VariantKind = Literal["method", "feature ablation"]
+
+
 @dataclass(frozen=True)
 class Variant:
     """One row of the ablation: a name, a label and the Hydra overrides that make it from the base config."""
@@ -118,7 +121,7 @@ class Variant:
     name: str
     label: str
     overrides: tuple[str, ...]
-    kind: str  # "method" or "feature ablation"
+    kind: VariantKind
 
 
 def _fft_overrides(hidden_dim: int, num_tokens: int) -> tuple[str, ...]:

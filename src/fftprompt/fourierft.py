@@ -67,16 +67,17 @@ QKV_BLOCKS = ("q", "k", "v")
 REGEX_PREFIX = "re:"
 FULL_LAYER = "full"  # coefficient key of a layer adapted whole
 
-# CPU cost model of grad_mode="auto", in multiply-adds of a large float32 matrix product (fitted to per-layer timings
-# on a Xeon with AVX-512, ViT-S/B/L layer shapes, 3152 tokens): per token, the dense path costs d_out * d_in and the
-# FFT path FEATURE_COST per feature (rfft, transposes and conjugate copies of both spectra) plus ENTRY_COST per
-# spectral entry (sampled products).
-_FFT_FEATURE_COST = 175.0
+# CPU cost model of grad_mode="auto", in multiply-adds of a large float32 matrix product, per token: the dense path
+# costs d_out * d_in, the FFT path FEATURE_COST per feature (rfft, transposes and conjugate copies of both spectra:
+# memory-bound, so it gains less from more threads than the compute-bound product) plus ENTRY_COST per spectral entry
+# (sampled products). Fitted to single-thread layer timings on a Xeon with AVX-512 (float32 products at ~75 GMAC/s)
+# and rounded towards the dense path: ViT-S layers stay dense, ViT-B/L layers (d >= 768) take the FFT path.
+_FFT_FEATURE_COST = 300.0
 _FFT_ENTRY_COST = 26.0
 # bfloat16 products (autocast) run on the CPU's matrix units about 4x faster; the FFT path stays in float32
 _BF16_MATMUL_COST = 0.25
 # tokens per chunk of the FFT-path gradient: the chunk's transposed spectra stay in the CPU caches
-_FFT_CHUNK_TOKENS = 512
+_FFT_CHUNK_TOKENS = 1024
 
 
 @dataclass
@@ -276,8 +277,8 @@ def _dense_coefficient_grad(weight_grad: Tensor, dense_index: Tensor, scaling: f
         ``(nb, n)``.
     """
     num_blocks, block_rows, d_in = weight_grad.shape
-    spectrum = torch.fft.rfft2(weight_grad.to(_fft_dtype(weight_grad.dtype))).real.reshape(num_blocks, -1)
-    return (spectrum[:, dense_index] * (scaling / (block_rows * d_in))).to(dtype)
+    spectrum = torch.fft.rfft2(weight_grad.to(_fft_dtype(weight_grad.dtype))).reshape(num_blocks, -1)
+    return (spectrum[:, dense_index].real * (scaling / (block_rows * d_in))).to(dtype)
 
 
 def _conjugated_side(num_blocks: int, block_rows: int, d_in: int) -> Literal["inputs", "grads"]:

@@ -444,6 +444,20 @@ def _write_run_report(
         }
     count = int(cfg.get("report", {}).get("frequency_panels", 2))
     figures = _frequency_figures(model, images, targets, datamodule, output_dir / "figures", count)
+    explain_count = int(cfg.get("report", {}).get("explain_images", 2))
+    if explain_count > 0:
+        # small versions of fftprompt-explain's figures: few images, few integration steps, low resolution
+        kwargs["explanations"] = {
+            "model": model,
+            "images": images[:explain_count],
+            "mean": list(datamodule.mean),
+            "std": list(datamodule.std),
+            "labels": targets[:explain_count],
+            "class_names": list(datamodule.class_names),
+            "ig_steps": 32,
+            "dpi": 60,
+            "title": "Explanations of the first test images",
+        }
     return write_report(output_dir, metrics, title=title, summary=_summary(cfg, parts), figures=figures, **kwargs)
 
 
