@@ -202,7 +202,8 @@ def test_auto_grad_mode_picks_fft_for_large_cpu_layers_and_dense_otherwise():
     assert _choose_grad_mode("auto", cpu, f32, 1, 2304, 768, 3000) == "fft"  # ViT-B qkv
     assert _choose_grad_mode("auto", cpu, f32, 1, 3072, 768, 3000) == "fft"  # ViT-B fc1
     assert _choose_grad_mode("auto", cpu, f32, 1, 4096, 1024, 3000) == "fft"  # ViT-L fc1
-    assert _choose_grad_mode("auto", cpu, f32, 1, 1152, 384, 3000) == "dense"  # ViT-S qkv
+    assert _choose_grad_mode("auto", cpu, f32, 1, 1152, 384, 3000) == "fft"  # ViT-S qkv
+    assert _choose_grad_mode("auto", cpu, f32, 1, 384, 384, 3000) == "dense"  # ViT-S proj
     assert _choose_grad_mode("auto", cpu, f32, 1, 32, 32, 500) == "dense"
     assert _choose_grad_mode("auto", cpu, torch.bfloat16, 1, 2304, 768, 3000) == "dense"  # fast bf16 products
     assert _choose_grad_mode("auto", cuda, f32, 1, 3072, 768, 3000) == "dense"

@@ -90,7 +90,7 @@ RUN_OVERRIDES = (
 )
 # the full ablation: the demo config with fewer images, so 39 runs fit in about 30-40 minutes on 2 CPU cores
 FULL_OVERRIDES = ("data.num_train=1000", "data.num_val=64")
-FULL_EPOCHS = 5
+FULL_EPOCHS = 10
 # --quick: a 2-block ViT of width 32 on 32 px images and a few dozen images, one epoch (for tests)
 QUICK_OVERRIDES = (
     "data.image_size=32",

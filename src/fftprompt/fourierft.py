@@ -68,11 +68,12 @@ REGEX_PREFIX = "re:"
 FULL_LAYER = "full"  # coefficient key of a layer adapted whole
 
 # CPU cost model of grad_mode="auto", in multiply-adds of a large float32 matrix product, per token: the dense path
-# costs d_out * d_in, the FFT path FEATURE_COST per feature (rfft, transposes and conjugate copies of both spectra:
-# memory-bound, so it gains less from more threads than the compute-bound product) plus ENTRY_COST per spectral entry
-# (sampled products). Fitted to single-thread layer timings on a Xeon with AVX-512 (float32 products at ~75 GMAC/s)
-# and rounded towards the dense path: ViT-S layers stay dense, ViT-B/L layers (d >= 768) take the FFT path.
-_FFT_FEATURE_COST = 300.0
+# costs d_out * d_in, the FFT path FEATURE_COST per feature (rfft, transposes and conjugate copies of both spectra)
+# plus ENTRY_COST per spectral entry (sampled products). Fitted to single-thread layer timings on a Xeon with AVX-512
+# (float32 products at ~75 GMAC/s): ViT-S qkv/fc1/fc2 and every ViT-B/L layer take the FFT path, ViT-S proj stays
+# dense. The FFT path runs many mid-sized operations, so on an oversubscribed CPU (more busy threads than cores) its
+# thread synchronisation makes it slower than "dense": choose grad_mode="dense" there.
+_FFT_FEATURE_COST = 175.0
 _FFT_ENTRY_COST = 26.0
 # bfloat16 products (autocast) run on the CPU's matrix units about 4x faster; the FFT path stays in float32
 _BF16_MATMUL_COST = 0.25
@@ -516,6 +517,11 @@ class _FourierFTLinearFunction(torch.autograd.Function):
 # module
 
 
+def _stack(parameters: list[Tensor]) -> Tensor:
+    """``(nb, n)`` coefficients; a view for a single block (no copy)."""
+    return parameters[0].unsqueeze(0) if len(parameters) == 1 else torch.stack(parameters)
+
+
 class FourierFTLinear(nn.Module):
     """A frozen ``nn.Linear`` plus a FourierFT delta, whole or on row blocks (PEFT's layer contract in miniature).
 
@@ -597,7 +603,7 @@ class FourierFTLinear(nn.Module):
 
     def _coefficients(self) -> Tensor:
         """``(nb, n)`` coefficients, blocks in q, k, v order."""
-        return torch.stack([self.fourierft_spectrum[key] for key in self.block_names])
+        return _stack([self.fourierft_spectrum[key] for key in self.block_names])
 
     def get_delta_weight(self) -> Tensor:
         """The weight change ``(d_out, d_in)``, zero outside the adapted row blocks, in float32 (float64 for float64
@@ -653,7 +659,7 @@ class FourierFTLinear(nn.Module):
                 x,
                 weight,
                 bias,
-                torch.stack(parameters),
+                _stack(parameters),
                 self._half_index,
                 self._dense_index,
                 self._fft_crow,
@@ -677,7 +683,7 @@ class FourierFTLinear(nn.Module):
     def _effective_weight(self, parameters: list[Tensor], dtype: torch.dtype) -> Tensor:
         return _effective_weight(
             self.base_layer.weight,
-            torch.stack(parameters),
+            _stack(parameters),
             self._half_index,
             self.block_ids,
             self.block_rows,
