@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/fftprompt-bench features
 	$(BIN)/fftprompt-bench fourierft
 	$(BIN)/fftprompt-bench prompts
+	$(BIN)/fftprompt-bench methods
 
 clean-venv:
 	rm -rf $(VENV)
