@@ -33,6 +33,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -88,7 +89,8 @@ RUN_OVERRIDES = (
     "report.frequency_panels=0",
     "overwrite=true",
 )
-# the full ablation: the demo config with fewer images, so 39 runs fit in about 30-40 minutes on 2 CPU cores
+# the full ablation: the demo config with fewer images; its 39 runs took 27 min with one 1-thread process on a shared
+# 2-core machine (docs/ablation.md)
 FULL_OVERRIDES = ("data.num_train=1000", "data.num_val=64")
 FULL_EPOCHS = 10
 # --quick: a 2-block ViT of width 32 on 32 px images and a few dozen images, one epoch (for tests)
@@ -399,7 +401,8 @@ def _params(row: dict[str, Any]) -> int:
 def format_markdown(report: dict[str, Any], figure: str | None = "ablation.png") -> str:
     """The ablation report as markdown: settings, the methods table, the feature-ablation table, the goal check."""
     s, b = report["settings"], report["budget"]
-    load = report["load_average"]
+    load, runs = report["load_average"], report["runs"]
+    trained = sum(not r["reused"] for r in runs)
     lines = [
         "# Ablation: methods at matched parameter budgets, and frequency-feature ablations",
         "",
@@ -413,11 +416,17 @@ def format_markdown(report: dict[str, Any], figure: str | None = "ablation.png")
         "",
         f"Budget: at most {b['budget']:,} trainable parameters besides the classification head (VPT-deep with 10 "
         f"prompts per block), FourierFT on {'/'.join(b['fourierft_targets'])} ({b['fourierft_matrices']} matrices), "
-        f"{b['feature_channels']} compact feature channels. Wall time {report['wall_seconds'] / 60:.1f} min "
-        f"({s['jobs']} process{'es' if s['jobs'] > 1 else ''} of {s['threads']} torch thread"
-        f"{'s' if s['threads'] > 1 else ''}; 1-minute load average {load['before']} before, {load['after']} after).",
+        f"{b['feature_channels']} compact feature channels.",
+        "",
+        f"Time: {report['wall_seconds'] / 60:.1f} min wall for this invocation, which trained {trained} of "
+        f"{len(runs)} runs ({len(runs) - trained} reused from an earlier one; the runs' own training loops sum to "
+        f"{sum(r['train_seconds'] for r in runs) / 60:.1f} min), with {s['jobs']} process"
+        f"{'es' if s['jobs'] > 1 else ''} of {s['threads']} torch thread{'s' if s['threads'] > 1 else ''}; 1-minute "
+        f"load average {load['before']} before, {load['after']} after (the machine is shared: other jobs ran too).",
         "",
     ]
+    if report.get("command"):
+        lines[2:2] = [f"Command: `{report['command']}`", ""]
     for kind, title in (("method", "Methods"), ("feature ablation", "Feature ablations (fft prompts shallow)")):
         rows = [r for r in report["summary"] if r["kind"] == kind]
         if not rows:
@@ -450,6 +459,17 @@ def format_markdown(report: dict[str, Any], figure: str | None = "ablation.png")
         lines.append("")
     if figure is not None:
         lines += [f"![test accuracy per method, mean ± std over seeds]({figure})", ""]
+    lines += [
+        "## Configurations",
+        "",
+        "Hydra overrides of each variant on top of the settings above (`fftprompt-train` with these reproduces a "
+        "run; add `seed=<k>`):",
+        "",
+        "| variant | overrides |",
+        "|---|---|",
+    ]
+    lines += [f"| {v['label']} | `{' '.join(v['overrides'])}` |" for v in report["variants"]]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -621,6 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     report["wall_seconds"] = time.perf_counter() - start
     report["load_average"]["before"] = load_before
+    report["command"] = shlex.join(["fftprompt-ablate", *(sys.argv[1:] if argv is None else argv)])
     written = write_outputs(report, Path(args.output).resolve(), None if args.doc is None else Path(args.doc))
     print(format_markdown(report, figure=None))
     print("written: " + ", ".join(str(p) for p in written))
