@@ -95,7 +95,8 @@ def test_rejects_bad_arguments(capsys):
 
 
 def read_row(markdown: str, label: str) -> list[str]:
-    rows = [line for line in markdown.splitlines() if line.startswith(f"| {label} |")]
+    # the results row; the overrides table further down names each method again, with its overrides in backticks
+    rows = [line for line in markdown.splitlines() if line.startswith(f"| {label} |") and "`" not in line]
     assert len(rows) == 1, (label, rows)
     return [cell.strip() for cell in rows[0].strip("|").split("|")]
 
