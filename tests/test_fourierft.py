@@ -202,8 +202,7 @@ def test_auto_grad_mode_picks_fft_for_large_cpu_layers_and_dense_otherwise():
     assert _choose_grad_mode("auto", cpu, f32, 1, 2304, 768, 3000) == "fft"  # ViT-B qkv
     assert _choose_grad_mode("auto", cpu, f32, 1, 3072, 768, 3000) == "fft"  # ViT-B fc1
     assert _choose_grad_mode("auto", cpu, f32, 1, 4096, 1024, 3000) == "fft"  # ViT-L fc1
-    assert _choose_grad_mode("auto", cpu, f32, 1, 1152, 384, 3000) == "fft"  # ViT-S qkv
-    assert _choose_grad_mode("auto", cpu, f32, 1, 384, 384, 3000) == "dense"  # ViT-S proj
+    assert _choose_grad_mode("auto", cpu, f32, 1, 1152, 384, 3000) == "dense"  # ViT-S qkv
     assert _choose_grad_mode("auto", cpu, f32, 1, 32, 32, 500) == "dense"
     assert _choose_grad_mode("auto", cpu, torch.bfloat16, 1, 2304, 768, 3000) == "dense"  # fast bf16 products
     assert _choose_grad_mode("auto", cuda, f32, 1, 3072, 768, 3000) == "dense"
@@ -213,7 +212,7 @@ def test_auto_grad_mode_picks_fft_for_large_cpu_layers_and_dense_otherwise():
 
 def test_fft_gradient_over_several_token_chunks_matches_dense():
     torch.manual_seed(0)
-    x = torch.randn(2, 1100, 24)  # 2200 tokens: three chunks of the FFT path
+    x = torch.randn(2, 600, 24)  # 1200 tokens: three chunks of the FFT path
     linear = nn.Linear(24, 40)
     grads = {}
     for grad_mode in GRAD_MODES:

@@ -69,16 +69,16 @@ FULL_LAYER = "full"  # coefficient key of a layer adapted whole
 
 # CPU cost model of grad_mode="auto", in multiply-adds of a large float32 matrix product, per token: the dense path
 # costs d_out * d_in, the FFT path FEATURE_COST per feature (rfft, transposes and conjugate copies of both spectra)
-# plus ENTRY_COST per spectral entry (sampled products). Fitted to single-thread layer timings on a Xeon with AVX-512
-# (float32 products at ~75 GMAC/s): ViT-S qkv/fc1/fc2 and every ViT-B/L layer take the FFT path, ViT-S proj stays
-# dense. The FFT path runs many mid-sized operations, so on an oversubscribed CPU (more busy threads than cores) its
-# thread synchronisation makes it slower than "dense": choose grad_mode="dense" there.
-_FFT_FEATURE_COST = 175.0
+# plus ENTRY_COST per spectral entry (sampled products). Fitted to layer timings on a 2-core Xeon with AVX-512
+# (float32 products at ~75 GMAC/s per core) and rounded towards the dense path, which needs fewer, larger operations:
+# on ViT-S layers (d = 384) the two paths are within 10% of each other and the FFT path loses badly when the CPU is
+# oversubscribed (its many thread synchronisations), so they stay dense; ViT-B/L layers (d >= 768) take the FFT path.
+_FFT_FEATURE_COST = 300.0
 _FFT_ENTRY_COST = 26.0
 # bfloat16 products (autocast) run on the CPU's matrix units about 4x faster; the FFT path stays in float32
 _BF16_MATMUL_COST = 0.25
 # tokens per chunk of the FFT-path gradient: the chunk's transposed spectra stay in the CPU caches
-_FFT_CHUNK_TOKENS = 1024
+_FFT_CHUNK_TOKENS = 512
 
 
 @dataclass
