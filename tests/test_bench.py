@@ -174,6 +174,8 @@ def test_bench_methods_rows_and_parameter_counts(tmp_path, capsys):
     assert ratios["trainable params fft_shallow/vpt_shallow"] == pytest.approx(
         rows["fft_shallow"]["trainable_params"] / rows["vpt_shallow"]["trainable_params"]
     )
+    fastest = min(rows["fft_shallow"]["train_step_ms_all"]) / min(rows["vpt_shallow"]["train_step_ms_all"])
+    assert ratios["train step fft_shallow/vpt_shallow (fastest steps)"] == pytest.approx(fastest)
     assert ("train step fourierft/fourierft_peft" in ratios) == peft_available()
     assert "fft_shallow/vpt_shallow" in table
 
