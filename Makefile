@@ -22,6 +22,7 @@ demo: install
 ## The whole test suite, with the lint first.
 test: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 ## Skip multi-second tests while iterating.
@@ -30,6 +31,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check src tests benchmarks
 
 format: install

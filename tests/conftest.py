@@ -31,3 +31,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# a 2-block ViT (img 32, patch 8, width 32) with small prompts and adapter: the tiny model of every run test
+TINY_MODEL = [
+    "backbone.depth=2",
+    "backbone.embed_dim=32",
+    "backbone.num_heads=2",
+    "prompt.num_tokens=2",
+    "prompt.hidden_dim=16",
+    "prompt.num_heads=2",
+    "prompt.spectrum_dim=8",
+    "adapter.n_frequency=50",
+]
+# no progress bar or model summary, no frequency panels or explanations in the report
+QUIET = [
+    "~callbacks.rich_progress_bar",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "report.frequency_panels=0",
+    "report.explain_images=0",
+]
+# a few generated symmetry-benchmark images of 32 px
+TINY_SYMMETRY = ["data.image_size=32", "data.num_train=16", "data.num_val=8", "data.num_test=12", "data.batch_size=8"]
+
+
+def tiny_config(output_dir: Path, *overrides: str, data: list[str] = TINY_SYMMETRY, name: str = "train"):
+    """The packaged config ``name`` with the tiny model, quiet settings, ``data`` and ``overrides``."""
+    from fftprompt.run import compose
+
+    return compose([*TINY_MODEL, *QUIET, *data, f"paths.output_dir={output_dir}", *overrides], config_name=name)

@@ -9,29 +9,20 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from fftprompt.ablate import (
-    ABLATIONS,
-    METHODS,
-    QUICK_OVERRIDES,
-    RUN_OVERRIDES,
-    Variant,
-    _compose,
-    _parse,
-    _worker_command,
-    goal_check,
-    main,
-    plan_variants,
-    run_ablation,
-    summarise,
-)
+from fftprompt.ablate import ABLATIONS, METHODS, Variant, main, plan_ablation, plan_variants, run_ablation
+from fftprompt.ablate.cli import parse_args
+from fftprompt.ablate.runner import QUICK_OVERRIDES, RUN_OVERRIDES, worker_command
+from fftprompt.ablate.tables import goal_check, summarise
 from fftprompt.model import create_model
+from fftprompt.prompts import ModelDims
+from fftprompt.run import compose
 
 TINY = [*QUICK_OVERRIDES, *RUN_OVERRIDES, "paths.output_dir=/nonexistent/fftprompt-ablate"]
 
 
 def build_counts(overrides: tuple[str, ...]) -> dict[str, int]:
     """Trainable parameters per group of the model a variant's config builds (no data)."""
-    cfg = _compose([*TINY, *overrides])
+    cfg = compose([*TINY, *overrides])
     model = create_model(
         instantiate(cfg.backbone),
         6,
@@ -45,7 +36,7 @@ def build_counts(overrides: tuple[str, ...]) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_variants_fit_the_parameter_budget():
-    variants, budget = plan_variants(_compose(TINY), [*METHODS, *ABLATIONS])
+    variants, budget = plan_ablation(compose(TINY), [*METHODS, *ABLATIONS])
     # the quick backbone: 2 blocks of width 32, q and v blocks adapted in each
     assert budget["budget"] == 10 * 2 * 32 and budget["fourierft_matrices"] == 4
     counts = {v.name: build_counts(v.overrides) for v in variants}
@@ -58,11 +49,25 @@ def test_variants_fit_the_parameter_budget():
     assert counts["fft_fourierft"]["adapter"] > 0 and counts["fft_fourierft"]["prompt"] > 0
     assert spent["fft_no_spectrum"] < spent["fft_shallow"]  # the spectrum projection is gone
     assert len({c["head"] for c in counts.values()}) == 1  # one head for all
-    larger, _ = plan_variants(_compose(TINY), ["vpt_shallow", "fft_shallow"], budget=2 * budget["budget"])
+    larger, _ = plan_ablation(compose(TINY), ["vpt_shallow", "fft_shallow"], budget=2 * budget["budget"])
     assert build_counts(larger[0].overrides)["prompt"] == 2 * budget["budget"]
     assert build_counts(larger[1].overrides)["prompt"] > spent["fft_shallow"]
     with pytest.raises(ValueError, match="lora"):
-        plan_variants(_compose(TINY), ["lora"])
+        plan_ablation(compose(TINY), ["lora"])
+
+
+def test_planning_is_arithmetic_over_the_dims():
+    # the quick backbone's dims and its 4 FourierFT matrices, without building anything
+    dims = ModelDims(embed_dim=32, num_layers=2, patch_size=8, grid_size=(4, 4), in_chans=3, feature_channels=23)
+    variants, budget = plan_variants(dims, 4, ["linear_probe", "vpt_shallow", "vfpt", "fourierft"])
+    assert budget["budget"] == 640
+    assert {v.name: v.overrides for v in variants} == {
+        "linear_probe": ("prompt=none", "adapter=none"),
+        "vpt_shallow": ("prompt=vpt", "prompt.num_tokens=20", "adapter=none"),
+        "vfpt": ("prompt=vfpt", "prompt.num_tokens=10", "adapter=none"),
+        "fourierft": ("prompt=none", "adapter=fourierft", "adapter.n_frequency=160"),
+    }
+    assert [v.label for v in variants] == ["linear probe", "VPT shallow", "VFPT", "FourierFT"]
 
 
 def test_summary_and_goal_check():
@@ -123,14 +128,14 @@ def test_quick_ablation_end_to_end(tmp_path, capsys):
     assert not (output / "ablation.json").exists()
     trained = frozenset(str(p.parent) for p in (output / "runs").glob("*/seed*/metrics.json"))
     assert len(trained) == 6
-    args = _parse([*argv, "--jobs", "2", "data.noise_std=0.03"])
-    worker = _worker_command(args, 1)
+    args = parse_args([*argv, "--jobs", "2", "data.noise_std=0.03"])
+    worker = worker_command(args, 1)
     assert worker[1:3] == ["-m", "fftprompt.ablate"]
-    again = _parse(worker[3:])
+    again = parse_args(worker[3:])
     assert again.shard == (1, 2) and again.runs_only and again.quick and again.overrides == ["data.noise_std=0.03"]
     assert (again.seeds, again.methods, again.ablations) == (args.seeds, args.methods, args.ablations)
     # the collecting process reports the workers' runs as trained in this invocation
-    report = run_ablation(_parse(argv), trained)
+    report = run_ablation(parse_args(argv), trained)
     assert not any(r["reused"] for r in report["runs"])
     assert main(argv) == 0
     capsys.readouterr()

@@ -18,12 +18,12 @@ from fftprompt.explain import (
     class_profiles,
     explain,
     integrated_gradients,
-    load_run,
     prompt_attention,
     rollout_matrix,
 )
 from fftprompt.model import PromptedViT, create_model
 from fftprompt.prompts import FrequencyPrompt, VPTPrompt
+from fftprompt.rundir import load_run
 from fftprompt.spectral import FrequencyFeatures
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -247,36 +247,12 @@ def test_class_profiles_are_per_class_means_over_patches():
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
 
-    import fftprompt
+    from conftest import tiny_config
     from fftprompt.run import train
 
     run = tmp_path_factory.mktemp("explain") / "run"
-    overrides = [
-        "data.image_size=32",
-        "data.num_train=16",
-        "data.num_val=8",
-        "data.num_test=12",
-        "data.batch_size=8",
-        "backbone.depth=2",
-        "backbone.embed_dim=32",
-        "backbone.num_heads=2",
-        "prompt.num_tokens=2",
-        "prompt.hidden_dim=16",
-        "prompt.num_heads=2",
-        "prompt.spectrum_dim=8",
-        "adapter.n_frequency=50",
-        "trainer.max_epochs=1",
-        "~callbacks.rich_progress_bar",
-        "++trainer.enable_progress_bar=false",
-        "++trainer.enable_model_summary=false",
-        "report.frequency_panels=0",
-        "report.explain_images=0",
-        f"paths.output_dir={run}",
-    ]
-    with initialize_config_dir(str(Path(fftprompt.__file__).parent / "configs"), version_base="1.3"):
-        _, objects = train(compose("train", overrides=overrides))
+    _, objects = train(tiny_config(run, "trainer.max_epochs=1"))
     return run, objects["model"]
 
 
@@ -337,10 +313,10 @@ def test_explain_rejects_bad_inputs(tmp_path):
     model = tiny_model()
     with pytest.raises(ValueError, match="baseline='none'"):
         integrated_gradients(model, images(1), baseline="none")  # type: ignore[arg-type]
-    from fftprompt.explain import _image_paths
+    from fftprompt.explain.images import image_paths
 
     with pytest.raises(ValueError, match="names no image file"):
-        _image_paths([str(tmp_path / "missing*.png")])
+        image_paths([str(tmp_path / "missing*.png")])
 
 
 def test_explain_config_mirrors_the_function():
@@ -390,11 +366,14 @@ def test_explain_model_covers_segmentation_and_prompts_without_maps(tmp_path):
 
 @pytest.mark.slow
 def test_write_report_links_small_explanation_figures(tmp_path):
+    from fftprompt.explain import explain_model
     from fftprompt.report import write_report
 
     model = tiny_model()
     x = images(2)
-    explanations = {"model": model, "images": x, "mean": (0.5,) * 3, "std": (0.25,) * 3, "ig_steps": 8, "dpi": 50}
+    explanations = explain_model(
+        model, x, tmp_path / "figures" / "explain", mean=(0.5,) * 3, std=(0.25,) * 3, ig_steps=8, dpi=50
+    )
     report = write_report(tmp_path, {"test/acc": 0.5}, explanations=explanations).read_text()
     for name in ("rollout", "prompt_attention", "attribution_maps", "attribution_groups"):
         assert f"](figures/explain/{name}.png)" in report

@@ -13,13 +13,13 @@ from torch.func import functional_call
 from fftprompt.fourierft import (
     FourierFTConfig,
     FourierFTLinear,
-    _choose_grad_mode,
     fourierft_locations,
     fourierft_state_dict,
     inject_fourierft,
     load_fourierft_state_dict,
     merge_fourierft,
 )
+from fftprompt.fourierft.functional import _choose_grad_mode
 
 peft_fourierft = pytest.importorskip("peft.tuners.fourierft.layer")
 from peft import FourierFTConfig as PeftFourierFTConfig  # noqa: E402
@@ -66,7 +66,7 @@ def test_locations_are_peft_s_and_reproducible_from_seed():
     linear = nn.Linear(24, 40)
     reference = peft_layer(copy.deepcopy(linear), n_frequency=100, seed=5).indices["default"]
     assert torch.equal(fourierft_locations(40, 24, 100, seed=5), reference)
-    assert torch.equal(FourierFTLinear(linear, n_frequency=100, seed=5).locations, reference)
+    assert torch.equal(FourierFTLinear(linear, FourierFTConfig(n_frequency=100, seed=5)).locations, reference)
     assert torch.equal(fourierft_locations(40, 24, 100, seed=5), fourierft_locations(40, 24, 100, seed=5))
     assert not torch.equal(fourierft_locations(40, 24, 100, seed=6), reference)
     flat = reference[0] * 24 + reference[1]
@@ -79,7 +79,7 @@ def test_linear_matches_peft_output_delta_and_gradient(grad_mode, d_out, d_in):
     torch.manual_seed(0)
     linear = nn.Linear(d_in, d_out)
     reference = peft_layer(copy.deepcopy(linear), n_frequency=200)
-    ours = FourierFTLinear(copy.deepcopy(linear), n_frequency=200, grad_mode=grad_mode)
+    ours = FourierFTLinear(copy.deepcopy(linear), FourierFTConfig(n_frequency=200, grad_mode=grad_mode))
     with torch.no_grad():
         ours.fourierft_spectrum["full"].copy_(reference.fourierft_spectrum["default"])
     x = torch.randn(3, 5, d_in)
@@ -123,7 +123,7 @@ def test_q_v_blocks_equal_peft_on_separate_q_k_v_layers(grad_mode):
     torch.manual_seed(0)
     dim = 16
     qkv = nn.Linear(dim, 3 * dim)
-    ours = FourierFTLinear(copy.deepcopy(qkv), n_frequency=40, blocks=("v", "q"), grad_mode=grad_mode)
+    ours = FourierFTLinear(copy.deepcopy(qkv), FourierFTConfig(n_frequency=40, grad_mode=grad_mode), blocks=("v", "q"))
     assert ours.block_names == ("q", "v")
     assert set(dict(ours.named_parameters())) == {
         "fourierft_spectrum.q",
@@ -180,7 +180,9 @@ def test_vit_base_q_v_has_72000_coefficients_named_fourierft():
 )
 def test_gradcheck_float64(grad_mode, blocks, d_out, d_in):
     torch.manual_seed(0)
-    layer = FourierFTLinear(nn.Linear(d_in, d_out), n_frequency=20, grad_mode=grad_mode, blocks=blocks).double()
+    layer = FourierFTLinear(
+        nn.Linear(d_in, d_out), FourierFTConfig(n_frequency=20, grad_mode=grad_mode), blocks=blocks
+    ).double()
     keys = list(layer.fourierft_spectrum)
 
     def forward(x, weight, bias, *coefficients):
@@ -217,7 +219,7 @@ def test_fft_gradient_over_several_token_chunks_matches_dense():
     grads = {}
     for grad_mode in GRAD_MODES:
         torch.manual_seed(1)
-        layer = FourierFTLinear(copy.deepcopy(linear), n_frequency=300, grad_mode=grad_mode)
+        layer = FourierFTLinear(copy.deepcopy(linear), FourierFTConfig(n_frequency=300, grad_mode=grad_mode))
         out = layer(x)
         out.square().sum().backward()
         grads[grad_mode] = layer.fourierft_spectrum["full"].grad
@@ -254,7 +256,7 @@ def test_merge_unmerge_round_trip_and_merged_output_equals_unmerged():
     torch.manual_seed(0)
     linear = nn.Linear(32, 96)
     original = linear.weight.detach().clone()
-    layer = FourierFTLinear(linear, n_frequency=100, blocks=("q", "v"))
+    layer = FourierFTLinear(linear, FourierFTConfig(n_frequency=100), blocks=("q", "v"))
     x = torch.randn(5, 32)
     unmerged = layer(x)
     layer.merge()
@@ -292,7 +294,7 @@ def test_zero_init_reproduces_the_base_model():
 
 def test_no_grad_cache_is_reused_and_invalidated_when_coefficients_change():
     torch.manual_seed(0)
-    layer = FourierFTLinear(nn.Linear(16, 24), n_frequency=30)
+    layer = FourierFTLinear(nn.Linear(16, 24), FourierFTConfig(n_frequency=30))
     x = torch.randn(4, 16)
     with torch.no_grad():
         first = layer(x)
@@ -356,7 +358,7 @@ def test_n_frequency_larger_than_matrix_names_the_layer():
     with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv.*n_frequency=2000.*32x32"):
         inject_fourierft(tiny_vit(), FourierFTConfig(n_frequency=2000, targets=("q",)))
     with pytest.raises(ValueError, match="n_frequency=500"):
-        FourierFTLinear(nn.Linear(10, 10), n_frequency=500)
+        FourierFTLinear(nn.Linear(10, 10), FourierFTConfig(n_frequency=500))
 
 
 @pytest.mark.parametrize(
@@ -385,7 +387,7 @@ def test_config_accepts_lists_from_yaml():
 
 def test_qkv_blocks_need_three_equal_row_blocks():
     with pytest.raises(ValueError, match="multiple of 3"):
-        FourierFTLinear(nn.Linear(8, 10), n_frequency=4, blocks=("q",))
+        FourierFTLinear(nn.Linear(8, 10), FourierFTConfig(n_frequency=4), blocks=("q",))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import fftprompt
+from conftest import QUIET, TINY_MODEL, TINY_SYMMETRY, tiny_config
 from fftprompt.backbone import create_backbone
 from fftprompt.data import DataWarning
 from fftprompt.lit import AtomicCheckpointIO, ClassificationModule, NonFiniteLossError
@@ -35,30 +36,13 @@ from fftprompt.run import build, evaluate, train
 
 PACKAGE_DIR = Path(fftprompt.__file__).parent
 CONFIG_DIR = PACKAGE_DIR / "configs"
-# a 2-block ViT (img 32, patch 8, width 32), quiet, no CSV logger, no frequency panels in the report
-TINY = [
-    "backbone.depth=2",
-    "backbone.embed_dim=32",
-    "backbone.num_heads=2",
-    "prompt.num_tokens=2",
-    "prompt.hidden_dim=16",
-    "prompt.num_heads=2",
-    "prompt.spectrum_dim=8",
-    "adapter.n_frequency=50",
-    "~callbacks.rich_progress_bar",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "logger=none",
-    "report.frequency_panels=0",
-    "report.explain_images=0",
-]
-SYMMETRY = ["data.image_size=32", "data.num_train=16", "data.num_val=8", "data.num_test=12", "data.batch_size=8"]
+TINY = [*TINY_MODEL, *QUIET, "logger=none"]
+SYMMETRY = TINY_SYMMETRY
 TEST_KEYS = ("test/acc", "test/auroc", "test/f1_macro", "test/loss")
 
 
 def config(output_dir: Path, *overrides: str, data: list[str] = SYMMETRY, name: str = "train"):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose(name, overrides=[*TINY, *data, f"paths.output_dir={output_dir}", *overrides])
+    return tiny_config(output_dir, "logger=none", *overrides, data=data, name=name)
 
 
 def file_data(name: str, root: Path, *extra: str) -> list[str]:

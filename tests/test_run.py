@@ -10,37 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import fftprompt
+from conftest import QUIET, TINY_MODEL, TINY_SYMMETRY, tiny_config
 from fftprompt.run import build, evaluate, train
 
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
-# a 2-block ViT (img 32, patch 8, width 32) on a few generated images; no progress bar
-TINY_DATA = ["data.image_size=32", "data.num_train=16", "data.num_val=8", "data.num_test=12", "data.batch_size=8"]
-TINY = [
-    "backbone.depth=2",
-    "backbone.embed_dim=32",
-    "backbone.num_heads=2",
-    "prompt.num_tokens=2",
-    "prompt.hidden_dim=16",
-    "prompt.num_heads=2",
-    "prompt.spectrum_dim=8",
-    "adapter.n_frequency=50",
-    "~callbacks.rich_progress_bar",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "report.frequency_panels=0",
-    "report.explain_images=0",
-]
+TINY = [*TINY_MODEL, *QUIET]
 CLASSIFICATION_KEYS = {"test/acc", "test/f1_macro", "test/auroc", "test/loss"}
 SEGMENTATION_KEYS = {"test/miou", "test/dice", "test/loss"}
 
 
-def config(output_dir: Path, *overrides: str, name: str = "train", data: list[str] = TINY_DATA):
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose(name, overrides=[*TINY, *data, f"paths.output_dir={output_dir}", *overrides])
+def config(output_dir: Path, *overrides: str, name: str = "train", data: list[str] = TINY_SYMMETRY):
+    return tiny_config(output_dir, *overrides, data=data, name=name)
 
 
 def file_data(name: str, root: Path) -> list[str]:
@@ -174,7 +157,7 @@ def test_train_on_real_sample_data(tmp_path, sample_data):
 
 @pytest.mark.slow
 def test_console_entry_point_runs_from_any_directory(tmp_path):
-    overrides = [*TINY, *TINY_DATA, "trainer.fast_dev_run=true"]
+    overrides = [*TINY, *TINY_SYMMETRY, "trainer.fast_dev_run=true"]
     command = [sys.executable, "-c", "from fftprompt.cli import train_main; train_main()", *overrides]
     environment = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=environment, timeout=300)

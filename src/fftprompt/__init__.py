@@ -5,6 +5,8 @@ The dozen names most users need; everything else lives in its module (``fftpromp
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 from fftprompt.backbone import Backbone, create_backbone
 from fftprompt.fourierft import FourierFTConfig, FourierFTLinear, inject_fourierft, merge_fourierft
 from fftprompt.heads import ClassificationHead, LinearDecoder, PUPDecoder
@@ -12,7 +14,7 @@ from fftprompt.model import PromptedViT, create_model, load_model
 from fftprompt.prompts import FrequencyPrompt, ModelDims, NoPrompt, PromptSource, VFPTPrompt, VPTPrompt
 from fftprompt.spectral import FrequencyFeatures, FrequencyMaps
 
-__version__ = "0.1.0"
+__version__ = version("fftprompt")
 
 __all__ = [
     "Backbone",

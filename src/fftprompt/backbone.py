@@ -10,24 +10,44 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import timm
 import timm.data
 import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.deit import VisionTransformerDistilled
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import VisionTransformer, _cfg, checkpoint_filter_fn
 from torch import Tensor, nn
 
-__all__ = ["Backbone", "create_backbone", "load_backbone_checkpoint"]
+from fftprompt.utils import to_plain
+
+__all__ = ["DEMO_MODEL", "Backbone", "create_backbone", "load_backbone_checkpoint"]
+
+DEMO_MODEL = "vit_demo_patch8"
 
 # wrappers that training frameworks put around a state dict, and key prefixes they add (checked in this order)
 _STATE_DICT_WRAPPERS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")
 _KEY_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "_orig_mod.")
 # classifier weights of the checkpoint: the backbone has no classifier (fftprompt trains its own head)
 _CLASSIFIER_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+
+
+# The demo ViT, registered with timm under an honest name: ViT-Ti's head width (32 per head) and normalisation,
+# 4 blocks of width 96, 8-pixel patches; no pretrained weights of timm's exist for it. timm's register_model reads
+# the pretrained configs from a module variable named default_cfgs.
+default_cfgs = generate_default_cfgs({f"{DEMO_MODEL}.untrained": _cfg(url="", mean=(0.5,) * 3, std=(0.5,) * 3)})
+
+
+@register_model
+def vit_demo_patch8(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """fftprompt's demo ViT (4 blocks, width 96, 3 heads, 8-pixel patches); ``**kwargs`` as timm's ViTs."""
+    arguments = {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3, **kwargs}
+    return build_model_with_cfg(
+        VisionTransformer, DEMO_MODEL, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **arguments
+    )
 
 
 class Backbone(nn.Module):
@@ -195,7 +215,7 @@ def create_backbone(
     _check_vision_transformer(model, name)
     if checkpoint_path is not None:
         load_backbone_checkpoint(model, checkpoint_path)
-    config: dict[str, Any] = _plain({"name": name, "pretrained": pretrained, "img_size": img_size, **timm_kwargs})
+    config: dict[str, Any] = to_plain({"name": name, "pretrained": pretrained, "img_size": img_size, **timm_kwargs})
     if checkpoint_path is not None:
         config["checkpoint_path"] = str(checkpoint_path)
     # arguments JSON cannot hold (e.g. a norm_layer class) are not recorded: such a backbone is rebuilt by hand
@@ -287,15 +307,6 @@ def _pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
         return (value, value)
     first, second = value
     return (int(first), int(second))
-
-
-def _plain(value: Any) -> Any:
-    """Mappings and sequences (e.g. Hydra's DictConfig/ListConfig) as plain dicts and lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _is_json(value: Any) -> bool:

@@ -45,7 +45,10 @@ class ClassificationHead(nn.Module):
 
 
 class _SegmentationDecoder(nn.Module):
-    """Shared input handling of the segmentation decoders."""
+    """Shared part of the segmentation decoders: input checks, the recorded config, resizing to the output size.
+
+    Subclasses define :meth:`_decode`.
+    """
 
     def __init__(self, embed_dim: int, num_classes: int, patch_size: int, feature_channels: int) -> None:
         super().__init__()
@@ -56,10 +59,37 @@ class _SegmentationDecoder(nn.Module):
         self.num_classes = num_classes
         self.patch_size = patch_size
         self.feature_channels = feature_channels
+        self.config: dict[str, int] = {
+            "embed_dim": embed_dim,
+            "num_classes": num_classes,
+            "patch_size": patch_size,
+            "feature_channels": feature_channels,
+        }
 
     @property
     def requires_maps(self) -> bool:
         return self.feature_channels > 0
+
+    def forward(self, grid: Tensor, maps: Tensor | None = None, output_size: tuple[int, int] | None = None) -> Tensor:
+        """Mask logits.
+
+        Args:
+            grid: ``(B, D, h, w)`` patch tokens.
+            maps: ``(B, C_f, h, w)`` compact frequency maps, when ``feature_channels > 0``.
+            output_size: ``(H, W)``; default ``(h p, w p)``.
+
+        Returns:
+            ``(B, K, H, W)`` logits.
+        """
+        logits = self._decode(self._inputs(grid, maps))
+        size = self._output_size(grid, output_size)
+        if tuple(logits.shape[-2:]) != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
+    def _decode(self, inputs: Tensor) -> Tensor:
+        """``(B, D + C_f, h, w) -> (B, K, h', w')`` logits at the decoder's own resolution."""
+        raise NotImplementedError
 
     def _inputs(self, grid: Tensor, maps: Tensor | None) -> Tensor:
         """Token grid ``(B, D, h, w)``, with the compact maps ``(B, C_f, h, w)`` appended when configured."""
@@ -91,27 +121,10 @@ class LinearDecoder(_SegmentationDecoder):
 
     def __init__(self, embed_dim: int, num_classes: int, patch_size: int, feature_channels: int = 0) -> None:
         super().__init__(embed_dim, num_classes, patch_size, feature_channels)
-        self.config = {
-            "embed_dim": embed_dim,
-            "num_classes": num_classes,
-            "patch_size": patch_size,
-            "feature_channels": feature_channels,
-        }
         self.classifier = nn.Conv2d(embed_dim + feature_channels, num_classes, kernel_size=1)
 
-    def forward(self, grid: Tensor, maps: Tensor | None = None, output_size: tuple[int, int] | None = None) -> Tensor:
-        """Mask logits.
-
-        Args:
-            grid: ``(B, D, h, w)`` patch tokens.
-            maps: ``(B, C_f, h, w)`` compact frequency maps, when ``feature_channels > 0``.
-            output_size: ``(H, W)``; default ``(h p, w p)``.
-
-        Returns:
-            ``(B, K, H, W)`` logits.
-        """
-        logits = self.classifier(self._inputs(grid, maps))
-        return F.interpolate(logits, size=self._output_size(grid, output_size), mode="bilinear", align_corners=False)
+    def _decode(self, inputs: Tensor) -> Tensor:
+        return self.classifier(inputs)
 
 
 class PUPDecoder(_SegmentationDecoder):
@@ -137,13 +150,7 @@ class PUPDecoder(_SegmentationDecoder):
         hidden_channels: int = 64,
     ) -> None:
         super().__init__(embed_dim, num_classes, patch_size, feature_channels)
-        self.config = {
-            "embed_dim": embed_dim,
-            "num_classes": num_classes,
-            "patch_size": patch_size,
-            "feature_channels": feature_channels,
-            "hidden_channels": hidden_channels,
-        }
+        self.config["hidden_channels"] = hidden_channels
         num_stages = max(1, int(math.log2(patch_size)))
         stages = []
         in_channels = embed_dim + feature_channels
@@ -160,22 +167,8 @@ class PUPDecoder(_SegmentationDecoder):
         self.stages = nn.Sequential(*stages)
         self.classifier = nn.Conv2d(hidden_channels, num_classes, kernel_size=1)
 
-    def forward(self, grid: Tensor, maps: Tensor | None = None, output_size: tuple[int, int] | None = None) -> Tensor:
-        """Mask logits.
-
-        Args:
-            grid: ``(B, D, h, w)`` patch tokens.
-            maps: ``(B, C_f, h, w)`` compact frequency maps, when ``feature_channels > 0``.
-            output_size: ``(H, W)``; default ``(h p, w p)``.
-
-        Returns:
-            ``(B, K, H, W)`` logits.
-        """
-        logits = self.classifier(self.stages(self._inputs(grid, maps)))
-        size = self._output_size(grid, output_size)
-        if tuple(logits.shape[-2:]) != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return logits
+    def _decode(self, inputs: Tensor) -> Tensor:
+        return self.classifier(self.stages(inputs))
 
 
 def _check_classes(num_classes: int) -> None:

@@ -24,19 +24,17 @@ checkpoint holding non-finite tensors is ever written, so the last checkpoint on
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -47,8 +45,8 @@ from torchmetrics.classification import (
 )
 from torchmetrics.segmentation import DiceScore
 
-if TYPE_CHECKING:
-    from fftprompt.model import PromptedViT
+from fftprompt.model import PromptedViT, frozen_fingerprint
+from fftprompt.utils import atomic_write
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -60,7 +58,7 @@ __all__ = [
 ]
 
 PARAM_GROUPS = ("prompt", "adapter", "head")
-_FINGERPRINT_KEY = "fftprompt_frozen_fingerprint"
+FINGERPRINT_KEY = "fftprompt_frozen_fingerprint"  # checkpoint entry: frozen_fingerprint of the backbone
 _SCHEDULES = ("cosine", "constant")
 
 
@@ -94,19 +92,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(
                 f"{type(self).__name__}.save_checkpoint got storage_options={storage_options!r}; it takes none"
             )
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
+
+        def write(temporary: Path) -> None:
+            with temporary.open("wb") as file:
                 torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        _fsync_directory(target.parent)
+
+        atomic_write(path, write)
 
     def load_checkpoint(
         self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
@@ -114,20 +105,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Lightning's loader with ``weights_only=True`` unless asked otherwise (plain tensors and containers only)."""
         kwargs = {} if map_location is None else {"map_location": map_location}
         return super().load_checkpoint(path, weights_only=True if weights_only is None else weights_only, **kwargs)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Makes a rename inside ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -179,15 +156,6 @@ def soft_dice_loss(logits: Tensor, target: Tensor, include_background: bool = Fa
     denominator = probs.sum(dims) + one_hot.sum(dims)
     dice = (2 * intersection + smooth) / (denominator + smooth)
     return 1 - dice.mean()
-
-
-def _frozen_fingerprint(module: nn.Module) -> float:
-    """Sum of ``|w|`` over every frozen parameter: cheap to compute, differs for differently initialised backbones."""
-    total = torch.zeros((), dtype=torch.float64)
-    for parameter in module.parameters():
-        if not parameter.requires_grad:
-            total += parameter.detach().to(torch.float64).abs().sum().cpu()
-    return float(total)
 
 
 class _PromptTuningModule(L.LightningModule):
@@ -402,7 +370,7 @@ class _PromptTuningModule(L.LightningModule):
                 f"{self.current_epoch}, global step {self.global_step} (the training diverged); the previous "
                 "checkpoint is kept. Lower the learning rates, then resume with ckpt_path=last"
             )
-        checkpoint[_FINGERPRINT_KEY] = _frozen_fingerprint(self.model)
+        checkpoint[FINGERPRINT_KEY] = frozen_fingerprint(self.model)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         expected = set(self.state_dict()) - self._frozen_keys()
@@ -413,9 +381,9 @@ class _PromptTuningModule(L.LightningModule):
                 f"checkpoint does not match this model: missing {missing[:8]} ({len(missing)}), "
                 f"unexpected {unexpected[:8]} ({len(unexpected)}); rebuild the model with the run's config"
             )
-        stored = checkpoint.get(_FINGERPRINT_KEY)
+        stored = checkpoint.get(FINGERPRINT_KEY)
         if stored is not None:
-            current = _frozen_fingerprint(self.model)
+            current = frozen_fingerprint(self.model)
             if not math.isclose(stored, current, rel_tol=1e-9, abs_tol=1e-6):
                 raise ValueError(
                     f"checkpoint was trained on different frozen weights (fingerprint {stored!r}, this backbone "

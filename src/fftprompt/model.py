@@ -11,11 +11,10 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,11 +25,11 @@ from fftprompt.fourierft import FourierFTConfig, inject_fourierft
 from fftprompt.heads import ClassificationHead, LinearDecoder, PUPDecoder
 from fftprompt.prompts import FrequencyPrompt, ModelDims, NoPrompt, PromptSource, VFPTPrompt, VPTPrompt
 from fftprompt.spectral import FrequencyFeatures, FrequencyMaps
+from fftprompt.utils import Task, atomic_write, check_choice
 
-__all__ = ["PromptedViT", "create_model", "load_model"]
+__all__ = ["PromptedViT", "create_model", "frozen_fingerprint", "load_model"]
 
 Pooling = Literal["cls", "mean"]
-Task = Literal["classification", "segmentation"]
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
@@ -73,8 +72,8 @@ class PromptedViT(nn.Module):
         task: Task = "classification",
     ) -> None:
         super().__init__()
-        _check_choice("pooling", pooling, Pooling)
-        _check_choice("task", task, Task)
+        check_choice("pooling", pooling, Pooling)
+        check_choice("task", task, Task)
         if pooling == "cls" and task == "classification" and not backbone.has_class_token:
             raise ValueError(f"pooling='cls' needs a class token; backbone {backbone.name!r} has none: use 'mean'")
         if features is not None and features.patch_size != backbone.patch_size:
@@ -226,12 +225,10 @@ class PromptedViT(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """JSON description written to ``adapter.json``: enough to rebuild the trainable parts on the backbone."""
-        from fftprompt import __version__
-
         return {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
-            "fftprompt_version": __version__,
+            "fftprompt_version": version("fftprompt"),
             "backbone": {
                 "name": self.backbone.name,
                 "config": self.backbone.config,
@@ -249,7 +246,7 @@ class PromptedViT(nn.Module):
             "head": {"class": type(self.head).__name__, "config": getattr(self.head, "config", None)},
             "adapter": None
             if self.adapter_config is None
-            else {"class": "FourierFTConfig", **_adapter_config(self.adapter_config)},
+            else {"class": "FourierFTConfig", **self.adapter_config.to_dict()},
         }
 
     def save_trainable(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
@@ -276,8 +273,8 @@ class PromptedViT(nn.Module):
         description = self.describe()
         description["tensors"] = {k: list(v.shape) for k, v in tensors.items()}
         text = json.dumps(description, indent=2, sort_keys=True)
-        _atomic_write(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"format": _FORMAT}))
-        _atomic_write(config_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+        atomic_write(weights_path, lambda temporary: save_file(tensors, temporary, metadata={"format": _FORMAT}))
+        atomic_write(config_path, lambda temporary: temporary.write_text(text + "\n", encoding="utf-8"))
         return directory
 
     def load_trainable(self, path: str | os.PathLike[str]) -> None:
@@ -328,6 +325,15 @@ class PromptedViT(nn.Module):
                 raise ValueError(f"{source}: {what} is {saved!r} in the checkpoint but {current!r} in this model")
 
 
+def frozen_fingerprint(module: nn.Module) -> float:
+    """Sum of ``|w|`` over every frozen parameter: cheap to compute, differs for differently initialised backbones."""
+    total = torch.zeros((), dtype=torch.float64)
+    for parameter in module.parameters():
+        if not parameter.requires_grad:
+            total += parameter.detach().to(torch.float64).abs().sum().cpu()
+    return float(total)
+
+
 def create_model(
     backbone: Backbone | str,
     num_classes: int,
@@ -356,19 +362,12 @@ def create_model(
     Returns:
         The model, with a frozen backbone.
     """
-    _check_choice("task", task, Task)
+    check_choice("task", task, Task)
     if isinstance(backbone, str):
         backbone = create_backbone(backbone)
     if features is not None and not isinstance(features, nn.Module):
         features = features(patch_size=backbone.patch_size)
-    dims = ModelDims(
-        embed_dim=backbone.embed_dim,
-        num_layers=backbone.num_blocks,
-        patch_size=backbone.patch_size,
-        grid_size=backbone.grid_size,
-        in_chans=backbone.in_chans,
-        feature_channels=0 if features is None else features.num_channels,
-    )
+    dims = ModelDims.of(backbone, features)
     if prompt is None:
         prompt = NoPrompt(dims)
     elif not isinstance(prompt, nn.Module):
@@ -420,7 +419,7 @@ def load_model(path: str | os.PathLike[str], backbone: Backbone | None = None) -
         adapter = None
         if description.get("adapter") is not None:
             settings = {k: v for k, v in description["adapter"].items() if k != "class"}
-            adapter = FourierFTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+            adapter = FourierFTConfig.from_dict(settings)
         model = create_model(
             backbone,
             num_classes=int(head_config["num_classes"]),
@@ -473,25 +472,8 @@ def _allowed(classes: dict[str, type], name: Any, what: str, source: Path) -> ty
     return classes[name]
 
 
-def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _requires_maps(module: nn.Module) -> bool:
     return bool(getattr(module, "requires_maps", False))
-
-
-def _check_choice(name: str, value: str, choices: Any) -> None:
-    allowed = get_args(choices)
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r}; expected one of {list(allowed)}")
 
 
 def _features_config(features: FrequencyFeatures) -> dict[str, Any]:
@@ -505,10 +487,3 @@ def _features_config(features: FrequencyFeatures) -> dict[str, Any]:
         value = getattr(features, attribute.get(name, name))
         config[name] = list(value) if isinstance(value, tuple) else value
     return config
-
-
-def _adapter_config(config: FourierFTConfig) -> dict[str, Any]:
-    values = asdict(config)
-    return {
-        f.name: list(values[f.name]) if isinstance(values[f.name], tuple) else values[f.name] for f in fields(config)
-    }

@@ -49,6 +49,18 @@ class ModelDims:
     in_chans: int
     feature_channels: int = 0
 
+    @classmethod
+    def of(cls, backbone: Any, features: nn.Module | None = None) -> ModelDims:
+        """The dims of a :class:`~fftprompt.backbone.Backbone` with optional ``FrequencyFeatures``."""
+        return cls(
+            embed_dim=backbone.embed_dim,
+            num_layers=backbone.num_blocks,
+            patch_size=backbone.patch_size,
+            grid_size=tuple(backbone.grid_size),
+            in_chans=backbone.in_chans,
+            feature_channels=0 if features is None else int(features.num_channels),
+        )
+
 
 def vpt_init_bound(patch_size: int, embed_dim: int) -> float:
     """VPT's uniform prompt initialisation bound ``sqrt(6 / (3 p^2 + D))`` (Xavier over the patch projection)."""
@@ -73,6 +85,11 @@ class PromptSource(nn.Module, abc.ABC):
         super().__init__()
         self.dims = dims
         self.config = config
+        # read from the recorded config, so that the attributes and adapter.json cannot disagree
+        if "num_tokens" in config:
+            _check_num_tokens(config["num_tokens"])
+            self.num_tokens = config["num_tokens"]
+        self.deep = config.get("deep", False)
 
     @abc.abstractmethod
     def forward(self, images: Tensor, maps: FrequencyMaps | None, patch_tokens: Tensor) -> Tensor:
@@ -116,13 +133,8 @@ class VPTPrompt(PromptSource):
 
     def __init__(self, dims: ModelDims, num_tokens: int = 10, deep: bool = False, dropout: float = 0.0) -> None:
         super().__init__(dims, {"num_tokens": num_tokens, "deep": deep, "dropout": dropout})
-        _check_num_tokens(num_tokens)
-        self.num_tokens = num_tokens
-        self.deep = deep
         self.prompt_dropout = nn.Dropout(dropout)
-        shape = (dims.num_layers, num_tokens, dims.embed_dim) if deep else (num_tokens, dims.embed_dim)
-        bound = vpt_init_bound(dims.patch_size, dims.embed_dim)
-        self.prompt_embeddings = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+        self.prompt_embeddings = _static_prompts(dims, num_tokens, deep)
 
     def forward(self, images: Tensor, maps: FrequencyMaps | None, patch_tokens: Tensor) -> Tensor:
         """``-> (B, P, D)`` or ``(L, B, P, D)``: the learned prompts broadcast over the batch."""
@@ -130,7 +142,7 @@ class VPTPrompt(PromptSource):
         return _expand_batch(prompts, patch_tokens.shape[0], self.deep)
 
 
-class VFPTPrompt(PromptSource):
+class VFPTPrompt(VPTPrompt):
     """Visual Fourier Prompt Tuning (Zeng et al., 2024).
 
     VPT-deep prompts where the first ``floor(alpha * P)`` prompts of each layer pass through
@@ -148,17 +160,12 @@ class VFPTPrompt(PromptSource):
     def __init__(
         self, dims: ModelDims, num_tokens: int = 10, alpha: float = 0.5, dropout: float = 0.0, deep: bool = True
     ) -> None:
-        super().__init__(dims, {"num_tokens": num_tokens, "alpha": alpha, "dropout": dropout, "deep": deep})
-        _check_num_tokens(num_tokens)
+        super().__init__(dims, num_tokens=num_tokens, deep=deep, dropout=dropout)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha={alpha}; expected a fraction in [0, 1]")
-        self.num_tokens = num_tokens
-        self.deep = deep
+        # adapter.json records VFPT's own arguments, not the VPT ones passed up
+        self.config = {"num_tokens": num_tokens, "alpha": alpha, "dropout": dropout, "deep": deep}
         self.num_fourier_tokens = math.floor(alpha * num_tokens)
-        self.prompt_dropout = nn.Dropout(dropout)
-        shape = (dims.num_layers, num_tokens, dims.embed_dim) if deep else (num_tokens, dims.embed_dim)
-        bound = vpt_init_bound(dims.patch_size, dims.embed_dim)
-        self.prompt_embeddings = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
 
     def forward(self, images: Tensor, maps: FrequencyMaps | None, patch_tokens: Tensor) -> Tensor:
         """``-> (B, P, D)`` or ``(L, B, P, D)``: Fourier prompts first, then the plain ones."""
@@ -241,7 +248,6 @@ class FrequencyPrompt(PromptSource):
             "init_std": init_std,
         }
         super().__init__(dims, config)
-        _check_num_tokens(num_tokens)
         if hidden_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} does not divide hidden_dim={hidden_dim}")
         if spectrum_crop is not None and spectrum_crop < 1:
@@ -251,8 +257,6 @@ class FrequencyPrompt(PromptSource):
                 "FrequencyPrompt has no frequency input: dims.feature_channels is 0 (no FrequencyFeatures) and "
                 "use_spectrum is False"
             )
-        self.num_tokens = num_tokens
-        self.deep = deep
         self.num_heads = num_heads
         self.use_spectrum = use_spectrum
         self.use_patch_tokens = use_patch_tokens
@@ -284,9 +288,7 @@ class FrequencyPrompt(PromptSource):
         nn.init.normal_(self.out_proj.weight, std=init_std)
         nn.init.zeros_(self.out_proj.bias)
 
-        bound = vpt_init_bound(dims.patch_size, dims.embed_dim)
-        shape = (dims.num_layers, num_tokens, dims.embed_dim) if deep else (num_tokens, dims.embed_dim)
-        self.prompt_embeddings = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+        self.prompt_embeddings = _static_prompts(dims, num_tokens, deep)
         self.layer_scale = nn.Parameter(torch.ones(dims.num_layers, 1, dims.embed_dim)) if deep else None
         self.prompt_dropout = nn.Dropout(dropout)
 
@@ -387,6 +389,13 @@ def _position_code(h: int, w: int, device: torch.device, dtype: torch.dtype) -> 
     angles = [math.pi * f * coordinate for f in _POSITION_FREQUENCIES for coordinate in (y, x)]
     code = torch.stack([fn(a) for a in angles for fn in (torch.sin, torch.cos)], dim=-1)
     return code.reshape(1, h * w, -1).to(dtype)
+
+
+def _static_prompts(dims: ModelDims, num_tokens: int, deep: bool) -> nn.Parameter:
+    """VPT-initialised learnable prompts: ``(P, D)``, or ``(L, P, D)`` when deep."""
+    shape = (dims.num_layers, num_tokens, dims.embed_dim) if deep else (num_tokens, dims.embed_dim)
+    bound = vpt_init_bound(dims.patch_size, dims.embed_dim)
+    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
 
 
 def _expand_batch(prompts: Tensor, batch: int, deep: bool) -> Tensor:

@@ -7,10 +7,7 @@ rebuilt from a finished run's files. Figures are drawn with matplotlib's Agg bac
 from __future__ import annotations
 
 import csv
-import json
-import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from fftprompt.utils import write_json_atomic  # noqa: E402
+
 __all__ = [
+    "FIGURE_DIR",
+    "METRICS_FILE",
+    "REPORT_FILE",
     "plot_confusion_matrix",
     "plot_learning_curves",
     "plot_segmentation_samples",
@@ -33,6 +35,9 @@ __all__ = [
     "write_report",
 ]
 
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+FIGURE_DIR = "figures"
 _EXPLANATION_CAPTIONS = {  # figures of fftprompt.explain.explain_model shown in report.md
     "rollout": "Explanations: attention rollout",
     "prompt_attention": "Explanations: prompt-generator cross-attention",
@@ -47,41 +52,6 @@ _METRIC_LABELS = {
     "dice": "foreground Dice",
     "loss": "loss",
 }
-
-
-def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """Writes ``data`` as indented JSON to ``path`` through a temporary file and ``os.replace``.
-
-    A reader never sees a half-written file, and an interrupted write leaves the previous file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(_jsonable(data), file, indent=2, sort_keys=False)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Tensor):
-        return _jsonable(value.detach().cpu().tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf
-    return value
 
 
 def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[int, int, float]]]:
@@ -303,7 +273,7 @@ def write_report(
     class_names: Sequence[str] | None = None,
     segmentation_samples: Mapping[str, Any] | None = None,
     figures: Mapping[str, str | Path] | None = None,
-    explanations: Mapping[str, Any] | None = None,
+    explanations: Mapping[str, str | Path] | None = None,
 ) -> Path:
     """Writes ``metrics.json`` (atomically), the figures and ``report.md`` into ``output_dir``.
 
@@ -318,19 +288,18 @@ def write_report(
         class_names: K class names for the confusion matrix.
         segmentation_samples: keyword arguments of :func:`plot_segmentation_samples` except ``out_path``.
         figures: further figures ``{caption: PNG path}`` already written (e.g. frequency maps).
-        explanations: keyword arguments of :func:`fftprompt.explain.explain_model` except ``out_dir`` (``model``,
-            ``images``, ``mean``, ``std``, ...); its figures go to ``output_dir/figures/explain`` and are linked, with
-            its ``explain.md``.
+        explanations: the files an explanation wrote (``{"rollout": path, ..., "markdown": explain.md}``, as
+            returned by :func:`fftprompt.explain.explain_model`); the known figures are linked, then the markdown.
 
     Returns:
         Path of ``report.md``.
     """
     output_dir = Path(output_dir)
-    figure_dir = output_dir / "figures"
+    figure_dir = output_dir / FIGURE_DIR
     record = dict(metrics)
     if summary is not None:
         record["config"] = dict(summary)
-    write_json_atomic(output_dir / "metrics.json", record)
+    write_json_atomic(output_dir / METRICS_FILE, record)
 
     made: dict[str, Path] = {}
     histories = [Path(p) for p in history_csv if Path(p).is_file()]
@@ -347,10 +316,7 @@ def write_report(
     for caption, path in (figures or {}).items():
         made[caption] = Path(path)
     if explanations is not None:
-        from fftprompt.explain import explain_model  # the model stack: imported only when explanations are asked for
-
-        written = explain_model(**explanations, out_dir=figure_dir / "explain")
-        made.update({caption: written[name] for name, caption in _EXPLANATION_CAPTIONS.items() if name in written})
+        made.update({text: Path(explanations[n]) for n, text in _EXPLANATION_CAPTIONS.items() if n in explanations})
 
     lines = [f"# {title}", ""]
     if summary:
@@ -369,12 +335,10 @@ def write_report(
     for caption, path in made.items():
         relative = os.path.relpath(path, output_dir)
         lines += [f"## {caption}", "", f"![{caption}]({Path(relative).as_posix()})", ""]
-    if explanations is not None:
-        lines += [
-            "Explanation details (tables, completeness of the attributions): [explain.md](figures/explain/explain.md)",
-            "",
-        ]
-    report = output_dir / "report.md"
+    if explanations is not None and "markdown" in explanations:
+        details = Path(os.path.relpath(explanations["markdown"], output_dir)).as_posix()
+        lines += [f"Explanation details (tables, completeness of the attributions): [explain.md]({details})", ""]
+    report = output_dir / REPORT_FILE
     report.write_text("\n".join(lines))
     return report
 

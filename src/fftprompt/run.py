@@ -1,45 +1,58 @@
 """``train(cfg)`` and ``evaluate(cfg)``: build everything from a composed Hydra config, fit/test, write a run directory.
 
-These are plain functions (the ``@hydra.main`` shims in :mod:`fftprompt.cli` only call them), so tests and notebooks
-compose a config with ``hydra.compose`` and call them directly. A run directory (``cfg.paths.output_dir``) holds::
-
-    config.yaml                      the resolved config of the run
-    metrics.json                     test metrics (``test/...``), parameter counts, timings, a config summary
-    report.md, figures/*.png         learning curves, confusion matrix or predicted masks, frequency maps
-    adapter.safetensors, adapter.json  the trained prompt/adapter/head tensors (PromptedViT.save_trainable)
-    checkpoints/{last,best-*}.ckpt   Lightning checkpoints (trainable tensors and optimiser state only)
-    csv/version_*/metrics.csv        the CSV logger's history (one version per fit, resumes included)
+These are plain functions (the ``@hydra.main`` shims in :mod:`fftprompt.cli` only call them), so tests, notebooks and
+``fftprompt-ablate`` compose a config with :func:`compose` and call them directly. What a run directory holds, and
+every check on it, belongs to :mod:`fftprompt.rundir`; the report is assembled by :mod:`fftprompt.run_report`.
 """
 
 from __future__ import annotations
 
-import re
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 import torch
+from hydra import compose as compose_config
+from hydra import initialize_config_dir
 from hydra.utils import instantiate, to_absolute_path
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from fftprompt import rundir
 from fftprompt.backbone import Backbone
 from fftprompt.lit import AtomicCheckpointIO, ClassificationModule
 from fftprompt.model import PromptedViT, create_model
-from fftprompt.report import print_summary, write_report
+from fftprompt.report import print_summary
+from fftprompt.run_report import ReportSettings, write_run_report
+from fftprompt.spectral import FrequencyFeatures
+from fftprompt.utils import to_plain
 
-__all__ = ["build", "evaluate", "train"]
+__all__ = ["build", "build_backbone", "compose", "evaluate", "train"]
 
-RUN_CONFIG = "config.yaml"
-METRICS_FILE = "metrics.json"
-LAST_CHECKPOINT = "last.ckpt"
-# config entries that define the model: evaluation and resuming must use the run's values
-_MODEL_KEYS = ("backbone", "features", "prompt", "adapter", "task.name", "task.pooling", "task.head")
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """The packaged config ``config_name`` composed with Hydra ``overrides`` (as ``fftprompt-train`` would).
+
+    Outside a Hydra app ``paths.output_dir`` has no default: pass it as an override.
+    """
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose_config(config_name, overrides=list(overrides))
+
+
+def build_backbone(cfg: DictConfig) -> tuple[Backbone, FrequencyFeatures | None]:
+    """The frozen backbone and the frequency features (None without) that ``cfg`` describes."""
+    backbone: Backbone = instantiate(cfg.backbone)
+    features = _instantiate_optional(cfg.get("features"))
+    if features is not None and not isinstance(features, FrequencyFeatures):
+        features = features(patch_size=backbone.patch_size)
+    return backbone, features
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
@@ -53,7 +66,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         ``{"backbone", "datamodule", "model", "module", "num_classes"}``.
     """
-    backbone: Backbone = instantiate(cfg.backbone)
+    backbone, features = build_backbone(cfg)
     datamodule = _build_datamodule(cfg, backbone)
     num_classes = int(datamodule.num_classes)
     task = str(cfg.task.name)
@@ -67,7 +80,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         num_classes,
         task=task,
         prompt=_instantiate_optional(cfg.get("prompt")),
-        features=_instantiate_optional(cfg.get("features")),
+        features=features,
         head=_instantiate_optional(cfg.task.get("head")),
         adapter=_instantiate_optional(cfg.get("adapter")),
         pooling=str(cfg.task.pooling),
@@ -98,9 +111,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             or ``ckpt_path=last`` has no checkpoint, or the config does not fit the data/run being resumed.
     """
     output_dir = _output_dir(cfg)
-    resume = _resume_checkpoint(cfg, output_dir)
+    resume = rundir.resume_checkpoint(output_dir, cfg.get("ckpt_path"), base=Path(to_absolute_path(".")))
     if resume is None:
-        _refuse_existing_run(output_dir, overwrite=bool(cfg.get("overwrite", False)))
+        rundir.refuse_existing_run(output_dir, overwrite=bool(cfg.get("overwrite", False)))
     else:
         _check_matches_run(cfg, output_dir, purpose="resuming")
     L.seed_everything(int(cfg.seed), workers=True)
@@ -113,7 +126,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer = _make_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     output_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
-        OmegaConf.save(cfg, output_dir / RUN_CONFIG, resolve=True)
+        rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
 
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -141,9 +154,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     report = None
     if trainer.is_global_zero:
         model.save_trainable(output_dir, overwrite=True)  # the directory was checked for an earlier run above
-        report = _write_run_report(
-            cfg, output_dir, metrics, parts, loggers, title="fftprompt training run", confusion=confusion
-        )
+        report = _write_report(cfg, output_dir, metrics, parts, loggers, "fftprompt training run", confusion)
         print_summary(metrics, report, title=f"test metrics ({weights} weights)")
     objects = {
         "cfg": cfg,
@@ -182,12 +193,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path is not None and not source.is_file():
         raise ValueError(f"ckpt_path={str(source)!r} is not a file; expected a Lightning .ckpt file")
     if ckpt_path is not None:
-        _check_checkpoint(source, f"ckpt_path={ckpt_path!s}")
+        rundir.check_checkpoint(source, f"ckpt_path={ckpt_path!s}")
     run_dir = source if source.is_dir() else source.parent
-    if run_dir.name == "checkpoints":
+    if run_dir.name == rundir.CHECKPOINT_DIR:
         run_dir = run_dir.parent
     output_dir = _output_dir(cfg)
-    _refuse_existing_run(output_dir, overwrite=bool(cfg.get("overwrite", False)))
+    rundir.refuse_existing_run(output_dir, overwrite=bool(cfg.get("overwrite", False)))
     _check_matches_run(cfg, run_dir, purpose="evaluating")
 
     L.seed_everything(int(cfg.seed), workers=True)
@@ -214,11 +225,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         weights=str(source),
     )
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, output_dir / RUN_CONFIG, resolve=True)
-        report = _write_run_report(
-            cfg, output_dir, metrics, parts, [], title=f"fftprompt evaluation of {source}", confusion=confusion
-        )
+        rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
+        report = _write_report(cfg, output_dir, metrics, parts, [], f"fftprompt evaluation of {source}", confusion)
         print_summary(metrics, report, title="test metrics")
     return metrics
 
@@ -270,40 +278,6 @@ def _output_dir(cfg: DictConfig) -> Path:
     return Path(to_absolute_path(str(value)))
 
 
-def _resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Path | None:
-    value = cfg.get("ckpt_path")
-    if value is None:
-        return None
-    path = output_dir / "checkpoints" / LAST_CHECKPOINT if str(value) == "last" else Path(to_absolute_path(str(value)))
-    if not path.is_file():
-        raise ValueError(f"ckpt_path={value!r}: checkpoint {path} does not exist; expected a run's last.ckpt")
-    _check_checkpoint(path, f"ckpt_path={value!s}")
-    return path
-
-
-def _check_checkpoint(path: Path, what: str) -> None:
-    """Reads ``path`` as Lightning will (``weights_only=True``) so that a bad file fails here, before any building.
-
-    A checkpoint holding pickled code (or any object beyond tensors and plain containers) is refused without
-    running it; a truncated or corrupted file gets an error naming it instead of a zip-reader message mid-run.
-    """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... depending on the damage
-        text = str(error).strip()
-        code = re.search(r"GLOBAL (\S+)", text)
-        if code is not None:
-            reason = f"it names the Python object {code.group(1)}, which unpickling would import and may run"
-        else:  # the first sentence: torch's messages go on with generic advice
-            reason = f"{type(error).__name__}: " + (text.splitlines()[0].split(". ")[0] if text else "no message")
-        raise ValueError(
-            f"{what}: {path} cannot be loaded safely (weights_only=True): {reason}; expected a Lightning "
-            "checkpoint written by fftprompt (tensors and plain values only), not truncated or corrupted"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{what}: {path} is not a Lightning checkpoint (no 'state_dict' entry)")
-
-
 def _make_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     """``instantiate(cfg.trainer, **kwargs)`` with checkpoints written atomically (unless a plugin sets its own IO)."""
     trainer: L.Trainer = instantiate(cfg.trainer, **kwargs)
@@ -317,52 +291,18 @@ def _test_confusion(module: L.LightningModule) -> torch.Tensor | None:
     return module.test_confusion.compute().cpu() if isinstance(module, ClassificationModule) else None
 
 
-def _refuse_existing_run(output_dir: Path, overwrite: bool) -> None:
-    """Raises when ``output_dir`` holds a finished run (metrics.json) or an unfinished one (checkpoints)."""
-    if overwrite:
-        return
-    if (output_dir / METRICS_FILE).exists():
-        raise ValueError(
-            f"{output_dir} already holds a finished run ({METRICS_FILE}); choose another paths.output_dir, pass "
-            "overwrite=true to replace it, or ckpt_path=last to resume it"
-        )
-    checkpoints = output_dir / "checkpoints"
-    if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
-        raise ValueError(
-            f"{checkpoints} holds checkpoints of an unfinished run; resume it with ckpt_path=last or pass "
-            "overwrite=true to start afresh"
-        )
-
-
 def _randomly_initialised(cfg: DictConfig) -> bool:
     return not cfg.backbone.get("pretrained", False) and cfg.backbone.get("checkpoint_path") is None
 
 
 def _check_matches_run(cfg: DictConfig, run_dir: Path, purpose: str) -> None:
-    """Compares the model-defining entries of ``cfg`` with ``run_dir/config.yaml`` (skipped when it is absent)."""
-    saved_path = run_dir / RUN_CONFIG
-    if not saved_path.is_file():
-        return
-    saved = OmegaConf.load(saved_path)
-    # a randomly initialised backbone is defined by the seed it was drawn with
-    keys = [*_MODEL_KEYS, "seed"] if _randomly_initialised(cfg) else list(_MODEL_KEYS)
-    differences = []
-    for key in keys:
-        mine, theirs = _plain(OmegaConf.select(cfg, key)), _plain(OmegaConf.select(saved, key))
-        if mine != theirs:
-            differences.append(f"{key}: {theirs!r} in the run, {mine!r} now")
-    if differences:
-        raise ValueError(
-            f"{purpose} {run_dir}: the config does not describe the run's model ({saved_path}):\n  "
-            + "\n  ".join(differences)
-            + "\npass the training run's overrides (listed in its .hydra/overrides.yaml when launched from the CLI)"
-        )
-
-
-def _plain(node: Any) -> Any:
-    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
+    """Compares the model-defining entries of ``cfg`` with the run's saved config (:func:`rundir.check_matches_run`)."""
+    rundir.check_matches_run(
+        lambda key: to_plain(OmegaConf.select(cfg, key)),
+        run_dir,
+        purpose,
+        randomly_initialised=_randomly_initialised(cfg),
+    )
 
 
 def _test_checkpoint(trainer: L.Trainer) -> tuple[str | None, str]:
@@ -380,16 +320,6 @@ def _test_metrics(results: list[Mapping[str, float]]) -> dict[str, Any]:
     if not results:
         raise ValueError("trainer.test returned no results (is the test split empty?)")
     return {key: float(value) for key, value in sorted(results[0].items()) if key.startswith("test/")}
-
-
-def _csv_histories(loggers: list[Logger]) -> list[Path]:
-    """``metrics.csv`` of every version of the run's CSV logger (resumed fits log into a new version)."""
-    for logger in loggers:
-        if isinstance(logger, CSVLogger):
-            root = Path(logger.root_dir)
-            versions = sorted(root.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
-            return [p for p in versions if p.is_file()]
-    return []
 
 
 def _summary(cfg: DictConfig, parts: Mapping[str, Any]) -> dict[str, Any]:
@@ -417,104 +347,24 @@ def _summary(cfg: DictConfig, parts: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in summary.items() if value is not None}
 
 
-def _write_run_report(
+def _write_report(
     cfg: DictConfig,
     output_dir: Path,
     metrics: dict[str, Any],
     parts: Mapping[str, Any],
     loggers: list[Logger],
     title: str,
-    confusion: torch.Tensor | None = None,
+    confusion: torch.Tensor | None,
 ) -> Path:
-    module, model, datamodule = parts["module"], parts["model"], parts["datamodule"]
-    num_samples = int(cfg.get("report", {}).get("num_samples", 6))
-    images, targets = _first_test_images(datamodule, num_samples)
-    kwargs: dict[str, Any] = {"history_csv": _csv_histories(loggers)}
-    if isinstance(module, ClassificationModule):
-        kwargs["confusion"] = confusion if confusion is not None else module.test_confusion.compute().cpu()
-        kwargs["class_names"] = list(datamodule.class_names)
-    else:
-        kwargs["segmentation_samples"] = {
-            "images": images,
-            "targets": targets,
-            "predictions": _predict(model, images).argmax(dim=1),
-            "mean": list(datamodule.mean),
-            "std": list(datamodule.std),
-            "num_classes": parts["num_classes"],
-        }
-    count = int(cfg.get("report", {}).get("frequency_panels", 2))
-    figures = _frequency_figures(model, images, targets, datamodule, output_dir / "figures", count)
-    explain_count = int(cfg.get("report", {}).get("explain_images", 2))
-    if explain_count > 0:
-        # small versions of fftprompt-explain's figures: few images, few integration steps, low resolution
-        kwargs["explanations"] = {
-            "model": model,
-            "images": images[:explain_count],
-            "mean": list(datamodule.mean),
-            "std": list(datamodule.std),
-            "labels": targets[:explain_count],
-            "class_names": list(datamodule.class_names),
-            "ig_steps": 32,
-            "dpi": 60,
-            "title": "Explanations of the first test images",
-        }
-    return write_report(output_dir, metrics, title=title, summary=_summary(cfg, parts), figures=figures, **kwargs)
-
-
-def _first_test_images(datamodule: L.LightningDataModule, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, targets = [], []
-    seen = 0
-    for batch_images, batch_targets in datamodule.test_dataloader():
-        images.append(batch_images)
-        targets.append(batch_targets)
-        seen += batch_images.shape[0]
-        if seen >= count:
-            break
-    return torch.cat(images)[:count], torch.cat(targets)[:count]
-
-
-@torch.no_grad()
-def _predict(model: PromptedViT, images: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    logits = model(images.to(device)).float().cpu()
-    model.train(was_training)
-    if logits.ndim == 4 and logits.shape[-2:] != images.shape[-2:]:
-        logits = torch.nn.functional.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    return logits
-
-
-def _frequency_figures(
-    model: PromptedViT,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    datamodule: L.LightningDataModule,
-    figure_dir: Path,
-    count: int,
-) -> dict[str, Path]:
-    """Frequency-map panels (:func:`fftprompt.visualize.plot_frequency_panel`) of the first ``count`` test images.
-
-    The maps are computed from the normalised images, as the model sees them; the panel shows the image
-    de-normalised. Nothing is drawn when the model has no frequency features.
-    """
-    if model.features is None or count == 0:
-        return {}
-    import matplotlib.pyplot as plt
-
-    from fftprompt.visualize import plot_frequency_panel
-
-    figures: dict[str, Path] = {}
-    device = next(model.parameters()).device
-    maps = model.compute_maps(images[:count].to(device))
-    shown = datamodule.denormalize(images[:count])
-    names = list(datamodule.class_names)
-    for index in range(min(count, images.shape[0])):
-        label = f"class {names[int(targets[index])]}" if targets.ndim == 1 else "segmentation sample"
-        figure = plot_frequency_panel(shown, maps, index=index, title=f"test image {index} ({label})")
-        path = figure_dir / f"frequency_maps_{index}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=60)
-        plt.close(figure)
-        figures[f"Frequency maps of test image {index}"] = path
-    return figures
+    report = cfg.get("report")
+    settings = ReportSettings() if report is None else instantiate(report)
+    return write_run_report(
+        output_dir,
+        metrics,
+        parts,
+        summary=_summary(cfg, parts),
+        settings=settings,
+        loggers=loggers,
+        title=title,
+        confusion=confusion,
+    )

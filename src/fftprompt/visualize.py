@@ -3,7 +3,8 @@
 ``fftprompt-features IMAGE [--patch-size 16] [--image-size N] [--out PNG]`` reads an image, computes
 :class:`fftprompt.spectral.FrequencyFeatures` on it (after the ImageNet normalisation a timm ViT sees) and writes a
 PNG panel. Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot state, any backend), so
-:func:`plot_frequency_panel` can be reused by reports.
+:func:`plot_frequency_panel` can be reused by reports. The command takes argparse options rather than Hydra overrides:
+it looks at one image file, not at a run config.
 """
 
 from __future__ import annotations
@@ -24,12 +25,9 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from fftprompt.spectral import CROSS_PATCH_NAMES, SYMMETRY_NAMES, FrequencyFeatures, FrequencyMaps
+from fftprompt.utils import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["load_image", "main", "plot_frequency_panel"]
-
-# the normalisation most timm ViTs expect; the symmetry, orientation and radial maps do not depend on it
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _SYMMETRY_TITLES = {
     "mirror_lr": "mirror left-right",

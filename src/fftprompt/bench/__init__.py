@@ -1,7 +1,8 @@
 """``fftprompt-bench``: speed and memory benchmarks, one sub-command per concern.
 
 Every sub-command measures the methods it compares side by side in one process and one run, and reports
-ratios, because absolute timings on shared machines are noisy.
+ratios, because absolute timings on shared machines are noisy. The command line is argparse, not Hydra: a benchmark
+takes measurement options (sizes, repetitions, threads, device), not the config of a training run.
 """
 
 from __future__ import annotations

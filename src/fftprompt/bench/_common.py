@@ -1,4 +1,5 @@
-"""Helpers shared by the ``fftprompt-bench`` sub-commands: machine description, timing, memory, autocast.
+"""Helpers shared by the ``fftprompt-bench`` sub-commands: machine description, timing, memory, autocast, train
+steps timed in turns, the report output.
 
 Timing: on CUDA devices a step is timed with CUDA events recorded around it, after a synchronize (so earlier queued
 work does not count) and followed by one (so the end event has completed); on CPUs with ``time.perf_counter``.
@@ -14,15 +15,21 @@ added likewise.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import platform
+import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -148,3 +155,106 @@ def cuda_step_peak_bytes(step: Callable[[], Any], device: torch.device | str) ->
     step()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    device: torch.device | str = "cpu",
+    dtype: str = "float32",
+) -> Callable[[], None]:
+    """One training step of ``model`` as a call: ``zero_grad(set_to_none=True)``, forward and cross-entropy under
+    :func:`autocast` in ``dtype``, backward, optimiser step."""
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def round_robin(
+    steps: Mapping[str, Callable[[], Any]],
+    warmup: int,
+    repeats: int,
+    measure: Callable[[Callable[[], Any]], T],
+    *,
+    alternate: bool = True,
+) -> dict[str, list[T]]:
+    """Measures every step ``repeats`` times after ``warmup`` untimed calls of each, one of each in turn.
+
+    Taking turns lets load from other processes hit all steps alike; with ``alternate`` the order reverses every
+    round, so that no step always runs right after the same other one.
+
+    Args:
+        steps: Name -> step.
+        warmup: Untimed rounds first.
+        repeats: Measured rounds.
+        measure: Calls a step and returns its measurement (e.g. :func:`time_ms`, :func:`wall_and_cpu_ms`).
+        alternate: Reverse the order every other round.
+
+    Returns:
+        Name -> the ``repeats`` measurements, in round order.
+    """
+    order = list(steps)
+    for _ in range(warmup):
+        for name in order:
+            steps[name]()
+    results: dict[str, list[T]] = {name: [] for name in order}
+    for repetition in range(repeats):
+        for name in order[::-1] if alternate and repetition % 2 else order:
+            results[name].append(measure(steps[name]))
+    return results
+
+
+def print_report(report: Mapping[str, Any], table: str, json_target: str | None) -> None:
+    """Prints ``table``, or the report as JSON when ``json_target`` is ``-``; any other ``json_target`` is a file
+    that the report is written to as well (``--json`` of every sub-command)."""
+    text = json.dumps(report, indent=2)
+    if json_target == "-":
+        print(text)
+        return
+    if json_target is not None:
+        Path(json_target).write_text(text + "\n", encoding="utf-8")
+    print(table)
+
+
+def split_choices(parser: argparse.ArgumentParser, option: str, text: str, allowed: Sequence[str]) -> list[str]:
+    """The comma-separated names of ``text``; a usage error unless they are a non-empty subset of ``allowed``."""
+    names = [name for name in text.split(",") if name]
+    bad = [name for name in names if name not in allowed]
+    if bad or not names:
+        parser.error(f"{option} {bad or names}: expected a subset of {allowed}")
+    return names
+
+
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace, positive: Sequence[str]) -> None:
+    """Usage errors unless the options named in ``positive`` are >= 1, ``--warmup`` is >= 0 and a CUDA
+    ``--device`` (where the command has one) is available."""
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    device = getattr(args, "device", None)
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: CUDA is not available")
+
+
+def run_command(
+    argv: Sequence[str] | None,
+    parse: Callable[[Sequence[str]], argparse.Namespace],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    format_table: Callable[[dict[str, Any]], str],
+) -> int:
+    """A sub-command's ``main``: parses ``argv`` (default ``sys.argv[1:]``), runs the benchmark, prints the table
+    (or the JSON report, see :func:`print_report`)."""
+    args = parse(sys.argv[1:] if argv is None else argv)
+    report = run(args)
+    print_report(report, format_table(report), args.json)
+    return 0

@@ -11,16 +11,14 @@ run: the goal is at most 10% of the backbone's forward on CPUs and 5% on GPUs.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from fftprompt.backbone import create_backbone
-from fftprompt.bench._common import DTYPES, autocast, machine, time_ms
+from fftprompt.bench._common import DTYPES, autocast, check_options, machine, run_command, time_ms
 from fftprompt.spectral import FrequencyFeatures
 
 GOALS = {"cpu": 0.10, "cuda": 0.05}
@@ -112,25 +110,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
     args = parser.parse_args(list(argv))
-    for name in ("batch_size", "img_size", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available")
+    check_options(parser, args, positive=("batch_size", "img_size", "repeats", "threads"))
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark and prints a markdown summary (or JSON with ``--json -``)."""
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    report = run_benchmark(args)
-    if args.json == "-":
-        print(json.dumps(report, indent=2))
-        return 0
-    if args.json is not None:
-        with open(args.json, "w") as file:
-            json.dump(report, file, indent=2)
-    print(format_table(report))
-    return 0
+    return run_command(argv, _parse, run_benchmark, format_table)

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, get_args
@@ -35,17 +33,22 @@ from torch import Tensor, nn
 
 from fftprompt.backbone import create_backbone
 from fftprompt.bench._common import (
+    check_options,
     cpu_step_peak_bytes,
     cuda_step_peak_bytes,
     machine,
+    round_robin,
+    run_command,
+    split_choices,
     state_bytes,
     time_ms,
+    train_step,
     wall_and_cpu_ms,
 )
-from fftprompt.fourierft import FourierFTConfig, GradMode, inject_fourierft
+from fftprompt.fourierft import VIT_B_N_FREQUENCY, FourierFTConfig, GradMode, inject_fourierft
 
 METHODS = ("linear_probe", "lora", "peft_fourierft", "fourierft")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_DTYPE_CHOICES = ("bfloat16", "float32")
 
 
 class _Classifier(nn.Module):
@@ -114,7 +117,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Measures every method; returns the machine, settings, per-method results and ratios."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = _DTYPES[args.dtype]
     models, adapted = _build_methods(args)
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=generator).to(device)
@@ -124,32 +126,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for name, model in models.items()
     }
 
-    def make_step(name: str) -> Callable[[], None]:
-        model, optimizer = models[name], optimizers[name]
+    steps = {
+        name: train_step(model, optimizers[name], images, labels, device, args.dtype) for name, model in models.items()
+    }
 
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                loss = nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            optimizer.step()
+    def measure(step: Callable[[], None]) -> tuple[float, float | None]:
+        # CPU time only on CPUs: on GPUs the process mostly waits for the device
+        return wall_and_cpu_ms(step) if device.type == "cpu" else (time_ms(step, device), None)
 
-        return step
-
-    steps = {name: make_step(name) for name in models}
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    wall: dict[str, list[float]] = {name: [] for name in models}
-    cpu: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(args.steps):
-        for name, step in steps.items():
-            if device.type == "cpu":
-                wall_ms, cpu_ms = wall_and_cpu_ms(step)
-                cpu[name].append(cpu_ms)
-            else:
-                wall_ms = time_ms(step, device)
-            wall[name].append(wall_ms)
+    measured = round_robin(steps, args.warmup, args.steps, measure, alternate=False)
+    wall = {name: [wall_ms for wall_ms, _ in pairs] for name, pairs in measured.items()}
+    cpu = {name: [cpu_ms for _, cpu_ms in pairs if cpu_ms is not None] for name, pairs in measured.items()}
 
     results = {}
     for name, model in models.items():
@@ -217,11 +204,11 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="autocast dtype of the step")
+    parser.add_argument("--dtype", choices=_DTYPE_CHOICES, default="float32", help="autocast dtype of the step")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
-    parser.add_argument("--n-frequency", type=int, default=3000)
+    parser.add_argument("--n-frequency", type=int, default=VIT_B_N_FREQUENCY)
     parser.add_argument(
         "--targets", default="qkv,proj,fc1,fc2", help="comma-separated whole-layer targets (PEFT adapts whole layers)"
     )
@@ -234,31 +221,15 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
     args = parser.parse_args(list(argv))
     args.targets = [t for t in args.targets.split(",") if t]
-    args.methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in args.methods if m not in METHODS]
-    if bad or not args.methods:
-        parser.error(f"--methods {bad or args.methods}: expected a subset of {METHODS}")
+    args.methods = split_choices(parser, "--methods", args.methods, METHODS)
     blocks = [t for t in args.targets if t in ("q", "k", "v")]
     if blocks:
         parser.error(f"--targets {blocks}: PEFT cannot adapt row blocks of a fused qkv; use whole layers such as qkv")
-    for name in ("batch_size", "img_size", "steps", "threads", "n_frequency", "lora_rank", "num_classes"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
+    positive = ("batch_size", "img_size", "steps", "threads", "n_frequency", "lora_rank", "num_classes")
+    check_options(parser, args, positive)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark and prints a markdown table (or JSON with ``--json``)."""
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    report = run_benchmark(args)
-    if args.json is None:
-        print(format_table(report))
-    elif args.json == "-":
-        print(json.dumps(report, indent=2))
-    else:
-        with open(args.json, "w") as file:
-            json.dump(report, file, indent=2)
-        print(format_table(report))
-    return 0
+    return run_command(argv, _parse, run_benchmark, format_table)

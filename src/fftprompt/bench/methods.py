@@ -55,13 +55,19 @@ from torch import nn
 from fftprompt.backbone import Backbone, create_backbone
 from fftprompt.bench._common import (
     autocast,
+    check_options,
     cpu_step_peak_bytes,
     cuda_step_peak_bytes,
     machine,
+    print_report,
+    round_robin,
+    split_choices,
     state_bytes,
     time_ms,
+    train_step,
 )
-from fftprompt.fourierft import QKV_BLOCKS, REGEX_PREFIX, FourierFTConfig
+from fftprompt.fourierft import QKV_BLOCKS, REGEX_PREFIX, VIT_B_N_FREQUENCY, FourierFTConfig
+from fftprompt.methods import METHOD_LABELS
 from fftprompt.model import PromptedViT, create_model
 from fftprompt.prompts import FrequencyPrompt, VFPTPrompt, VPTPrompt
 from fftprompt.spectral import FrequencyFeatures
@@ -80,17 +86,11 @@ Method = Literal[
     "full_finetune",
 ]
 METHODS: tuple[str, ...] = get_args(Method)
-LABELS: dict[str, str] = {
-    "linear_probe": "linear probe",
-    "vpt_shallow": "VPT shallow",
-    "vpt_deep": "VPT deep",
-    "vfpt": "VFPT",
-    "fft_shallow": "fft prompts shallow",
-    "fft_deep": "fft prompts deep",
+# the trained methods' labels, with ours and PEFT's FourierFT told apart
+LABELS: dict[str, str] = METHOD_LABELS | {
     "fourierft": "FourierFT (ours)",
     "fourierft_peft": "FourierFT (PEFT)",
     "lora": "LoRA",
-    "fft_fourierft": "fft prompts + FourierFT",
     "full_finetune": "full fine-tuning",
 }
 PEFT_METHODS = ("fourierft_peft", "lora")
@@ -147,7 +147,7 @@ def create_method_model(
     num_classes: int,
     *,
     num_tokens: int = 10,
-    n_frequency: int = 3000,
+    n_frequency: int = VIT_B_N_FREQUENCY,
     scaling: float = 150.0,
     targets: Sequence[str] = ("qkv",),
     lora_rank: int = 16,
@@ -283,17 +283,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for name, m in models.items()
     }
 
-    def train_step(name: str) -> Callable[[], None]:
-        model, optimizer = models[name], optimizers[name]
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, args.dtype):
-                loss = nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            optimizer.step()
-
-        return step
+    def train(name: str) -> Callable[[], None]:
+        return train_step(models[name], optimizers[name], images, labels, device, args.dtype)
 
     def inference_step(name: str) -> Callable[[], None]:
         model = models[name]
@@ -306,10 +297,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     for model in models.values():
         model.train()
-    train_times = _round_robin({name: train_step(name) for name in models}, args.warmup, args.steps, device)
+
+    def timed(step: Callable[[], None]) -> float:
+        return time_ms(step, device)
+
+    train_times = round_robin({name: train(name) for name in models}, args.warmup, args.steps, timed)
     for model in models.values():
         model.eval()
-    infer_times = _round_robin({name: inference_step(name) for name in models}, args.warmup, args.steps, device)
+    infer_times = round_robin({name: inference_step(name) for name in models}, args.warmup, args.steps, timed)
 
     rows: list[dict[str, Any]] = []
     for method in args.methods:
@@ -320,9 +315,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         model.train()
         state = state_bytes(model, optimizers[method])
         if device.type == "cuda":
-            peak: float = state + cuda_step_peak_bytes(train_step(method), device)
+            peak: float = state + cuda_step_peak_bytes(train(method), device)
         elif args.memory:
-            peak = state + cpu_step_peak_bytes(train_step(method))
+            peak = state + cpu_step_peak_bytes(train(method))
         else:
             peak = float("nan")
         rows.append(
@@ -347,21 +342,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "results": rows,
         "ratios": ratios(rows),
     }
-
-
-def _round_robin(
-    steps: dict[str, Callable[[], None]], warmup: int, repeats: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Times every step ``repeats`` times after ``warmup`` untimed calls, one of each in turn (order alternating)."""
-    order = list(steps)
-    for _ in range(warmup):
-        for name in order:
-            steps[name]()
-    times: dict[str, list[float]] = {name: [] for name in order}
-    for repetition in range(repeats):
-        for name in order if repetition % 2 == 0 else order[::-1]:
-            times[name].append(time_ms(steps[name], device))
-    return times
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -449,7 +429,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--num-tokens", type=int, default=10, help="prompts per prompted layer")
-    parser.add_argument("--n-frequency", type=int, default=3000, help="FourierFT entries per adapted matrix")
+    parser.add_argument(
+        "--n-frequency", type=int, default=VIT_B_N_FREQUENCY, help="FourierFT entries per adapted matrix"
+    )
     parser.add_argument("--scaling", type=float, default=150.0, help="FourierFT scaling")
     parser.add_argument(
         "--fourierft-targets",
@@ -461,26 +443,18 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out-dir", default=None, help="also write methods.json and methods.md into this folder")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
     args = parser.parse_args(list(argv))
-    args.methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in args.methods if m not in METHODS]
-    if bad or not args.methods:
-        parser.error(f"--methods {bad or args.methods}: expected a subset of {list(METHODS)}")
+    args.methods = split_choices(parser, "--methods", args.methods, list(METHODS))
     args.fourierft_targets = [t for t in args.fourierft_targets.split(",") if t]
     if not args.fourierft_targets:
         parser.error("--fourierft-targets is empty; expected e.g. qkv or q,v")
-    for name in ("batch_size", "img_size", "steps", "threads", "num_tokens", "n_frequency", "lora_rank"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    positive = ("batch_size", "img_size", "steps", "threads", "num_tokens", "n_frequency", "lora_rank")
+    check_options(parser, args, positive)
     if args.num_classes < 2:
         parser.error("--num-classes must be >= 2")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
     try:
         _backbone_kwargs(args.backbone_arg)
     except ValueError as error:
         parser.error(str(error))
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available")
     return args
 
 
@@ -494,10 +468,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "methods.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (out_dir / "methods.md").write_text(table + "\n", encoding="utf-8")
-    if args.json == "-":
-        print(json.dumps(report, indent=2))
-        return 0
-    if args.json is not None:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(table)
+    print_report(report, table, args.json)
     return 0

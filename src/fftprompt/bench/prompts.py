@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from fftprompt.backbone import create_backbone
-from fftprompt.bench._common import machine, time_ms, wall_and_cpu_ms
+from fftprompt.bench._common import (
+    check_options,
+    machine,
+    round_robin,
+    run_command,
+    split_choices,
+    time_ms,
+    train_step,
+    wall_and_cpu_ms,
+)
 from fftprompt.model import PromptedViT, create_model
 from fftprompt.prompts import FrequencyPrompt, VPTPrompt
 from fftprompt.spectral import FrequencyFeatures
@@ -72,30 +78,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         name: torch.optim.AdamW([p for group in m.trainable_parameters().values() for p in group], lr=1e-4)
         for name, m in models.items()
     }
-
-    def make_step(name: str) -> Callable[[], None]:
-        model, optimizer = models[name], optimizers[name]
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(images), labels).backward()
-            optimizer.step()
-
-        return step
-
-    steps = {name: make_step(name) for name in models}
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {name: [] for name in models}
-    cpu_times: dict[str, list[float]] = {name: [] for name in models}
-    order = list(steps)
-    for round_index in range(args.steps):
-        # alternate the order so that neither method always runs right after the other
-        for name in order if round_index % 2 == 0 else order[::-1]:
-            wall, cpu = wall_and_cpu_ms(steps[name])
-            times[name].append(wall)
-            cpu_times[name].append(cpu)
+    steps = {name: train_step(models[name], optimizers[name], images, labels) for name in models}
+    measured = round_robin(steps, args.warmup, args.steps, wall_and_cpu_ms)
+    times = {name: [wall for wall, _ in pairs] for name, pairs in measured.items()}
+    cpu_times = {name: [cpu for _, cpu in pairs] for name, pairs in measured.items()}
 
     results = []
     for name, model in models.items():
@@ -186,28 +172,11 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--methods", default="vpt,fft", help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
     args = parser.parse_args(list(argv))
-    args.methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in args.methods if m not in METHODS]
-    if bad or not args.methods:
-        parser.error(f"--methods {bad or args.methods}: expected a subset of {METHODS}")
-    for name in ("batch_size", "img_size", "steps", "threads", "num_tokens", "num_classes"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
+    args.methods = split_choices(parser, "--methods", args.methods, METHODS)
+    check_options(parser, args, positive=("batch_size", "img_size", "steps", "threads", "num_tokens", "num_classes"))
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark and prints a markdown table (or JSON with ``--json``)."""
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    report = run_benchmark(args)
-    if args.json is None:
-        print(format_table(report))
-    elif args.json == "-":
-        print(json.dumps(report, indent=2))
-    else:
-        with open(args.json, "w") as file:
-            json.dump(report, file, indent=2)
-        print(format_table(report))
-    return 0
+    return run_command(argv, _parse, run_benchmark, format_table)

@@ -7,7 +7,7 @@ Every data module exposes, after ``setup()``, ``task``, ``num_classes`` and ``cl
 
 from __future__ import annotations
 
-from fftprompt.data.base import IMAGENET_MEAN, IMAGENET_STD, DataWarning, FileDataModule, ImageDataModule
+from fftprompt.data.base import DataWarning, FileDataModule, ImageDataModule
 from fftprompt.data.classification import (
     DTDDataModule,
     ImageFolderDataModule,
@@ -25,6 +25,7 @@ from fftprompt.data.symmetry import (
     SymmetryGenerator,
 )
 from fftprompt.data.transforms import build_transform, denormalize
+from fftprompt.utils import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "DEFAULT_SYMMETRY_CLASSES",

@@ -16,21 +16,14 @@ from torchvision.transforms import v2
 
 from fftprompt.data.io import OnBadFile, find_bad_images, image_size
 from fftprompt.data.transforms import Policy, build_transform, denormalize
+from fftprompt.utils import IMAGENET_MEAN, IMAGENET_STD, Task, check_choice
 
-Task = Literal["classification", "segmentation"]
 Split = Literal["train", "val", "test"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS: tuple[Split, ...] = get_args(Split)
 
 
 class DataWarning(UserWarning):
     """Something about the data on disk that a run can live with but the user should know (skips, fallbacks)."""
-
-
-def _check_literal(name: str, value: object, options: Sequence[object]) -> None:
-    if value not in options:
-        raise ValueError(f"{name}={value!r} is not one of {tuple(options)}")
 
 
 def _as_floats(name: str, values: Sequence[float]) -> tuple[float, float, float]:
@@ -143,13 +136,16 @@ class ImageDataModule(L.LightningDataModule, ABC):
     ``class_names`` and the loaders available. Batches are ``(images (B, 3, S, S) float32 normalised with mean/std,
     targets)`` with targets ``(B,)`` int64 for classification and ``(B, S, S)`` int64 for segmentation.
 
+    The arguments below are shared by every data module and declared only here: subclasses take their own arguments
+    and pass the rest on as ``**common`` (a subclass names one of them only to give it another default).
+
     Args:
         image_size: side ``S`` of the square images fed to the model.
         batch_size: batch size of every loader.
         num_workers: loader worker processes.
         seed: seed of the split (where the dataset has none), of the generated data and of the shuffling order.
-        mean: per-channel mean used for normalisation (the backbone's).
-        std: per-channel standard deviation used for normalisation (the backbone's).
+        mean: per-channel mean used for normalisation (the backbone's; runs pass it).
+        std: per-channel standard deviation used for normalisation (the backbone's; runs pass it).
         augment: random augmentation of the training split.
         pin_memory: pin loader memory (for GPU training).
     """
@@ -160,20 +156,19 @@ class ImageDataModule(L.LightningDataModule, ABC):
     def __init__(
         self,
         *,
-        image_size: int,
-        batch_size: int,
-        num_workers: int,
-        seed: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        augment: bool,
-        pin_memory: bool,
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        augment: bool = True,
+        pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        if image_size < 1:
-            raise ValueError(f"image_size={image_size} must be positive")
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be positive")
+        for name, value, lowest in (("image_size", image_size, 1), ("batch_size", batch_size, 1)):
+            if value < lowest:
+                raise ValueError(f"{name}={value} must be positive")
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers} must be >= 0")
         self.image_size = int(image_size)
@@ -225,14 +220,14 @@ class ImageDataModule(L.LightningDataModule, ABC):
 
     def transform(self, split: Split) -> v2.Compose:
         """The transform applied to ``split``'s items."""
-        _check_literal("split", split, SPLITS)
+        check_choice("split", split, Split)
         return build_transform(
             self.policy, self.image_size, self.mean, self.std, train=split == "train", augment=self.augment
         )
 
     def dataset(self, split: Split) -> Dataset:
         """The dataset of ``split`` (``"train"``, ``"val"`` or ``"test"``), after :meth:`setup`."""
-        _check_literal("split", split, SPLITS)
+        check_choice("split", split, Split)
         self.setup()
         assert self._datasets is not None
         return self._datasets[split]
@@ -293,9 +288,13 @@ class FileDataModule(ImageDataModule):
 
     layout: ClassVar[str] = ""
 
-    def __init__(self, root: str | Path, *, on_bad_file: OnBadFile, **common) -> None:
+    def __init__(self, root: str | Path, *, on_bad_file: OnBadFile = "error", **common: Any) -> None:
         super().__init__(**common)
-        _check_literal("on_bad_file", on_bad_file, get_args(OnBadFile))
+        if on_bad_file not in get_args(OnBadFile):
+            raise ValueError(
+                f"on_bad_file={on_bad_file!r} is not one of {get_args(OnBadFile)} ('error' stops at an unreadable "
+                "file, 'skip' leaves such files out with a warning)"
+            )
         self.root = Path(root)
         self.on_bad_file: OnBadFile = on_bad_file
 

@@ -6,19 +6,12 @@ import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from fftprompt.data.base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SPLITS,
-    DataWarning,
-    FileDataModule,
-    ImageDataModule,
-    OnBadFile,
-)
+from fftprompt.data.base import SPLITS, DataWarning, FileDataModule, ImageDataModule
 from fftprompt.data.datasets import ArrayClassificationDataset, FileClassificationDataset
 from fftprompt.data.io import list_images
 from fftprompt.data.splits import check_fractions, stratified_split
@@ -67,8 +60,7 @@ class DTDDataModule(_FileClassificationModule):
         split_index: which of the ten official splits (1..10).
         val_fraction: validation fraction of each class for the fallback split.
         test_fraction: test fraction of each class for the fallback split.
-        on_bad_file: see :class:`~fftprompt.data.base.FileDataModule`.
-        **others: see :class:`~fftprompt.data.base.ImageDataModule`.
+        **common: ``on_bad_file`` and the shared arguments, see :class:`~fftprompt.data.base.FileDataModule`.
     """
 
     layout = (
@@ -80,34 +72,15 @@ class DTDDataModule(_FileClassificationModule):
     def __init__(
         self,
         root: str | Path,
-        image_size: int = 224,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        on_bad_file: OnBadFile = "error",
-        augment: bool = True,
+        *,
         split_index: int = 1,
         val_fraction: float = 1 / 3,
         test_fraction: float = 1 / 3,
-        pin_memory: bool = False,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root,
-            on_bad_file=on_bad_file,
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            mean=mean,
-            std=std,
-            augment=augment,
-            pin_memory=pin_memory,
-        )
-        check_fractions(val_fraction, test_fraction)
+        super().__init__(root, **common)
         self.split_index = int(split_index)
-        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.val_fraction, self.test_fraction = check_fractions(val_fraction, test_fraction)
 
     def _build(self) -> tuple[dict[str, Dataset], list[str]]:
         base = self.root if (self.root / "images").is_dir() else self.root / "dtd"
@@ -184,8 +157,7 @@ class KTHTips2DataModule(_FileClassificationModule):
         test_sample: held-out sample letter (``"a"``..``"d"``) or folder name (``"sample_d"``).
         val_sample: validation sample letter or folder name, or None for a random fraction.
         val_fraction: validation fraction of the training samples when ``val_sample`` is None.
-        on_bad_file: see :class:`~fftprompt.data.base.FileDataModule`.
-        **others: see :class:`~fftprompt.data.base.ImageDataModule`.
+        **common: ``on_bad_file`` and the shared arguments, see :class:`~fftprompt.data.base.FileDataModule`.
     """
 
     layout = (
@@ -196,31 +168,13 @@ class KTHTips2DataModule(_FileClassificationModule):
     def __init__(
         self,
         root: str | Path,
-        image_size: int = 224,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        on_bad_file: OnBadFile = "error",
-        augment: bool = True,
+        *,
         test_sample: str = "d",
         val_sample: str | None = None,
         val_fraction: float = 0.15,
-        pin_memory: bool = False,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root,
-            on_bad_file=on_bad_file,
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            mean=mean,
-            std=std,
-            augment=augment,
-            pin_memory=pin_memory,
-        )
+        super().__init__(root, **common)
         self.test_sample = self._sample_folder(test_sample)
         self.val_sample = None if val_sample is None else self._sample_folder(val_sample)
         if self.val_sample == self.test_sample:
@@ -282,8 +236,7 @@ class ImageFolderDataModule(_FileClassificationModule):
         root: dataset folder.
         val_fraction: validation fraction of each class where no ``val`` folder exists.
         test_fraction: test fraction of each class where no ``test`` folder exists.
-        on_bad_file: see :class:`~fftprompt.data.base.FileDataModule`.
-        **others: see :class:`~fftprompt.data.base.ImageDataModule`.
+        **common: ``on_bad_file`` and the shared arguments, see :class:`~fftprompt.data.base.FileDataModule`.
     """
 
     layout = (
@@ -292,34 +245,10 @@ class ImageFolderDataModule(_FileClassificationModule):
     )
 
     def __init__(
-        self,
-        root: str | Path,
-        image_size: int = 224,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        on_bad_file: OnBadFile = "error",
-        augment: bool = True,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        pin_memory: bool = False,
+        self, root: str | Path, *, val_fraction: float = 0.1, test_fraction: float = 0.2, **common: Any
     ) -> None:
-        super().__init__(
-            root,
-            on_bad_file=on_bad_file,
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            mean=mean,
-            std=std,
-            augment=augment,
-            pin_memory=pin_memory,
-        )
-        check_fractions(val_fraction, test_fraction)
-        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        super().__init__(root, **common)
+        self.val_fraction, self.test_fraction = check_fractions(val_fraction, test_fraction)
 
     def _scan(self, folder: Path, class_names: list[str]) -> _Samples:
         items = []
@@ -366,7 +295,7 @@ class MedMNISTDataModule(ImageDataModule):
         subset: MedMNIST subset, e.g. ``"breastmnist"``, ``"pathmnist"``, ``"dermamnist"``.
         size: image size of the file to read (``None`` or 28: ``<subset>.npz``; else ``<subset>_<size>.npz``).
         class_names: names in label order; default ``"0"``, ``"1"``, ... up to the largest label.
-        **others: see :class:`~fftprompt.data.base.ImageDataModule`.
+        **common: the shared arguments (:class:`~fftprompt.data.base.ImageDataModule`).
     """
 
     layout = (
@@ -377,28 +306,13 @@ class MedMNISTDataModule(ImageDataModule):
     def __init__(
         self,
         root: str | Path,
+        *,
         subset: str = "breastmnist",
         size: int | None = None,
-        image_size: int = 224,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        augment: bool = True,
         class_names: Sequence[str] | None = None,
-        pin_memory: bool = False,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            mean=mean,
-            std=std,
-            augment=augment,
-            pin_memory=pin_memory,
-        )
+        super().__init__(**common)
         self.root = Path(root)
         self.subset = str(subset)
         self.size = None if size is None else int(size)

@@ -15,7 +15,7 @@ from fftprompt.data.io import MaskMode, read_image, read_mask
 Transform = Callable[..., object]
 
 
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
+def _untyped(tensor: torch.Tensor) -> torch.Tensor:
     """Drop the tv_tensors subclass so that batches are ordinary tensors."""
     return tensor.as_subclass(torch.Tensor)
 
@@ -45,7 +45,7 @@ class FileClassificationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = tv_tensors.Image(read_image(self.files[index], self.draft_size))
-        return _plain(self.transform(image)), torch.tensor(self.labels[index], dtype=torch.int64)
+        return _untyped(self.transform(image)), torch.tensor(self.labels[index], dtype=torch.int64)
 
 
 class ArrayClassificationDataset(Dataset):
@@ -66,7 +66,7 @@ class ArrayClassificationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         array = torch.from_numpy(np.ascontiguousarray(self.images[index]))
         image = array.unsqueeze(0).expand(3, -1, -1) if array.ndim == 2 else array.permute(2, 0, 1)
-        return _plain(self.transform(tv_tensors.Image(image.contiguous()))), torch.tensor(self.labels[index])
+        return _untyped(self.transform(tv_tensors.Image(image.contiguous()))), torch.tensor(self.labels[index])
 
 
 class FileSegmentationDataset(Dataset):
@@ -111,4 +111,4 @@ class FileSegmentationDataset(Dataset):
                 f"mask {mask_path} holds class index {int(mask.max())} but there are only {self.num_classes} classes"
             )
         image_out, mask_out = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        return _plain(image_out), _plain(mask_out)
+        return _untyped(image_out), _untyped(mask_out)

@@ -6,23 +6,15 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import get_args
+from typing import Any
 
 from torch.utils.data import Dataset
 
-from fftprompt.data.base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SPLITS,
-    DataWarning,
-    FileDataModule,
-    OnBadFile,
-    Task,
-    _check_literal,
-)
+from fftprompt.data.base import SPLITS, DataWarning, FileDataModule
 from fftprompt.data.datasets import FileSegmentationDataset
 from fftprompt.data.io import MaskMode, is_image_file
 from fftprompt.data.splits import check_fractions, random_split
+from fftprompt.utils import Task, check_choice
 
 _Pairs = list[tuple[Path, Path]]
 
@@ -46,12 +38,37 @@ def match_files(folder: Path, pattern: re.Pattern[str], exclude: re.Pattern[str]
 
 
 class _FileSegmentationModule(FileDataModule):
-    """Shared steps of the image/mask modules: pairing, checking, splitting, dataset creation."""
+    """Shared arguments and steps of the image/mask modules: pairing, checking, splitting, dataset creation.
+
+    Args:
+        root: data root.
+        val_fraction: validation fraction of the pairs (where the dataset has no validation split).
+        test_fraction: test fraction of the pairs (where the dataset has no test split).
+        mask_threshold: binary masks are foreground where their luminance is at least this (8-bit scale; robust to
+            JPEG noise in 0/255 masks).
+        batch_size: batch size of every loader.
+        **common: ``on_bad_file`` and the shared arguments, see :class:`~fftprompt.data.base.FileDataModule`.
+    """
 
     task: Task = "segmentation"
     policy = "segmentation"
     mask_mode: MaskMode = "binary"
-    mask_threshold: int = 128
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        mask_threshold: int = 128,
+        batch_size: int = 16,
+        **common: Any,
+    ) -> None:
+        super().__init__(root, batch_size=batch_size, **common)
+        self.val_fraction, self.test_fraction = check_fractions(val_fraction, test_fraction)
+        if not 0 < mask_threshold <= 255:
+            raise ValueError(f"mask_threshold={mask_threshold} must be in [1, 255] (8-bit scale)")
+        self.mask_threshold = int(mask_threshold)
 
     def _pair(self, images: dict[str, Path], masks: dict[str, Path], where: str) -> _Pairs:
         """Pairs with the same id; unpaired files raise (``on_bad_file="error"``) or are skipped with a warning."""
@@ -77,12 +94,6 @@ class _FileSegmentationModule(FileDataModule):
         }
 
 
-def _check_threshold(threshold: int) -> int:
-    if not 0 < threshold <= 255:
-        raise ValueError(f"mask_threshold={threshold} must be in [1, 255] (8-bit scale)")
-    return int(threshold)
-
-
 class KvasirSegDataModule(_FileSegmentationModule):
     """Kvasir-SEG polyp segmentation (1000 image/mask pairs), split deterministically by ``seed``.
 
@@ -91,11 +102,8 @@ class KvasirSegDataModule(_FileSegmentationModule):
 
     Args:
         root: folder holding ``images/`` and ``masks/`` (or a ``Kvasir-SEG/`` folder that does).
-        val_fraction: validation fraction.
         test_fraction: test fraction.
-        mask_threshold: foreground where the mask's luminance is at least this (8-bit scale).
-        on_bad_file: see :class:`~fftprompt.data.base.FileDataModule`.
-        **others: see :class:`~fftprompt.data.base.ImageDataModule`.
+        **common: ``val_fraction``, ``mask_threshold`` and the rest, see :class:`_FileSegmentationModule`.
     """
 
     layout = (
@@ -103,37 +111,8 @@ class KvasirSegDataModule(_FileSegmentationModule):
         "(the root may also be the folder that contains Kvasir-SEG/)"
     )
 
-    def __init__(
-        self,
-        root: str | Path,
-        image_size: int = 224,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        on_bad_file: OnBadFile = "error",
-        augment: bool = True,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        mask_threshold: int = 128,
-        pin_memory: bool = False,
-    ) -> None:
-        super().__init__(
-            root,
-            on_bad_file=on_bad_file,
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            mean=mean,
-            std=std,
-            augment=augment,
-            pin_memory=pin_memory,
-        )
-        check_fractions(val_fraction, test_fraction)
-        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
-        self.mask_threshold = _check_threshold(mask_threshold)
+    def __init__(self, root: str | Path, *, test_fraction: float = 0.1, **common: Any) -> None:
+        super().__init__(root, test_fraction=test_fraction, **common)
 
     def _build(self) -> tuple[dict[str, Dataset], list[str]]:
         base = self.root
@@ -178,13 +157,8 @@ class ISIC2018DataModule(_FileSegmentationModule):
     is carved from training by ``val_fraction`` / ``test_fraction`` (with a warning). Flat layout: ``ISIC_<id>.jpg``
     and ``ISIC_<id>_segmentation.png`` together in ``root``, split by seed.
 
-    Args:
-        root: folder holding the official folders, or the flat folder.
-        val_fraction: validation fraction when no official validation pairs are present.
-        test_fraction: test fraction when no official test pairs are present.
-        mask_threshold: foreground where the mask is at least this (8-bit scale; the masks are 0/255 PNGs).
-        on_bad_file: see :class:`~fftprompt.data.base.FileDataModule`.
-        **others: see :class:`~fftprompt.data.base.ImageDataModule`.
+    The masks are 0/255 PNGs. Arguments: see :class:`_FileSegmentationModule` (``root``: the folder holding the
+    official folders, or the flat folder).
     """
 
     layout = (
@@ -194,38 +168,6 @@ class ISIC2018DataModule(_FileSegmentationModule):
         "  ISIC2018_Task1-2_Test_Input/ + ISIC2018_Task1_Test_GroundTruth/               (optional)\n"
         "or flat: ISIC_<id>.jpg and ISIC_<id>_segmentation.png in one folder"
     )
-
-    def __init__(
-        self,
-        root: str | Path,
-        image_size: int = 224,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        on_bad_file: OnBadFile = "error",
-        augment: bool = True,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        mask_threshold: int = 128,
-        pin_memory: bool = False,
-    ) -> None:
-        super().__init__(
-            root,
-            on_bad_file=on_bad_file,
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            mean=mean,
-            std=std,
-            augment=augment,
-            pin_memory=pin_memory,
-        )
-        check_fractions(val_fraction, test_fraction)
-        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
-        self.mask_threshold = _check_threshold(mask_threshold)
 
     def _folder_pairs(self, image_dir: Path, mask_dir: Path) -> _Pairs:
         images, masks = match_files(image_dir, _ISIC_IMAGE), match_files(mask_dir, _ISIC_MASK)
@@ -292,11 +234,7 @@ class SegFolderDataModule(_FileSegmentationModule):
         mask_mode: ``"binary"`` (thresholded at ``mask_threshold``) or ``"index"`` (stored values are class indices;
             then ``class_names`` is required).
         class_names: class names, background first; default ``["background", "foreground"]`` for binary masks.
-        mask_threshold: binary threshold on the 8-bit scale.
-        val_fraction: validation fraction.
-        test_fraction: test fraction.
-        on_bad_file: see :class:`~fftprompt.data.base.FileDataModule`.
-        **others: see :class:`~fftprompt.data.base.ImageDataModule`.
+        **common: ``val_fraction``, ``mask_threshold`` and the rest, see :class:`_FileSegmentationModule`.
     """
 
     layout = (
@@ -308,39 +246,17 @@ class SegFolderDataModule(_FileSegmentationModule):
     def __init__(
         self,
         root: str | Path,
+        *,
         images_dir: str = "images",
         masks_dir: str = "masks",
         image_pattern: str = r"(?P<id>.+)\.(?i:jpe?g|png|bmp|tiff?|gif|webp)",
         mask_pattern: str = r"(?P<id>.+)\.(?i:jpe?g|png|bmp|tiff?|gif|webp)",
         mask_mode: MaskMode = "binary",
         class_names: Sequence[str] | None = None,
-        mask_threshold: int = 128,
-        image_size: int = 224,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        on_bad_file: OnBadFile = "error",
-        augment: bool = True,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        pin_memory: bool = False,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root,
-            on_bad_file=on_bad_file,
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            mean=mean,
-            std=std,
-            augment=augment,
-            pin_memory=pin_memory,
-        )
-        check_fractions(val_fraction, test_fraction)
-        _check_literal("mask_mode", mask_mode, get_args(MaskMode))
+        super().__init__(root, **common)
+        check_choice("mask_mode", mask_mode, MaskMode)
         self.images_dir, self.masks_dir = str(images_dir), str(masks_dir)
         self.image_pattern = self._compile("image_pattern", image_pattern)
         self.mask_pattern = self._compile("mask_pattern", mask_pattern)
@@ -352,8 +268,6 @@ class SegFolderDataModule(_FileSegmentationModule):
         self.seg_class_names = [str(n) for n in class_names]
         if mask_mode == "binary" and len(self.seg_class_names) != 2:
             raise ValueError(f"binary masks have 2 classes, got class_names={self.seg_class_names}")
-        self.mask_threshold = _check_threshold(mask_threshold)
-        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
 
     @staticmethod
     def _compile(name: str, pattern: str) -> re.Pattern[str]:

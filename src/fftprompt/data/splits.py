@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def check_fractions(val_fraction: float, test_fraction: float) -> None:
-    """Raise a ``ValueError`` unless both fractions are in ``(0, 1)`` and leave room for training data."""
+def check_fractions(val_fraction: float, test_fraction: float) -> tuple[float, float]:
+    """``(val_fraction, test_fraction)`` as floats, after checking that each is in ``(0, 1)`` and that together they
+    leave training data (a ``ValueError`` otherwise)."""
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < value < 1.0:
             raise ValueError(f"{name}={value} must be in (0, 1)")
@@ -16,6 +17,7 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
         raise ValueError(
             f"val_fraction + test_fraction = {val_fraction + test_fraction} must be < 1 to leave training data"
         )
+    return float(val_fraction), float(test_fraction)
 
 
 def _counts(n: int, fractions: Sequence[float]) -> list[int]:

@@ -20,15 +20,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from fftprompt.data.base import IMAGENET_MEAN, IMAGENET_STD, SPLITS, ImageDataModule, Split, Task, _check_literal
+from fftprompt.data.base import ImageDataModule, Split
 from fftprompt.data.datasets import Transform
+from fftprompt.utils import Task, check_choice
 
 SymmetryClass = Literal["none", "mirror_lr", "mirror_ud", "mirror_diag", "mirror_antidiag", "rot180", "rot90"]
 SYMMETRY_CLASSES: tuple[str, ...] = get_args(SymmetryClass)
@@ -36,6 +37,9 @@ DEFAULT_SYMMETRY_CLASSES = ("none", "mirror_lr", "mirror_ud", "mirror_diag", "ro
 Texture = Literal["noise", "grating", "blobs"]
 TEXTURES: tuple[str, ...] = get_args(Texture)
 SegLabels = Literal["binary", "per_class"]
+# Defaults shared by the generator and the data module (whose YAML shows the demo's full-image regions instead).
+NOISE_STD = 0.03
+REGION_SIZE = (0.4, 0.75)
 
 # Group elements as maps of patch coordinates (i, j) -> source coordinates, for an L x L patch (r = L - 1).
 _ELEMENTS = {
@@ -157,17 +161,17 @@ class SymmetryGenerator:
         image_size: int = 64,
         classes: Sequence[str] = DEFAULT_SYMMETRY_CLASSES,
         textures: Sequence[str] = TEXTURES,
-        noise_std: float = 0.03,
-        region_size: Sequence[float] = (0.4, 0.75),
+        noise_std: float = NOISE_STD,
+        region_size: Sequence[float] = REGION_SIZE,
         contrast: Sequence[float] = (0.06, 0.16),
         seed: int = 0,
     ) -> None:
         self.classes = tuple(str(c) for c in classes)
         self.textures = tuple(str(t) for t in textures)
         for name in self.classes:
-            _check_literal("symmetry class", name, SYMMETRY_CLASSES)
+            check_choice("symmetry class", name, SymmetryClass)
         for name in self.textures:
-            _check_literal("texture", name, TEXTURES)
+            check_choice("texture", name, Texture)
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise ValueError(f"classes={list(self.classes)} must hold at least 2 distinct symmetry classes")
         if not self.textures:
@@ -232,7 +236,7 @@ class SymmetryGenerator:
 
     def generate(self, split: Split, indices: Sequence[int] | np.ndarray) -> SymmetryBatch:
         """Images ``indices`` of ``split`` (each depends only on ``(seed, split, index)``, not on the batch)."""
-        _check_literal("split", split, SPLITS)
+        check_choice("split", split, Split)
         size, count = self.image_size, len(indices)
         sources = np.empty((count, 4, size, size), np.float32)  # background fields 0-1, region fields 2-3
         responses = np.empty((count, 2, *self._freqs[0].shape[:1], *self._freqs[1].shape[1:]), np.float32)
@@ -309,8 +313,8 @@ class SymmetryDataset(Dataset):
         seg_labels: SegLabels = "binary",
         cache: bool = True,
     ) -> None:
-        _check_literal("task", task, get_args(Task))
-        _check_literal("seg_labels", seg_labels, get_args(SegLabels))
+        check_choice("task", task, Task)
+        check_choice("seg_labels", seg_labels, SegLabels)
         if size < 1:
             raise ValueError(f"size={size} of the {split} split must be positive")
         self.generator, self.split, self.size = generator, split, int(size)
@@ -359,10 +363,7 @@ class SymmetryDataModule(ImageDataModule):
     Args:
         image_size: side of the generated images (they are generated at this size, not resized).
         batch_size: batch size.
-        num_workers: loader workers.
-        seed: generator and shuffling seed.
-        mean: normalisation mean (the backbone's).
-        std: normalisation standard deviation (the backbone's).
+        augment: random square crops with isotropic rescaling (the only label-preserving geometry; off by default).
         classes: symmetry classes in label order, a subset of ``SYMMETRY_CLASSES``.
         task: ``"classification"`` (label = symmetry class) or ``"segmentation"`` (mask of the symmetric region).
         seg_labels: segmentation coding: ``"binary"`` (background / symmetric) or ``"per_class"`` (background and one
@@ -373,55 +374,42 @@ class SymmetryDataModule(ImageDataModule):
         textures: texture families.
         noise_std: additive pixel noise (difficulty knob).
         region_size: range of the symmetric region's side as a fraction of the image side.
-        augment: random square crops with isotropic rescaling (the only label-preserving geometry; off by default).
         cache: generate each split once in setup (fast epochs) instead of on every access.
-        pin_memory: pin loader memory.
+        **common: see :class:`~fftprompt.data.base.ImageDataModule` (``seed`` also seeds the generator).
     """
 
     policy = "symmetry"
 
     def __init__(
         self,
+        *,
         image_size: int = 64,
         batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        augment: bool = False,
         classes: Sequence[str] = DEFAULT_SYMMETRY_CLASSES,
         task: Task = "classification",
         seg_labels: SegLabels = "binary",
         num_train: int = 2000,
-        num_val: int = 500,
-        num_test: int = 500,
+        num_val: int = 400,
+        num_test: int = 600,
         textures: Sequence[str] = TEXTURES,
-        noise_std: float = 0.03,
-        region_size: Sequence[float] = (0.4, 0.75),
-        augment: bool = False,
+        noise_std: float = NOISE_STD,
+        region_size: Sequence[float] = REGION_SIZE,
         cache: bool = True,
-        pin_memory: bool = False,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            mean=mean,
-            std=std,
-            augment=augment,
-            pin_memory=pin_memory,
-        )
-        _check_literal("task", task, get_args(Task))
-        _check_literal("seg_labels", seg_labels, get_args(SegLabels))
+        super().__init__(image_size=image_size, batch_size=batch_size, augment=augment, **common)
+        check_choice("task", task, Task)
+        check_choice("seg_labels", seg_labels, SegLabels)
         self.task = task
         self.seg_labels: SegLabels = seg_labels
         self.generator = SymmetryGenerator(
-            image_size=image_size,
+            image_size=self.image_size,
             classes=classes,
             textures=textures,
             noise_std=noise_std,
             region_size=region_size,
-            seed=seed,
+            seed=self.seed,
         )
         self.split_sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
         for split, count in self.split_sizes.items():

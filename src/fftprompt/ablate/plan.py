@@ -1,0 +1,153 @@
+"""Budget planning: every variant of the ablation sized to one trainable-parameter budget, from the model's dims.
+
+Pure arithmetic over :class:`~fftprompt.prompts.ModelDims` and the number of matrices FourierFT adapts; no config,
+no data. The reference budget is VPT-deep's and VFPT's standard 10 prompts per block, ``B = 10 * L * D`` prompt
+parameters; every method gets at most ``B`` trainable parameters besides the (shared) classification head:
+
+- VPT-shallow: ``B // D`` prompts; VPT-deep and VFPT: ``B // (L * D)`` prompts per block;
+- FourierFT: ``n_frequency = B // M`` for ``M`` adapted matrices;
+- fft prompts (shallow: 4 prompts; deep: 2 per block): the widest generator (``hidden_dim`` h, ``spectrum_dim`` h/2,
+  ``spectrum_crop`` 4, 2 heads) with at most ``B`` parameters;
+- fft prompts + FourierFT: a quarter of ``B`` for FourierFT, the widest shallow generator within the rest.
+
+Feature ablations use the fft-shallow generator settings with one feature group removed (``features.groups``), or
+without the spectrum projection (``prompt.use_spectrum=false``); their parameter counts drop slightly with the
+narrower input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fftprompt.methods import METHOD_LABELS, TRAINED_METHODS
+from fftprompt.prompts import FrequencyPrompt, ModelDims
+from fftprompt.spectral import FEATURE_GROUPS
+
+__all__ = ["ABLATIONS", "LABELS", "METHODS", "Variant", "plan_variants"]
+
+METHODS = tuple(TRAINED_METHODS)
+ABLATIONS = ("fft_no_symmetry", "fft_no_orientation", "fft_no_radial", "fft_no_cross_patch", "fft_no_spectrum")
+LABELS = {
+    **METHOD_LABELS,
+    "fft_no_symmetry": "fft shallow without symmetry maps",
+    "fft_no_orientation": "fft shallow without orientation maps",
+    "fft_no_radial": "fft shallow without radial bands",
+    "fft_no_cross_patch": "fft shallow without cross-patch symmetry",
+    "fft_no_spectrum": "fft shallow without spectrum projection",
+}
+
+_FFT_SHALLOW_TOKENS = 4
+_FFT_DEEP_TOKENS = 2
+_FFT_HEADS = 2
+_FFT_CROP = 4
+_FOURIERFT_SHARE = 0.25  # of the budget, in fft prompts + FourierFT
+
+VariantKind = Literal["method", "feature ablation"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: a name, a label and the Hydra overrides that make it from the base config."""
+
+    name: str
+    label: str
+    overrides: tuple[str, ...]
+    kind: VariantKind
+
+
+def _fft_settings(hidden_dim: int, num_tokens: int) -> dict[str, int]:
+    """The fft prompt generator of width ``hidden_dim``: ``FrequencyPrompt`` arguments."""
+    return {
+        "num_tokens": num_tokens,
+        "hidden_dim": hidden_dim,
+        "num_heads": _FFT_HEADS,
+        "spectrum_dim": max(hidden_dim // 2, 1),
+        "spectrum_crop": _FFT_CROP,
+    }
+
+
+def _fft_overrides(hidden_dim: int, num_tokens: int) -> tuple[str, ...]:
+    return tuple(f"prompt.{key}={value}" for key, value in _fft_settings(hidden_dim, num_tokens).items())
+
+
+def _widest_fft(dims: ModelDims, budget: int, num_tokens: int, deep: bool) -> int:
+    """The largest even ``hidden_dim`` whose generator has at most ``budget`` parameters."""
+    best = None
+    for hidden_dim in range(_FFT_HEADS, 513, _FFT_HEADS):
+        prompt = FrequencyPrompt(dims, deep=deep, **_fft_settings(hidden_dim, num_tokens))
+        if prompt.num_parameters() > budget:
+            break
+        best = hidden_dim
+    if best is None:
+        raise ValueError(
+            f"budget {budget}: even the smallest fft prompt generator ({num_tokens} tokens, hidden_dim {_FFT_HEADS}) "
+            "has more parameters; raise --budget"
+        )
+    return best
+
+
+def plan_variants(
+    dims: ModelDims, fourierft_matrices: int, names: Sequence[str], budget: int | None = None
+) -> tuple[list[Variant], dict[str, Any]]:
+    """Sizes every requested variant to the parameter budget.
+
+    Args:
+        dims: The backbone and features of the base config (``ModelDims.of(backbone, features)``).
+        fourierft_matrices: Matrices ``M`` that the base config's FourierFT targets adapt.
+        names: Variants, from :data:`METHODS` and :data:`ABLATIONS`.
+        budget: Trainable parameters besides the head; default ``10 * L * D``.
+
+    Returns:
+        The variants in the order of ``names`` and a description of the budget (``budget``, ``embed_dim``,
+        ``num_layers``, ``feature_channels``, ``fourierft_matrices``).
+    """
+    unknown = [n for n in names if n not in METHODS + ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; expected names from {list(METHODS + ABLATIONS)}")
+    embed_dim, layers, matrices = dims.embed_dim, dims.num_layers, fourierft_matrices
+    budget = 10 * layers * embed_dim if budget is None else budget
+    fft_shallow = _widest_fft(dims, budget, _FFT_SHALLOW_TOKENS, deep=False)
+    fft_deep = _widest_fft(dims, budget, _FFT_DEEP_TOKENS, deep=True)
+    fourier_small = max(int(budget * _FOURIERFT_SHARE) // matrices, 1)
+    fft_combined = _widest_fft(dims, budget - fourier_small * matrices, _FFT_SHALLOW_TOKENS, deep=False)
+    per_block = f"prompt.num_tokens={max(budget // (layers * embed_dim), 1)}"
+    prompt_sizes = {
+        "vpt_shallow": (f"prompt.num_tokens={max(budget // embed_dim, 1)}",),
+        "vpt_deep": (per_block,),
+        "vfpt": (per_block,),
+        "fft_shallow": _fft_overrides(fft_shallow, _FFT_SHALLOW_TOKENS),
+        "fft_deep": _fft_overrides(fft_deep, _FFT_DEEP_TOKENS),
+        "fft_fourierft": _fft_overrides(fft_combined, _FFT_SHALLOW_TOKENS),
+    }
+    adapter_sizes = {
+        "fourierft": (f"adapter.n_frequency={max(budget // matrices, 1)}",),
+        "fft_fourierft": (f"adapter.n_frequency={fourier_small}",),
+    }
+    overrides = {
+        name: (
+            f"prompt={method.prompt}",
+            *prompt_sizes.get(name, ()),
+            f"adapter={method.adapter}",
+            *adapter_sizes.get(name, ()),
+        )
+        for name, method in TRAINED_METHODS.items()
+    }
+    shallow = overrides["fft_shallow"]
+    overrides["fft_no_spectrum"] = (*shallow, "prompt.use_spectrum=false")
+    for group in FEATURE_GROUPS:
+        kept = ",".join(g for g in FEATURE_GROUPS if g != group)
+        overrides[f"fft_no_{group}"] = (*shallow, f"features.groups=[{kept}]")
+    variants = [
+        Variant(name, LABELS[name], overrides[name], "method" if name in METHODS else "feature ablation")
+        for name in names
+    ]
+    description = {
+        "budget": budget,
+        "embed_dim": embed_dim,
+        "num_layers": layers,
+        "feature_channels": dims.feature_channels,
+        "fourierft_matrices": matrices,
+    }
+    return variants, description

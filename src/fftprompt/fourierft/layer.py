@@ -1,0 +1,204 @@
+"""The FourierFT layer: a frozen ``nn.Linear`` plus a spectral weight delta, in PEFT's layer contract.
+
+The forward is one matrix product with ``W + dW`` (see :mod:`fftprompt.fourierft.functional`). Without gradients
+(evaluation, ``torch.no_grad``) ``W + dW`` is computed once and cached until a coefficient or the weight changes
+(tracked by the tensors' version counters).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fftprompt.fourierft.config import QKV_BLOCKS, FourierFTConfig
+from fftprompt.fourierft.functional import _block_deltas, _effective_weight, _fft_dtype, _FourierFTLinearFunction
+from fftprompt.fourierft.indices import _layer_indices
+
+__all__ = ["FULL_LAYER", "FourierFTLinear"]
+
+FULL_LAYER = "full"  # coefficient key of a layer adapted whole
+
+
+def _stack(parameters: list[Tensor]) -> Tensor:
+    """``(nb, n)`` coefficients; a view for a single block (no copy)."""
+    return parameters[0].unsqueeze(0) if len(parameters) == 1 else torch.stack(parameters)
+
+
+class FourierFTLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a FourierFT delta, whole or on row blocks (PEFT's layer contract in miniature).
+
+    Args:
+        base_layer: The linear layer to adapt; its parameters are frozen.
+        config: ``n_frequency`` (per adapted matrix or block), ``scaling``, ``seed``, ``init`` (normal draws use the
+            global RNG, like PEFT) and ``grad_mode``; ``targets`` only matter to
+            :func:`~fftprompt.fourierft.model.inject_fourierft`.
+        blocks: ``None`` to adapt the whole weight, or a subset of ``("q", "k", "v")`` to adapt those row blocks of a
+            fused ``qkv`` layer (``d_out`` divisible by 3).
+        name: Module path, used in error messages.
+
+    Attributes:
+        fourierft_spectrum: The trainable coefficients, ``(n,)`` each, keyed ``"full"`` or by block name.
+        merged: Whether the delta is currently added to ``base_layer.weight``.
+
+    Raises:
+        ValueError: ``base_layer`` is not an ``nn.Linear``, ``blocks`` are not distinct q/k/v names or do not divide
+            the rows, or ``n_frequency`` exceeds the size of the adapted matrix.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        config: FourierFTConfig,
+        *,
+        blocks: Sequence[str] | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        label = f"layer {name!r}" if name else "layer"
+        if not isinstance(base_layer, nn.Linear):
+            raise ValueError(f"FourierFT {label} is a {type(base_layer).__name__}; expected an nn.Linear")
+        d_out, d_in = base_layer.out_features, base_layer.in_features
+        if blocks is None:
+            block_names, block_ids, block_rows = (FULL_LAYER,), (0,), d_out
+        else:
+            unknown = [b for b in blocks if b not in QKV_BLOCKS]
+            if unknown or not blocks or len(set(blocks)) != len(blocks):
+                raise ValueError(f"FourierFT blocks={tuple(blocks)!r}; expected distinct names among {QKV_BLOCKS}")
+            if d_out % 3:
+                raise ValueError(f"FourierFT {label} has {d_out} outputs; q/k/v blocks need a multiple of 3")
+            block_names = tuple(b for b in QKV_BLOCKS if b in blocks)
+            block_ids = tuple(QKV_BLOCKS.index(b) for b in block_names)
+            block_rows = d_out // 3
+        n_frequency = config.n_frequency
+        try:
+            indices = _layer_indices(block_rows, d_in, n_frequency, config.seed, len(block_ids))
+        except ValueError as error:  # n_frequency larger than the matrix: say which layer
+            shape = f"{block_rows}x{d_in}" + ("" if blocks is None else f" ({'/'.join(block_names)} blocks)")
+            raise ValueError(f"FourierFT {label}: {error} for its {shape} matrix") from None
+        base_layer.requires_grad_(False)
+        self.base_layer = base_layer
+        self.config = config
+        self.in_features, self.out_features = d_in, d_out
+        self.block_names, self.block_ids, self.block_rows = block_names, block_ids, block_rows
+        self.merged = False
+        device = base_layer.weight.device
+        dtype = _fft_dtype(base_layer.weight.dtype)
+        self.fourierft_spectrum = nn.ParameterDict(
+            {
+                key: nn.Parameter(
+                    torch.randn(n_frequency, device=device, dtype=dtype)
+                    if config.init == "normal"
+                    else torch.zeros(n_frequency, device=device, dtype=dtype)
+                )
+                for key in block_names
+            }
+        )
+        # derived from the seed, shared by the layers of equal shape: moved with the module, never saved
+        for key, index in indices.items():
+            self.register_buffer(key, index.to(device), persistent=False)
+        self._cache: tuple[tuple[Any, ...], Tensor] | None = None
+
+    def _coefficients(self) -> Tensor:
+        """``(nb, n)`` coefficients, blocks in q, k, v order."""
+        return _stack([self.fourierft_spectrum[key] for key in self.block_names])
+
+    def get_delta_weight(self) -> Tensor:
+        """The weight change ``(d_out, d_in)``, zero outside the adapted row blocks, in float32 (float64 for float64
+        coefficients)."""
+        coefficients = self._coefficients()
+        rows, cols = self.locations
+        deltas = _block_deltas(coefficients, rows, cols, self.block_rows, self.in_features, self.config.scaling)
+        if len(self.block_ids) == 1 and self.block_rows == self.out_features:
+            return deltas[0]
+        delta = deltas.new_zeros((self.out_features // self.block_rows, self.block_rows, self.in_features))
+        delta[list(self.block_ids)] = deltas
+        return delta.reshape(self.out_features, self.in_features)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the delta to ``base_layer.weight`` in place; the forward then is the plain linear layer."""
+        if self.merged:
+            warnings.warn("FourierFTLinear.merge: already merged; nothing to do", stacklevel=2)
+            return
+        self._add_delta(1.0)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the delta from ``base_layer.weight`` again (restores it up to rounding)."""
+        if not self.merged:
+            warnings.warn("FourierFTLinear.unmerge: not merged; nothing to do", stacklevel=2)
+            return
+        self._add_delta(-1.0)
+        self.merged = False
+
+    def _add_delta(self, sign: float) -> None:
+        """``W <- W + sign * dW``, summed in the FFT dtype."""
+        weight = self.base_layer.weight
+        summed = torch.add(weight.to(_fft_dtype(weight.dtype)), self.get_delta_weight(), alpha=sign)
+        weight.copy_(summed.to(weight.dtype))
+        self._cache = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., d_in) -> (..., d_out)``: one matrix product with ``W + dW``, in the autocast dtype when enabled."""
+        if self.merged:
+            return self.base_layer(x)
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        device_type = x.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+        parameters = [self.fourierft_spectrum[key] for key in self.block_names]
+        requires_grad = torch.is_grad_enabled() and (
+            x.requires_grad
+            or weight.requires_grad
+            or (bias is not None and bias.requires_grad)
+            or any(p.requires_grad for p in parameters)
+        )
+        if requires_grad:
+            self._cache = None  # an evaluation cache would otherwise hold a weight copy through training
+            return _FourierFTLinearFunction.apply(
+                x,
+                weight,
+                bias,
+                _stack(parameters),
+                self._half_index,
+                self._dense_index,
+                self._fft_crow,
+                self._fft_col,
+                self._fft_inverse,
+                self.block_ids,
+                self.block_rows,
+                self.config.scaling,
+                dtype,
+                self.config.grad_mode,
+            )
+        if torch.compiler.is_compiling():
+            merged = self._effective_weight(parameters, dtype)
+        else:
+            key = (tuple((p._version, p.data_ptr()) for p in parameters), weight._version, weight.data_ptr(), dtype)
+            if self._cache is None or self._cache[0] != key:
+                self._cache = (key, self._effective_weight(parameters, dtype))
+            merged = self._cache[1]
+        return F.linear(x.to(dtype), merged, None if bias is None else bias.to(dtype))
+
+    def _effective_weight(self, parameters: list[Tensor], dtype: torch.dtype) -> Tensor:
+        return _effective_weight(
+            self.base_layer.weight,
+            _stack(parameters),
+            self._half_index,
+            self.block_ids,
+            self.block_rows,
+            self.config.scaling,
+            dtype,
+        )
+
+    def extra_repr(self) -> str:
+        blocks = "" if self.block_names == (FULL_LAYER,) else f", blocks={self.block_names}"
+        return (
+            f"n_frequency={self.config.n_frequency}, scaling={self.config.scaling}, seed={self.config.seed}, "
+            f"grad_mode={self.config.grad_mode!r}{blocks}, merged={self.merged}"
+        )

@@ -1,0 +1,40 @@
+"""The fine-tuning methods the project compares: their names, table labels and the config options that make them.
+
+``fftprompt-ablate`` trains them at matched parameter budgets and ``fftprompt-bench methods`` times them side by
+side; both name and label them from here, so a method reads the same in every table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["METHOD_LABELS", "TRAINED_METHODS", "Method"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method as ``fftprompt-train`` builds it.
+
+    Attributes:
+        label: Its name in tables and figures.
+        prompt: Option of the ``prompt`` config group (``configs/prompt/<prompt>.yaml``).
+        adapter: Option of the ``adapter`` config group.
+    """
+
+    label: str
+    prompt: str
+    adapter: str
+
+
+# every method fftprompt-train can make, in the order of the tables
+TRAINED_METHODS: dict[str, Method] = {
+    "linear_probe": Method("linear probe", prompt="none", adapter="none"),
+    "vpt_shallow": Method("VPT shallow", prompt="vpt", adapter="none"),
+    "vpt_deep": Method("VPT deep", prompt="vpt_deep", adapter="none"),
+    "vfpt": Method("VFPT", prompt="vfpt", adapter="none"),
+    "fft_shallow": Method("fft prompts shallow", prompt="fft", adapter="none"),
+    "fft_deep": Method("fft prompts deep", prompt="fft_deep", adapter="none"),
+    "fourierft": Method("FourierFT", prompt="none", adapter="fourierft"),
+    "fft_fourierft": Method("fft prompts + FourierFT", prompt="fft", adapter="fourierft"),
+}
+METHOD_LABELS: dict[str, str] = {name: method.label for name, method in TRAINED_METHODS.items()}
