@@ -67,7 +67,8 @@ def write_kth(root: Path, materials=("cork", "wool", "linen"), per_sample: int =
     for m, material in enumerate(materials):
         for s in "abcd":
             for k in range(per_sample):
-                write_image(root / material / f"sample_{s}" / f"{m}{s}-scale_{k}_im_1_col.png", seed=m * 100 + k)
+                seed = m * 100 + 10 * "abcd".index(s) + k  # distinct images: the same one in two splits warns
+                write_image(root / material / f"sample_{s}" / f"{m}{s}-scale_{k}_im_1_col.png", seed=seed)
     return root
 
 
@@ -85,10 +86,12 @@ def write_npz(path: Path, labels_2d: bool, rgb: bool = False, sizes=(20, 6, 8), 
     return path
 
 
-def write_pairs(image_dir: Path, mask_dir: Path, names: list[tuple[str, str]], rgb_masks: bool = False) -> None:
+def write_pairs(
+    image_dir: Path, mask_dir: Path, names: list[tuple[str, str]], rgb_masks: bool = False, first_seed: int = 0
+) -> None:
     for k, (image_name, mask_name) in enumerate(names):
         size = (40 + 4 * k, 30)
-        write_image(image_dir / image_name, seed=k, size=size)
+        write_image(image_dir / image_name, seed=first_seed + k, size=size)
         write_mask(mask_dir / mask_name, seed=k, size=size, rgb=rgb_masks)
 
 
@@ -226,8 +229,8 @@ def test_image_folder_with_and_without_split_folders(tmp_path: Path):
     for c, name in enumerate(("cat", "dog")):
         for k in range(10):
             write_image(tmp_path / "flat" / name / ("nested" if k % 2 else "") / f"{k}.png", seed=c * 10 + k)
-            for split in ("train", "test"):
-                write_image(tmp_path / "split" / split / name / f"{k}.jpg", seed=c * 10 + k)
+            for s, split in enumerate(("train", "test")):
+                write_image(tmp_path / "split" / split / name / f"{k}.jpg", seed=100 * s + c * 10 + k)
     flat = ImageFolderDataModule(tmp_path / "flat", **SMALL)
     assert flat.class_names == ["cat", "dog"]
     assert split_sizes(flat) == {"train": 14, "val": 2, "test": 4}  # nested images are found
@@ -242,11 +245,11 @@ def test_image_folder_with_and_without_split_folders(tmp_path: Path):
 
 
 def test_image_folder_converts_grayscale_rgba_and_16_bit(tmp_path: Path):
-    for name in ("a", "b"):
-        write_image(tmp_path / name / "gray.png", seed=1, mode="L")
-        write_image(tmp_path / name / "rgba.png", seed=2, mode="RGBA")
-        write_image(tmp_path / name / "palette.gif", seed=3, mode="P")
-        deep = (np.random.default_rng(4).integers(0, 65536, (30, 40))).astype(np.uint16)
+    for c, name in enumerate(("a", "b")):
+        write_image(tmp_path / name / "gray.png", seed=10 * c + 1, mode="L")
+        write_image(tmp_path / name / "rgba.png", seed=10 * c + 2, mode="RGBA")
+        write_image(tmp_path / name / "palette.gif", seed=10 * c + 3, mode="P")
+        deep = (np.random.default_rng(10 * c + 4).integers(0, 65536, (30, 40))).astype(np.uint16)
         Image.fromarray(deep).save(tmp_path / name / "deep.tif")
     dm = ImageFolderDataModule(
         tmp_path, batch_size=8, image_size=16, augment=False, val_fraction=0.25, test_fraction=0.25
@@ -316,6 +319,7 @@ def test_isic2018_official_folders(tmp_path: Path):
         tmp_path / "ISIC2018_Task1-2_Validation_Input",
         tmp_path / "ISIC2018_Task1_Validation_GroundTruth",
         isic_names(100, 3),
+        first_seed=100,
     )
     with pytest.warns(DataWarning, match=r"no official test pairs; carving test \(0\.20\)"):
         dm = ISIC2018DataModule(tmp_path, **SMALL)
@@ -325,7 +329,10 @@ def test_isic2018_official_folders(tmp_path: Path):
     assert dm.class_names == ["background", "lesion"]
     assert_segmentation_batch(first_batch(dm, "val"))
     write_pairs(
-        tmp_path / "ISIC2018_Task1-2_Test_Input", tmp_path / "ISIC2018_Task1_Test_GroundTruth", isic_names(200, 4)
+        tmp_path / "ISIC2018_Task1-2_Test_Input",
+        tmp_path / "ISIC2018_Task1_Test_GroundTruth",
+        isic_names(200, 4),
+        first_seed=200,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -373,7 +380,13 @@ def test_seg_folder_index_masks(tmp_path: Path):
     with pytest.raises(ValueError, match="needs class_names"):
         SegFolderDataModule(tmp_path, mask_mode="index")
     dm = SegFolderDataModule(tmp_path, mask_mode="index", class_names=["bg", "a", "b"], augment=False, **SMALL)
+    with pytest.raises(ValueError, match=r"0\.png holds class index 3 but there are only 3 classes"):
+        dm.setup()  # a few masks (here all five) are decoded in setup, before training
+    bad = np.asarray(Image.open(tmp_path / "masks" / "0.png"))
+    Image.fromarray(bad % 3).save(tmp_path / "masks" / "0.png")
+    dm = SegFolderDataModule(tmp_path, mask_mode="index", class_names=["bg", "a", "b"], augment=False, **SMALL)
     dataset = [dm.dataset(s) for s in SPLITS]
+    Image.fromarray(bad).save(tmp_path / "masks" / "0.png")  # spoilt after setup: found when it is loaded
     items = [(ds, i) for ds in dataset for i in range(len(ds))]
     good = [ds[i][1] for ds, i in items if not ds.pairs[i][1].name.startswith("0")]
     assert all(set(m.unique().tolist()) <= {0, 1, 2} for m in good) and any(m.max() == 2 for m in good)

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from fftprompt.data.checks import class_coverage, find_cross_split_duplicates
 from fftprompt.data.io import OnBadFile, find_bad_images, image_size
 from fftprompt.data.transforms import Policy, build_transform, denormalize
 from fftprompt.utils import IMAGENET_MEAN, IMAGENET_STD, Task, check_choice
@@ -193,7 +194,12 @@ class ImageDataModule(L.LightningDataModule, ABC):
         return type(self).__name__
 
     def setup(self, stage: str | None = None) -> None:
-        """Scan and split the data (once; later calls return at once) and validate what was found."""
+        """Scan and split the data (once; later calls return at once) and validate what was found.
+
+        Classification datasets that list their ``labels`` must have every class in the training split (else a
+        ``ValueError`` naming the classes and their counts); a class missing from val or test gives a
+        :class:`DataWarning` with its per-split counts.
+        """
         if self._datasets is not None:
             return
         datasets, class_names = self._build()
@@ -204,6 +210,11 @@ class ImageDataModule(L.LightningDataModule, ABC):
             raise ValueError(
                 f"{self._describe()}: found {len(class_names)} class(es) {class_names}; at least 2 are needed"
             )
+        labels = {split: getattr(datasets[split], "labels", None) for split in SPLITS}
+        if all(value is not None for value in labels.values()):  # classification datasets that list their labels
+            problem = class_coverage(labels, class_names, self._describe())  # type: ignore[arg-type]
+            if problem is not None:
+                warnings.warn(problem, DataWarning, stacklevel=2)
         self._datasets, self._class_names = datasets, list(class_names)
 
     @property
@@ -306,9 +317,25 @@ class FileDataModule(ImageDataModule):
         return ValueError(f"{problem}\nexpected layout under the data root {self.root}:\n{self.layout}")
 
     def setup(self, stage: str | None = None) -> None:
-        if self._datasets is None and not self.root.is_dir():
+        """As :meth:`ImageDataModule.setup`, then a :class:`DataWarning` (with a count and an example) when an image
+        of one split is also in another (a link to the same file, or a copy with identical bytes)."""
+        if self._datasets is not None:
+            return
+        if not self.root.is_dir():
             raise self.layout_error(f"data root {self.root} ({self.root.absolute()}) does not exist")
         super().setup(stage)
+        files = {split: getattr(self.dataset(split), "image_files", []) for split in SPLITS}
+        duplicates = find_cross_split_duplicates(files)
+        if duplicates:
+            earlier, original, later, copy = duplicates[0]
+            warnings.warn(
+                f"{self._describe()}: {len(duplicates)} image file(s) of the val or test split are the same image as "
+                f"a file of an earlier split (a link to the same file or identical bytes), e.g. {later} {copy} and "
+                f"{earlier} {original}; the metrics on them measure memory, not generalisation: remove the copies "
+                "or links",
+                DataWarning,
+                stacklevel=2,
+            )
 
     def _warn_skipped(self, what: str, problems: Sequence[str], total: int) -> None:
         shown = "\n  ".join(problems[:5])

@@ -26,6 +26,23 @@ def _class_dirs(folder: Path) -> list[Path]:
 class _FileClassificationModule(FileDataModule):
     """Shared steps of the file-based classification modules: bad-file filtering, splitting, dataset creation."""
 
+    def _refuse_empty_class_folders(self, images_per_folder: dict[Path, int]) -> None:
+        """A ``ValueError`` naming the class folders without image files (callers report a tree without any first).
+
+        An empty folder would still be a class (``num_classes``, the head, the metrics) that no image has; it is
+        refused rather than dropped because dropping it would silently renumber the classes after it.
+        """
+        empty = [folder for folder, count in images_per_folder.items() if count == 0]
+        if empty:
+            shown = ", ".join(str(folder) for folder in empty[:5]) + (
+                f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+            )
+            raise ValueError(
+                f"{self._describe()}: {len(empty)} of {len(images_per_folder)} class folders hold no image files: "
+                f"{shown}; an empty folder would still count as a class (num_classes) that no image has: remove it "
+                "or add its images"
+            )
+
     def _make_datasets(self, samples: dict[str, _Samples]) -> dict[str, Dataset]:
         # JPEG photos far larger than the model input are decoded at a reduced scale; twice the input side keeps
         # random crops sharp.
@@ -89,6 +106,10 @@ class DTDDataModule(_FileClassificationModule):
         class_names = [d.name for d in _class_dirs(base / "images")]
         if not class_names:
             raise self.layout_error(f"no class folders in {base / 'images'}")
+        found = {base / "images" / name: list_images(base / "images" / name) for name in class_names}
+        if not any(found.values()):
+            raise self.layout_error(f"no image files in the class folders of {base / 'images'}")
+        self._refuse_empty_class_folders({folder: len(files) for folder, files in found.items()})
         labels_dir = base / "labels"
         if labels_dir.is_dir():
             samples = self._official(base, labels_dir, class_names)
@@ -100,9 +121,7 @@ class DTDDataModule(_FileClassificationModule):
                 DataWarning,
                 stacklevel=3,
             )
-            items = [(p, c) for c, name in enumerate(class_names) for p in list_images(base / "images" / name)]
-            if not items:
-                raise self.layout_error(f"no image files in the class folders of {base / 'images'}")
+            items = [(p, c) for c, files in enumerate(found.values()) for p in files]
             samples = self._split(self._filter(items), self.val_fraction, self.test_fraction)
         return self._make_datasets(samples), class_names
 
@@ -198,6 +217,7 @@ class KTHTips2DataModule(_FileClassificationModule):
         materials = [m for m in _class_dirs(base) if any(s.name.startswith("sample_") for s in _class_dirs(m))]
         held_out: dict[str, _Samples] = {"val": [], "test": []}
         pool: _Samples = []
+        per_material = {m: 0 for m in materials}
         for c, material in enumerate(materials):
             samples = {s.name: s for s in _class_dirs(material) if s.name.startswith("sample_")}
             for split, wanted in (("test", self.test_sample), ("val", self.val_sample)):
@@ -207,12 +227,14 @@ class KTHTips2DataModule(_FileClassificationModule):
                     )
             for name, folder in sorted(samples.items()):
                 items = [(p, c) for p in list_images(folder)]
+                per_material[material] += len(items)
                 if name == self.test_sample:
                     held_out["test"] += items
                 elif name == self.val_sample:
                     held_out["val"] += items
                 else:
                     pool += items
+        self._refuse_empty_class_folders(per_material)
         pool, held_out = self._filter(pool), {k: self._filter(v) for k, v in held_out.items()}
         if self.val_sample is None:
             pool = sorted(pool)
@@ -252,12 +274,16 @@ class ImageFolderDataModule(_FileClassificationModule):
 
     def _scan(self, folder: Path, class_names: list[str]) -> _Samples:
         items = []
+        per_folder = {}
         for class_dir in _class_dirs(folder):
             if class_dir.name not in class_names:
                 raise self.layout_error(f"class folder {class_dir} is not among the training classes {class_names}")
-            items += [(p, class_names.index(class_dir.name)) for p in list_images(class_dir, recursive=True)]
+            files = list_images(class_dir, recursive=True)
+            per_folder[class_dir] = len(files)
+            items += [(p, class_names.index(class_dir.name)) for p in files]
         if not items:
             raise self.layout_error(f"no images in class folders under {folder}")
+        self._refuse_empty_class_folders(per_folder)
         return self._filter(items)
 
     def _build(self) -> tuple[dict[str, Dataset], list[str]]:
@@ -291,7 +317,8 @@ class MedMNISTDataModule(ImageDataModule):
     (chestmnist) and 3-D subsets are rejected. The arrays are loaded into memory in :meth:`setup`.
 
     Args:
-        root: folder holding the ``.npz`` files.
+        root: folder holding the ``.npz`` files, or the ``.npz`` file itself (its name must then be the one that
+            ``subset`` and ``size`` select, so that the run's config says what was read).
         subset: MedMNIST subset, e.g. ``"breastmnist"``, ``"pathmnist"``, ``"dermamnist"``.
         size: image size of the file to read (``None`` or 28: ``<subset>.npz``; else ``<subset>_<size>.npz``).
         class_names: names in label order; default ``"0"``, ``"1"``, ... up to the largest label.
@@ -325,6 +352,16 @@ class MedMNISTDataModule(ImageDataModule):
         names = [f"{self.subset}.npz"] if self.size in (None, 28) else []
         if self.size is not None:
             names.append(f"{self.subset}_{self.size}.npz")
+        if self.root.is_file():
+            if self.root.name in names:
+                return self.root
+            subset, _, size = self.root.stem.rpartition("_")
+            fits = f"data.subset={subset} data.size={size}" if size.isdigit() else f"data.subset={self.root.stem}"
+            raise ValueError(
+                f"data root {self.root} is a file, but subset={self.subset!r} and size={self.size} read "
+                f"{' or '.join(names)}: set {fits} to read this file, or pass the folder holding {names[0]} as "
+                "data.root"
+            )
         for name in names:
             if (self.root / name).is_file():
                 return self.root / name

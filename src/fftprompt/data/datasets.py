@@ -40,6 +40,11 @@ class FileClassificationDataset(Dataset):
         self.transform = transform
         self.draft_size = draft_size
 
+    @property
+    def image_files(self) -> list[Path]:
+        """The image files, in item order."""
+        return list(self.files)
+
     def __len__(self) -> int:
         return len(self.files)
 
@@ -78,6 +83,7 @@ class FileSegmentationDataset(Dataset):
         mask_mode: ``"binary"`` or ``"index"``, see :func:`~fftprompt.data.io.read_mask`.
         mask_threshold: binary threshold on the 8-bit scale.
         num_classes: for index masks, values must be below this.
+        invert_masks: swap foreground and background of binary masks.
     """
 
     def __init__(
@@ -87,28 +93,40 @@ class FileSegmentationDataset(Dataset):
         mask_mode: MaskMode = "binary",
         mask_threshold: int = 128,
         num_classes: int = 2,
+        invert_masks: bool = False,
     ) -> None:
         self.pairs = list(pairs)
         self.transform = transform
         self.mask_mode = mask_mode
         self.mask_threshold = mask_threshold
         self.num_classes = num_classes
+        self.invert_masks = invert_masks
+
+    @property
+    def image_files(self) -> list[Path]:
+        """The image files, in item order."""
+        return [image_path for image_path, _ in self.pairs]
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def read_target(self, mask_path: Path) -> torch.Tensor:
+        """The ``(H, W)`` ``uint8`` class map of ``mask_path``, checked against ``num_classes`` (a ``ValueError``)."""
+        mask = read_mask(mask_path, self.mask_mode, self.mask_threshold, invert=self.invert_masks)
+        if self.mask_mode == "index" and mask.numel() and int(mask.max()) >= self.num_classes:
+            raise ValueError(
+                f"mask {mask_path} holds class index {int(mask.max())} but there are only {self.num_classes} classes"
+            )
+        return mask
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path)
-        mask = read_mask(mask_path, self.mask_mode, self.mask_threshold)
+        mask = self.read_target(mask_path)
         if tuple(image.shape[-2:]) != tuple(mask.shape):
             raise ValueError(
                 f"image {image_path} is {image.shape[-1]}x{image.shape[-2]} but its mask {mask_path} is "
                 f"{mask.shape[-1]}x{mask.shape[-2]} (width x height); they must match"
-            )
-        if self.mask_mode == "index" and mask.numel() and int(mask.max()) >= self.num_classes:
-            raise ValueError(
-                f"mask {mask_path} holds class index {int(mask.max())} but there are only {self.num_classes} classes"
             )
         image_out, mask_out = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
         return _untyped(image_out), _untyped(mask_out)

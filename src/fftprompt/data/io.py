@@ -25,6 +25,11 @@ MaskMode = Literal["binary", "index"]
 # 16-bit grayscale, so its values are read on the 16-bit scale as well.
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _UINT16_MAX = 65535.0
+# Formats whose compression changes pixel values (Pillow's names; MPO is the multi-picture JPEG of some cameras).
+_LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
+# A binary mask whose values all lie in 1..SMALL_VALUES (below the threshold) holds class indices, not intensities:
+# JPEG noise on a 0/1 mask reaches 2 or 3, while the smallest 0/255 object a JPEG keeps stays far above 15.
+SMALL_VALUES = 15
 
 
 def is_image_file(path: Path) -> bool:
@@ -87,41 +92,50 @@ def read_image(path: str | Path, draft_size: int | None = None) -> torch.Tensor:
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def read_mask(path: str | Path, mode: MaskMode = "binary", threshold: int = 128) -> torch.Tensor:
+def read_mask(path: str | Path, mode: MaskMode = "binary", threshold: int = 128, invert: bool = False) -> torch.Tensor:
     """Read a segmentation mask.
 
     Args:
         path: mask file.
         mode: ``"binary"``: foreground where the (luminance of the) mask is at least ``threshold`` (robust to
-            JPEG compression noise in 0/255 masks; lossless masks whose maximum is 1 are read as 0/1 coded);
-            ``"index"``: the stored values (palette indices for palette images) are class indices.
+            JPEG compression noise in 0/255 masks). A lossless mask whose values are all below ``threshold`` and
+            that holds two values ``{0, v}`` (0/1 coding) has foreground ``v``; one holding several small values
+            (at most :data:`SMALL_VALUES`: class indices) is an error, and so is a JPEG holding only small values
+            (class indices whose compression noise turns 0/1 into 0/1/2). ``"index"``: the stored values (palette
+            indices for palette images) are class indices; JPEG files are refused (lossy compression changes the
+            indices along region borders).
         threshold: on the 8-bit scale; 16-bit masks are compared with ``threshold * 257``.
+        invert: swap foreground and background of a binary mask (for masks that mark the background).
 
     Returns:
         ``(H, W)`` ``uint8``; values in ``{0, 1}`` for binary masks.
 
     Raises:
-        ValueError: naming the file when it is unreadable, or, in index mode, not single-channel or holding indices
-            above 255.
+        ValueError: naming the file when it is unreadable or ambiguous as described above, or, in index mode, a
+            JPEG, not single-channel or holding indices above 255.
     """
     path = Path(path)
     with _open(path) as image:
         _load(image, path)
+        lossy = image.format in _LOSSY_FORMATS
         if mode == "binary":
             if image.mode == "1":
                 values = np.asarray(image, dtype=bool)
             elif image.mode in _HIGH_DEPTH_MODES:
-                values = np.asarray(image).astype(np.int64) >= threshold * 257
+                values = _binarize(np.asarray(image).astype(np.int64), threshold * 257, lossy, path, threshold)
             else:
-                luminance = np.asarray(image.convert("L"))
-                # Lossless masks coded 0/1 instead of 0/255: a threshold of 128 would silently erase them.
-                if image.format != "JPEG" and luminance.size and luminance.max() == 1:
-                    values = luminance >= 1
-                else:
-                    values = luminance >= threshold
-            return torch.from_numpy(values.astype(np.uint8))
+                values = _binarize(np.asarray(image.convert("L")), threshold, lossy, path, threshold)
+            return torch.from_numpy((values != invert).astype(np.uint8))
         if mode != "index":
             raise ValueError(f"mask mode {mode!r} is not one of ('binary', 'index')")
+        if invert:
+            raise ValueError("invert applies to binary masks, not to mask mode 'index'")
+        if lossy:
+            raise ValueError(
+                f"mask file {path} is a {image.format}: lossy compression changes class indices along region "
+                "borders; index masks must be lossless (PNG, TIFF, GIF, BMP): re-export the original masks "
+                "(converting this file keeps its noise), or read 0/1 masks with mask_mode=binary and mask_threshold=1"
+            )
         if image.mode not in ("1", "L", "P") and image.mode not in _HIGH_DEPTH_MODES:
             raise ValueError(
                 f"mask file {path} has PIL mode {image.mode}; index masks must be single-channel (L, P, I;16)"
@@ -130,6 +144,31 @@ def read_mask(path: str | Path, mode: MaskMode = "binary", threshold: int = 128)
         if values.size and (values.min() < 0 or values.max() > 255):
             raise ValueError(f"mask file {path} holds class indices outside [0, 255]: {np.unique(values)[:10]}")
         return torch.from_numpy(values.astype(np.uint8))
+
+
+def _binarize(values: np.ndarray, cut: int, lossy: bool, path: Path, threshold: int) -> np.ndarray:
+    """Foreground of a binary mask ``(H, W)`` whose values are compared with ``cut`` (``threshold`` on its scale)."""
+    top = int(values.max()) if values.size else 0
+    if top >= cut or top == 0:
+        return values >= cut
+    # Every value is below the threshold, so thresholding would give an all-background mask.
+    distinct = np.unique(values)
+    if not lossy and len(distinct) <= 2:  # 0/1 (or 0/v) coding: unambiguous
+        return values > 0
+    if top > SMALL_VALUES:  # faint values (e.g. anti-aliasing residue): background, as thresholded
+        return values >= cut
+    if lossy:
+        raise ValueError(
+            f"mask file {path} is a JPEG holding only small values (0..{top}, all below mask_threshold={threshold}): "
+            "class indices saved with lossy compression (its noise turns 0/1 into 0/1/2), which would read as all "
+            "background; pass mask_threshold=1 (data.mask_threshold=1) to take values >= 1 as foreground, or "
+            "re-export the original masks losslessly (PNG)"
+        )
+    raise ValueError(
+        f"mask file {path} holds only small values {distinct.tolist()[:10]} (all below mask_threshold={threshold}), "
+        "which look like class indices and would read as all background; binary masks are coded 0/255 or 0/1: for "
+        "class-index masks use data=seg_folder with data.mask_mode=index and data.class_names"
+    )
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
