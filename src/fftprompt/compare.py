@@ -112,10 +112,25 @@ class RunRecord:
 
 @dataclass
 class Group:
-    """Finished runs that share every grouped setting; ``key`` holds those settings' values, shown as text."""
+    """Finished runs that share every grouped setting.
 
-    key: tuple[str, ...]
+    Attributes:
+        settings: The grouped settings' values (the method's label, JSON text of config values).
+        runs: The runs, in the order found.
+    """
+
+    settings: tuple[str, ...]
     runs: list[RunRecord]
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The grouped settings' values as table text (numbers to 6 significant digits, class paths shortened)."""
+        return tuple(_shown(value) for value in self.settings)
+
+    @property
+    def exact(self) -> tuple[Any, ...]:
+        """The grouped settings' values as config values (the method as its label)."""
+        return tuple(_decoded(value) for value in self.settings)
 
     def values(self, metric: str) -> list[float]:
         return [float(r.metrics[metric]) for r in self.runs if isinstance(r.metrics.get(metric), (int, float))]
@@ -194,7 +209,8 @@ def group_runs(runs: Sequence[RunRecord]) -> tuple[list[str], list[Group]]:
     """Groups the finished runs by the settings that differ between them (see the module docstring).
 
     Returns:
-        The grouping columns (``"method"`` and dotted config keys) and the groups in order of first appearance.
+        The grouping columns (``"method"`` and dotted config keys) and the groups, sorted by their values (methods
+        in the order of :data:`~fftprompt.methods.TRAINED_METHODS`, numbers by value).
     """
     finished = [r for r in runs if r.status == "finished"]
     keys = sorted({k for r in finished for k in r.config})
@@ -217,16 +233,32 @@ def group_runs(runs: Sequence[RunRecord]) -> tuple[list[str], list[Group]]:
     ]
     groups: dict[tuple[str, ...], Group] = {}
     for run in finished:
-        key = tuple(run.method if c == "method" else _shown(run.config.get(c, missing)) for c in columns)
+        key = tuple(json.dumps(run.method) if c == "method" else run.config.get(c, missing) for c in columns)
         groups.setdefault(key, Group(key, [])).runs.append(run)
-    return columns, list(groups.values())
+    return columns, sorted(groups.values(), key=lambda group: [_order(value) for value in group.exact])
+
+
+def _order(value: Any) -> tuple[int, float, str]:
+    """Sort key of a value: methods in the order of the project's tables, numbers by value, then text."""
+    labels = list(METHOD_LABELS.values())
+    if value in labels:
+        return (0, labels.index(value), "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, float(value), "")
+    return (2, 0.0, json.dumps(value))
+
+
+def _decoded(value: str) -> Any:
+    return json.loads(value)
 
 
 def _shown(value: str) -> str:
-    """A config value as table text: class paths by their last name, strings without quotes."""
+    """A config value as table text: class paths by their last name, strings without quotes, numbers to 6 digits."""
     decoded = json.loads(value)
     if isinstance(decoded, str):
         return decoded.rsplit(".", 1)[-1] if decoded.startswith("fftprompt.") else decoded
+    if isinstance(decoded, float):
+        return f"{decoded:.6g}"
     return "—" if decoded is None else json.dumps(decoded)
 
 
@@ -235,9 +267,13 @@ def _column_name(key: str) -> str:
 
 
 def _metrics(groups: Sequence[Group]) -> list[str]:
+    """Test metrics (without the loss), then best validation scores (``val/acc_best``: what searches optimise)."""
     found = {k for g in groups for r in g.runs for k in r.metrics if k.startswith("test/") and k != "test/loss"}
     order = ["test/acc", "test/f1_macro", "test/auroc", "test/miou", "test/dice"]
-    return [m for m in order if m in found] + sorted(found - set(order))
+    best = sorted(
+        {k for g in groups for r in g.runs for k in r.metrics if k.startswith("val/") and k.endswith("_best")}
+    )
+    return [m for m in order if m in found] + sorted(found - set(order)) + best
 
 
 def _params_text(group: Group) -> str:
@@ -274,7 +310,7 @@ def compare(
     if metric is None:
         metric = next((m for m in ("test/acc", "test/miou") if m in metrics), metrics[0])
     elif metric not in metrics:
-        raise ValueError(f"--metric {metric!r} is not a test metric of these runs; they have {metrics}")
+        raise ValueError(f"--metric {metric!r} is not a metric of these runs; they have {metrics}")
     markdown = _markdown(paths, runs, columns, groups, metrics, metric)
     output.mkdir(parents=True, exist_ok=True)
     files = [
@@ -315,7 +351,7 @@ def _markdown(
         "",
         (
             f"Grouped by the settings that differ: {', '.join(f'`{c}`' for c in shown_columns)}; the runs share every "
-            "other setting but the seed (`method` stands for the prompt and adapter settings)."
+            "other setting but the seed, `paths` and `report` (`method` stands for the prompt and adapter settings)."
             if columns
             else "The runs differ only in their seeds."
         ),
@@ -353,7 +389,8 @@ def _csv(columns: Sequence[str], groups: Sequence[Group], metrics: Sequence[str]
     header += [f"{m}_{stat}" for m in (*metrics, "train_seconds") for stat in ("mean", "std")]
     writer.writerow([*header, "trainable_params"])
     for group in groups:
-        row: list[Any] = [*group.key, len(group.runs), " ".join(r.seed for r in group.runs)]
+        exact = [v if isinstance(v, (str, int, float)) else json.dumps(v) for v in group.exact]
+        row: list[Any] = [*exact, len(group.runs), " ".join(r.seed for r in group.runs)]
         for name in (*metrics, "train_seconds"):
             values = group.values(name)
             row += list(mean_std(values)) if values else ["", ""]

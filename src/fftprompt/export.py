@@ -28,6 +28,7 @@ import json
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -254,7 +255,9 @@ def _export_torchscript(run: LoadedRun, out: Path) -> dict[str, Any]:
         merge_fourierft(model.backbone.model)
     size = run.datamodule.image_size
     example = torch.zeros(2, model.backbone.in_chans, size, size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # shape-dependent Python branches become constants: checked below on another batch size
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(model, example, check_trace=False)
     torch.jit.save(traced, str(out / TORCHSCRIPT_FILE))
     loaded = torch.jit.load(str(out / TORCHSCRIPT_FILE))
