@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fftprompt.methods import METHOD_LABELS, method_of
+from fftprompt.report import save_figure
 from fftprompt.rundir import METRICS_FILE, RUN_CONFIG, read_config, read_metrics
 from fftprompt.utils import atomic_write
 
@@ -427,14 +428,7 @@ def _plot(columns: Sequence[str], groups: Sequence[Group], metric: str, path: Pa
         title=f"{metric} against trainable parameters",
     )
     axis.grid(alpha=0.3, which="both")
-    figure.tight_layout()
-
-    def save(temporary: Path) -> None:
-        figure.savefig(temporary, dpi=100, format="png")
-
-    atomic_write(path, save)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -37,6 +36,7 @@ from torchvision import tv_tensors
 from fftprompt.data.io import OnBadFile, read_image
 from fftprompt.explain.images import image_paths
 from fftprompt.fourierft import merge_fourierft
+from fftprompt.report import save_figure
 from fftprompt.rundir import LoadedRun, load_run, read_class_names
 from fftprompt.utils import atomic_write, write_json_atomic
 
@@ -70,38 +70,13 @@ class _ImageFiles(Dataset):
         return index, self.transform(tv_tensors.Image(image)).as_subclass(Tensor), size
 
 
-@dataclass
-class _Outputs:
-    """Where the outputs go, and the check that none of them holds an earlier prediction."""
-
-    directory: Path
-
-    @property
-    def predictions(self) -> Path:
-        return self.directory / PREDICTIONS_FILE
-
-    @property
-    def masks(self) -> Path:
-        return self.directory / MASK_DIR
-
-    @property
-    def overlays(self) -> Path:
-        return self.directory / OVERLAY_FIGURE
-
-    @property
-    def summary(self) -> Path:
-        return self.directory / SUMMARY_FILE
-
-    def refuse_existing(self, overwrite: bool) -> None:
-        if overwrite:
-            return
-        existing = [p for p in (self.predictions, self.overlays, self.summary) if p.exists()]
-        if self.masks.is_dir() and any(self.masks.iterdir()):
-            existing.append(self.masks)
-        if existing:
-            raise ValueError(
-                f"{existing[0]} exists (an earlier prediction); choose another out_dir or pass overwrite=true"
-            )
+def _refuse_existing(outputs: dict[str, Path], overwrite: bool) -> None:
+    """Raises when ``outputs`` (file and folder paths) hold an earlier prediction, unless ``overwrite``."""
+    if overwrite:
+        return
+    for path in outputs.values():
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            raise ValueError(f"{path} exists (an earlier prediction); choose another out_dir or pass overwrite=true")
 
 
 def predict(
@@ -148,8 +123,14 @@ def predict(
     _check_arguments(batch_size, top_k, on_bad_file, overlays, num_workers, device)
     run = load_run(run_dir, data_root=data_root, device=device)
     paths = image_paths(images)
-    outputs = _Outputs(Path(out_dir) if out_dir is not None else run.run_dir / PREDICT_DIR)
-    outputs.refuse_existing(overwrite)
+    directory = Path(out_dir) if out_dir is not None else run.run_dir / PREDICT_DIR
+    outputs = {
+        "predictions": directory / PREDICTIONS_FILE,
+        "masks": directory / MASK_DIR,
+        "overlays": directory / OVERLAY_FIGURE,
+        "summary": directory / SUMMARY_FILE,
+    }
+    _refuse_existing(outputs, overwrite)
     names = _class_names(run, class_names)
     model = run.model
     if merge:
@@ -177,7 +158,7 @@ def predict(
                 logits = model(torch.stack([image for _, image, _ in good]).to(device)).float()
                 if segmentation:
                     for (index, _, size), mask_logits in zip(good, logits, strict=True):
-                        masks.append(_write_mask(mask_logits, size, outputs.masks / relative[index]))
+                        masks.append(_write_mask(mask_logits, size, outputs["masks"] / relative[index]))
                         masked.append(paths[index])
                 else:
                     rows += _top_k_rows([paths[index] for index, _, _ in good], logits, names, top_k)
@@ -188,16 +169,16 @@ def predict(
         warnings.warn(f"skipped {len(skipped)} of {len(paths)} unreadable image files:\n  {shown}", stacklevel=2)
     if len(skipped) == len(paths):
         raise ValueError(f"none of the {len(paths)} image files could be read (first: {skipped[0]['path']})")
-    written: dict[str, Any] = {"out_dir": outputs.directory, "overlays": None, "summary": outputs.summary}
+    written: dict[str, Any] = {"out_dir": directory, "overlays": None, "summary": outputs["summary"]}
     if segmentation:
-        written["masks"] = outputs.masks
+        written["masks"] = outputs["masks"]
         if overlays > 0:
-            written["overlays"] = _plot_overlays(masked[:overlays], masks[:overlays], names, outputs.overlays)
+            written["overlays"] = _plot_overlays(masked[:overlays], masks[:overlays], names, outputs["overlays"])
     else:
-        written["predictions"] = _write_csv(outputs.predictions, rows, min(top_k, len(names)))
+        written["predictions"] = _write_csv(outputs["predictions"], rows, min(top_k, len(names)))
     written.update(predicted=len(paths) - len(skipped), skipped=len(skipped))
     write_json_atomic(
-        outputs.summary,
+        outputs["summary"],
         {
             "run_dir": str(run.run_dir),
             "task": model.task,
@@ -320,9 +301,7 @@ def _write_mask(logits: Tensor, size: tuple[int, int], path: Path) -> Path:
         logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
     mask = logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
     # many small files: no fsync each (a crash leaves the earlier masks or none, never a half-written one)
-    return atomic_write(
-        path, lambda temporary: Image.fromarray(mask).save(temporary, format="PNG"), fsync=False
-    )
+    return atomic_write(path, lambda temporary: Image.fromarray(mask).save(temporary, format="PNG"), fsync=False)
 
 
 def _plot_overlays(paths: Sequence[Path], masks: Sequence[Path], names: Sequence[str], out_path: Path) -> Path | None:
@@ -350,11 +329,4 @@ def _plot_overlays(paths: Sequence[Path], masks: Sequence[Path], names: Sequence
         axis.set_title(f"{image_path.name}\n{', '.join(present) or 'background only'}", fontsize=8)
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.tight_layout()
-
-    def save(temporary: Path) -> None:
-        figure.savefig(temporary, dpi=90, format="png")
-
-    atomic_write(out_path, save)
-    plt.close(figure)
-    return out_path
+    return save_figure(figure, out_path, dpi=90)

@@ -7,6 +7,7 @@ test accuracy and macro F1, trainable parameters, the goal check) and ``ablation
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
