@@ -28,7 +28,8 @@ import fftprompt
 from fftprompt.data import ISIC2018DataModule, KvasirSegDataModule, SymmetryDataModule
 
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
-NOT_CHECKED = {"experiment", "hydra", "paths"}  # overlays of differences; Hydra's own settings; plain paths
+# overlays of differences; Hydra's own settings (the sweeper's, in hparams_search); plain paths
+NOT_CHECKED = {"experiment", "hydra", "hparams_search", "paths"}
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
 FILES = sorted(
     [p for p in CONFIG_DIR.glob("*.yaml")]
@@ -69,6 +70,13 @@ DIFFERENCES: dict[str, dict[str, str]] = {
     },
     "trainer/ddp.yaml": {"strategy": "the option's purpose", "sync_batchnorm": "the option's purpose"},
     "logger/csv.yaml": {"csv.name": "one subfolder per logger in the run directory"},
+    "logger/wandb.yaml": {
+        "wandb.project": "runs are grouped under one W&B project (Lightning's None: wandb's default)",
+        "wandb.offline": "works without an account or server; wandb sync uploads later",
+    },
+    "logger/mlflow.yaml": {
+        "mlflow.experiment_name": "one MLflow experiment for fftprompt runs (Lightning: lightning_logs)"
+    },
     "logger/tensorboard.yaml": {
         "tensorboard.name": "one subfolder per logger in the run directory",
         "tensorboard.default_hp_metric": "no placeholder hp_metric",

@@ -24,7 +24,14 @@ from torch import Tensor, nn
 
 from fftprompt.utils import to_plain
 
-__all__ = ["DEMO_MODEL", "Backbone", "create_backbone", "load_backbone_checkpoint"]
+__all__ = [
+    "DEMO_MODEL",
+    "Backbone",
+    "classifier_config",
+    "create_backbone",
+    "create_classifier",
+    "load_backbone_checkpoint",
+]
 
 DEMO_MODEL = "vit_demo_patch8"
 
@@ -220,6 +227,66 @@ def create_backbone(
         config["checkpoint_path"] = str(checkpoint_path)
     # arguments JSON cannot hold (e.g. a norm_layer class) are not recorded: such a backbone is rebuilt by hand
     return Backbone(model, name, config=config if _is_json(config) else {"name": name})
+
+
+def classifier_config(backbone: Backbone, num_classes: int, pooling: str) -> dict[str, Any]:
+    """timm's ``config.json`` (hub format) of a timm classifier that pools and normalises as ``backbone`` does.
+
+    The classifier is ``timm.create_model(config["architecture"], num_classes=K, **config["model_args"])``: the
+    backbone's creation arguments, with ``global_pool`` (``"token"`` for ``pooling="cls"``, ``"avg"`` for the mean of
+    the patch tokens) and ``fc_norm`` set so that its forward equals :meth:`Backbone.pool` followed by a linear head.
+
+    Args:
+        backbone: The frozen backbone.
+        num_classes: Classes ``K`` of the head.
+        pooling: ``"cls"`` or ``"mean"``.
+
+    Raises:
+        ValueError: For pooling that a plain timm classifier does not compute (distilled DeiT's two tokens,
+            attention pooling) or an unknown ``pooling``.
+    """
+    model = backbone.model
+    if backbone.is_distilled:
+        raise ValueError(
+            f"backbone {backbone.name!r} is a distilled DeiT: fftprompt averages its class and distillation tokens "
+            "into one head, which timm's two-head classifier does not compute"
+        )
+    if getattr(model, "attn_pool", None) is not None:
+        raise ValueError(f"backbone {backbone.name!r} pools with attention, which fftprompt's pooling does not use")
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"pooling={pooling!r}; expected one of ['cls', 'mean']")
+    recorded = {k: v for k, v in backbone.config.items() if k not in ("name", "pretrained", "checkpoint_path")}
+    model_args = {k: v for k, v in recorded.items() if v is not None}
+    model_args.update(
+        global_pool="token" if pooling == "cls" else "avg", fc_norm=not isinstance(model.fc_norm, nn.Identity)
+    )
+    data_config = timm.data.resolve_model_data_config(model)
+    return {
+        "architecture": backbone.name.split(".", 1)[0],
+        "num_classes": int(num_classes),
+        "num_features": backbone.embed_dim,
+        "global_pool": model_args["global_pool"],
+        "model_args": model_args,
+        "pretrained_cfg": {
+            "input_size": [backbone.in_chans, *backbone.img_size],
+            "interpolation": str(data_config.get("interpolation", "bicubic")),
+            "crop_pct": 1.0,
+            "mean": list(backbone.mean),
+            "std": list(backbone.std),
+            "num_classes": int(num_classes),
+        },
+    }
+
+
+def create_classifier(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """The timm classifier that :func:`classifier_config`'s ``config`` describes, with ``state_dict`` loaded
+    strictly (every key, no other), in ``eval()``."""
+    model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
+    try:
+        model.load_state_dict(dict(state_dict), strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"the state dict does not fit timm's {config['architecture']!r}: {error}") from error
+    return model.eval()
 
 
 def load_backbone_checkpoint(model: nn.Module, checkpoint_path: str | Path) -> tuple[list[str], list[str]]:

@@ -1,5 +1,5 @@
-"""Console entry points ``fftprompt-train``, ``fftprompt-eval`` and ``fftprompt-explain``: thin ``@hydra.main`` shims
-over ``fftprompt.run`` and ``fftprompt.explain``.
+"""Console entry points ``fftprompt-train``, ``-eval``, ``-explain``, ``-predict`` and ``-export``: thin ``@hydra.main``
+shims over ``fftprompt.run``, ``fftprompt.explain``, ``fftprompt.predict`` and ``fftprompt.export``.
 
 The configs ship inside the package (``fftprompt/configs``), so both commands work from any directory; runs are
 written under ``./runs/`` of the directory they are started in. Examples::
@@ -11,6 +11,9 @@ written under ``./runs/`` of the directory they are started in. Examples::
     fftprompt-eval adapter_path=runs/demo                   # same overrides as the training run
     fftprompt-train --cfg job                               # print the composed config
     fftprompt-explain run_dir=runs/demo images=test:8       # figures + explain.md in runs/demo/explain
+    fftprompt-predict run_dir=runs/demo images=photos/      # predictions.csv (or masks) in runs/demo/predict
+    fftprompt-export run_dir=runs/demo format=torchscript   # runs/demo/export/torchscript/model.torchscript.pt
+    fftprompt-train hparams_search=fourierft prompt=none    # Optuna search (needs the search extra)
 
 Errors caused by the input (a bad data root or layout, a bad config value, a run directory that would be
 overwritten, a checkpoint that cannot be loaded safely) are printed as one ``error: <message>`` line on stderr with
@@ -30,19 +33,27 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["eval_main", "explain_main", "train_main"]
+__all__ = ["eval_main", "explain_main", "export_main", "predict_main", "train_main"]
 
 # exceptions whose message is meant for the user: fftprompt raises them for bad input and refused operations
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
 
 
+def train_main() -> None:
+    """``fftprompt-train``; a search (``hparams_search=...``) without its optional sweeper stops with an error line."""
+    from fftprompt.run import check_sweeper
+
+    _reporting_errors(check_sweeper, sys.argv[1:])
+    _train_app()
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def train_main(cfg: DictConfig) -> float | None:
-    """``fftprompt-train``: returns the monitored test metric (for Hydra sweepers)."""
-    from fftprompt.run import train
+def _train_app(cfg: DictConfig) -> float | None:
+    """Trains; returns what a Hydra sweeper optimises (:func:`fftprompt.run.optimized_metric`)."""
+    from fftprompt.run import optimized_metric, train
 
     metrics, _ = _reporting_errors(train, cfg)
-    return metrics.get(str(cfg.task.monitor).replace("val/", "test/", 1))
+    return _reporting_errors(lambda c: optimized_metric(c, metrics), cfg)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
@@ -62,7 +73,27 @@ def explain_main(cfg: DictConfig) -> None:
     print(f"explanations: {written['markdown']}")
 
 
-def _reporting_errors(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+@hydra.main(version_base="1.3", config_path="configs", config_name="predict")
+def predict_main(cfg: DictConfig) -> None:
+    """``fftprompt-predict``: a finished run's predictions on image files (``run_dir=``, ``images=``)."""
+    from fftprompt.predict import predict
+
+    written = _reporting_errors(lambda c: predict(**OmegaConf.to_container(c, resolve=True)), cfg)
+    result = written.get("predictions") or written.get("masks")
+    skipped = f" ({written['skipped']} unreadable files skipped)" if written["skipped"] else ""
+    print(f"predicted {written['predicted']} images{skipped}: {result}")
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="export")
+def export_main(cfg: DictConfig) -> None:
+    """``fftprompt-export``: a finished run as a timm, PEFT or TorchScript model (``run_dir=``, ``format=``)."""
+    from fftprompt.export import export
+
+    written = _reporting_errors(lambda c: export(**OmegaConf.to_container(c, resolve=True)), cfg)
+    print("exported: " + ", ".join(str(path) for path in written.values()))
+
+
+def _reporting_errors(function: Callable[[Any], Any], cfg: Any) -> Any:
     """Calls ``function(cfg)``; input errors become ``error: <message>`` on stderr and exit status 2 (1: diverged)."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 

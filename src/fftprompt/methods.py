@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["METHOD_LABELS", "TRAINED_METHODS", "Method"]
+__all__ = ["METHOD_LABELS", "TRAINED_METHODS", "Method", "method_of"]
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,24 @@ TRAINED_METHODS: dict[str, Method] = {
     "fft_fourierft": Method("fft prompts + FourierFT", prompt="fft", adapter="fourierft"),
 }
 METHOD_LABELS: dict[str, str] = {name: method.label for name, method in TRAINED_METHODS.items()}
+
+# the prompt option each prompt class builds, shallow or deep (the class names a run's config.yaml records)
+_PROMPT_OPTIONS: dict[tuple[str, bool], str] = {
+    ("NoPrompt", False): "none",
+    ("VPTPrompt", False): "vpt",
+    ("VPTPrompt", True): "vpt_deep",
+    ("VFPTPrompt", True): "vfpt",
+    ("FrequencyPrompt", False): "fft",
+    ("FrequencyPrompt", True): "fft_deep",
+}
+
+
+def method_of(prompt_class: str, deep: bool, adapted: bool) -> str | None:
+    """The method (a key of :data:`TRAINED_METHODS`) a run with this prompt class and FourierFT or not trained, or
+    None when it is none of them (e.g. shallow VFPT)."""
+    prompt = _PROMPT_OPTIONS.get((prompt_class, bool(deep) and prompt_class != "NoPrompt"))
+    adapter = "fourierft" if adapted else "none"
+    for name, method in TRAINED_METHODS.items():
+        if (method.prompt, method.adapter) == (prompt, adapter):
+            return name
+    return None

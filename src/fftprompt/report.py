@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from fftprompt.utils import write_json_atomic  # noqa: E402
+from fftprompt.utils import atomic_write, write_json_atomic  # noqa: E402
 
 __all__ = [
     "FIGURE_DIR",
@@ -31,6 +31,7 @@ __all__ = [
     "plot_segmentation_samples",
     "print_summary",
     "read_metrics_csv",
+    "save_figure",
     "write_json_atomic",
     "write_report",
 ]
@@ -248,6 +249,19 @@ def _save(figure: plt.Figure, out_path: str | Path) -> Path:
     figure.savefig(out_path, dpi=110)
     plt.close(figure)
     return out_path
+
+
+def save_figure(figure: plt.Figure, out_path: str | Path, dpi: int = 100) -> Path:
+    """Lays ``figure`` out, writes it as a PNG atomically (temporary file, then rename) and closes it."""
+    figure.tight_layout()
+
+    def save(temporary: Path) -> None:
+        figure.savefig(temporary, dpi=dpi, format="png")
+
+    try:
+        return atomic_write(out_path, save)
+    finally:
+        plt.close(figure)
 
 
 def _label(metric: str) -> str:

@@ -7,6 +7,7 @@ every check on it, belongs to :mod:`fftprompt.rundir`; the report is assembled b
 
 from __future__ import annotations
 
+import importlib.util
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -32,9 +33,16 @@ from fftprompt.run_report import ReportSettings, write_run_report
 from fftprompt.spectral import FrequencyFeatures
 from fftprompt.utils import to_plain
 
-__all__ = ["build", "build_backbone", "compose", "evaluate", "train"]
+__all__ = ["build", "build_backbone", "check_sweeper", "compose", "evaluate", "optimized_metric", "train"]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# packages that optional loggers need, and the fftprompt extra that installs them
+_LOGGER_PACKAGES = {
+    "lightning.pytorch.loggers.WandbLogger": (("wandb",), "wandb"),
+    "lightning.pytorch.loggers.MLFlowLogger": (("mlflow",), "mlflow"),
+    "lightning.pytorch.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+}
+_OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper"
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
@@ -42,8 +50,49 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
 
     Outside a Hydra app ``paths.output_dir`` has no default: pass it as an override.
     """
+    check_sweeper(overrides)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose_config(config_name, overrides=list(overrides))
+
+
+def check_sweeper(overrides: Sequence[str]) -> None:
+    """Raises ``ValueError`` when ``overrides`` select a hyper-parameter search (``hparams_search=...``) but Hydra's
+    Optuna sweeper, an optional extra, is not installed (Hydra itself would only say that a config is missing)."""
+    for override in overrides:
+        key, _, value = str(override).lstrip("+~").partition("=")
+        searching = key in ("hparams_search", "hydra/sweeper") and value not in ("", "null", "basic")
+        if searching and not _installed(_OPTUNA_SWEEPER):
+            raise ValueError(
+                f"{override}: the hyper-parameter search runs on Hydra's Optuna sweeper, which is not installed: "
+                "pip install 'fftprompt[search]' (or pip install hydra-optuna-sweeper)"
+            )
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def optimized_metric(cfg: DictConfig, metrics: Mapping[str, Any]) -> float | None:
+    """The value a Hydra sweeper optimises: ``metrics[cfg.optimized_metric]`` when the config names one (the
+    ``hparams_search`` configs name the best validation score, ``val/acc_best``), else the test score of the
+    monitored metric (``test/acc``), or None when the run has none.
+
+    Raises:
+        ValueError: ``optimized_metric`` names a metric the run did not record.
+    """
+    key = cfg.get("optimized_metric")
+    if key is None:
+        return metrics.get(str(cfg.task.monitor).replace("val/", "test/", 1))
+    if key not in metrics:
+        recorded = sorted(k for k, v in metrics.items() if isinstance(v, float))
+        raise ValueError(
+            f"optimized_metric={key!r} is not among the run's metrics {recorded}; a *_best validation score needs "
+            "the validation loop and a checkpoint callback monitoring it (callbacks=default)"
+        )
+    return float(metrics[key])
 
 
 def build_backbone(cfg: DictConfig) -> tuple[Backbone, FrequencyFeatures | None]:
@@ -122,7 +171,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     module: L.LightningModule = parts["module"]
     datamodule = parts["datamodule"]
     callbacks = _instantiate_collection(cfg.get("callbacks"))
-    loggers = _instantiate_collection(cfg.get("logger"))
+    loggers = _instantiate_collection(cfg.get("logger"), "logger")
     trainer = _make_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     output_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
@@ -135,6 +184,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
     train_seconds = time.perf_counter() - start
 
+    best_validation = _best_validation(trainer)
     test_checkpoint, weights = _test_checkpoint(trainer)
     start = time.perf_counter()
     results = trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, verbose=False, weights_only=True)
@@ -150,6 +200,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         epochs=int(trainer.current_epoch),
         steps=int(trainer.global_step),
         tested_weights=weights,
+        **best_validation,
     )
     report = None
     if trainer.is_global_zero:
@@ -241,7 +292,7 @@ def _instantiate_optional(node: Any) -> Any:
     return instantiate(node)
 
 
-def _instantiate_collection(node: DictConfig | None) -> list[Any]:
+def _instantiate_collection(node: DictConfig | None, group: str = "callbacks") -> list[Any]:
     """Instantiates every entry with a ``_target_`` of a ``callbacks``/``logger`` mapping (null entries dropped)."""
     if node is None:
         return []
@@ -251,6 +302,12 @@ def _instantiate_collection(node: DictConfig | None) -> list[Any]:
             continue
         if not isinstance(entry, DictConfig) or "_target_" not in entry:
             raise ValueError(f"entry {name!r} has no _target_; expected a mapping of name -> instantiable config")
+        packages, extra = _LOGGER_PACKAGES.get(str(entry._target_), ((), ""))
+        if packages and not any(_installed(package) for package in packages):
+            raise ValueError(
+                f"{group}.{name} ({entry._target_}) needs the {packages[0]} package, which is not installed: pip "
+                f"install 'fftprompt[{extra}]' (or pip install {packages[0]}), or choose another {group} (logger=csv)"
+            )
         objects.append(instantiate(entry))
     return objects
 
@@ -303,6 +360,14 @@ def _check_matches_run(cfg: DictConfig, run_dir: Path, purpose: str) -> None:
         purpose,
         randomly_initialised=_randomly_initialised(cfg),
     )
+
+
+def _best_validation(trainer: L.Trainer) -> dict[str, float]:
+    """``{"<monitor>_best": score}`` (e.g. ``val/acc_best``) of the checkpoint callback, when it monitored one."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_score is not None:
+        return {f"{callback.monitor}_best": float(callback.best_model_score)}
+    return {}
 
 
 def _test_checkpoint(trainer: L.Trainer) -> tuple[str | None, str]:

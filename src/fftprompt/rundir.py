@@ -53,6 +53,7 @@ __all__ = [
     "check_matches_run",
     "finished_metrics",
     "load_run",
+    "read_class_names",
     "read_config",
     "read_metrics",
     "refuse_existing_run",
@@ -206,6 +207,22 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def read_class_names(run_dir: str | Path) -> list[str] | None:
+    """The class names ``adapter.json`` records (``class_names``, in label order), or None when it records none."""
+    path = Path(run_dir) / ADAPTER_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text(encoding="utf-8")).get("class_names")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{path} is not a JSON object: {error}") from error
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{path}: class_names={names!r}; expected a list of strings")
+    return list(names)
 
 
 def finished_metrics(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -7,12 +7,12 @@ test accuracy and macro F1, trainable parameters, the goal check) and ``ablation
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fftprompt.ablate.plan import ABLATIONS, LABELS, Variant
+from fftprompt.compare import format_mean_std, markdown_table, mean_std
 
 __all__ = ["format_markdown", "goal_check", "plot", "summarise", "write_outputs"]
 
@@ -21,17 +21,13 @@ BASELINES = ("vpt_shallow", "vpt_deep", "vfpt")
 GOAL_MARGIN = 0.10  # fft prompts beat VPT and VFPT by at least 10 points of accuracy (mean of the seeds)
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def summarise(variants: Sequence[Variant], runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant: mean and sample std over seeds of test accuracy and macro F1, and the trainable parameters."""
     rows = []
     for variant in variants:
         own = [r for r in runs if r["variant"] == variant.name]
-        acc_mean, acc_std = _mean_std([r["test/acc"] for r in own])
-        f1_mean, f1_std = _mean_std([r["test/f1_macro"] for r in own])
+        acc_mean, acc_std = mean_std([r["test/acc"] for r in own])
+        f1_mean, f1_std = mean_std([r["test/f1_macro"] for r in own])
         params = sorted({r["trainable_params"] for r in own})
         rows.append(
             {
@@ -115,21 +111,16 @@ def format_markdown(report: dict[str, Any], figure: str | None = "ablation.png")
         rows = [r for r in report["summary"] if r["kind"] == kind]
         if not rows:
             continue
-        lines += [
-            f"## {title}",
-            "",
-            "| method | trainable params | accuracy (mean ± std) | macro F1 (mean ± std) | accuracy per seed |",
-            "|---|---:|---:|---:|---|",
-        ]
+        lines += [f"## {title}", ""]
+        header = ["method", "trainable params", "accuracy (mean ± std)", "macro F1 (mean ± std)", "accuracy per seed"]
+        table = []
         for r in rows:
             params = r["trainable_params"]
             params_text = f"{params:,}" if isinstance(params, int) else "/".join(f"{p:,}" for p in params)
             per_seed = ", ".join(f"{a:.3f}" for a in r["acc_per_seed"])
-            lines.append(
-                f"| {r['label']} | {params_text} | {r['acc_mean']:.3f} ± {r['acc_std']:.3f} "
-                f"| {r['f1_mean']:.3f} ± {r['f1_std']:.3f} | {per_seed} |"
-            )
-        lines.append("")
+            accuracy, f1 = format_mean_std(r["acc_mean"], r["acc_std"]), format_mean_std(r["f1_mean"], r["f1_std"])
+            table.append([r["label"], params_text, accuracy, f1, per_seed])
+        lines += [*markdown_table(header, table, ["l", "r", "r", "r", "l"]), ""]
     checks = goal_check(report["summary"])
     if checks:
         lines += ["## Goal: fft prompts beat VPT and VFPT by >= 10 points at no more trainable parameters", ""]
@@ -149,10 +140,10 @@ def format_markdown(report: dict[str, Any], figure: str | None = "ablation.png")
         "Hydra overrides of each variant on top of the settings above (`fftprompt-train` with these reproduces a "
         "run; add `seed=<k>`):",
         "",
-        "| variant | overrides |",
-        "|---|---|",
     ]
-    lines += [f"| {v['label']} | `{' '.join(v['overrides'])}` |" for v in report["variants"]]
+    lines += markdown_table(
+        ["variant", "overrides"], [[v["label"], f"`{' '.join(v['overrides'])}`"] for v in report["variants"]]
+    )
     lines.append("")
     return "\n".join(lines)
 

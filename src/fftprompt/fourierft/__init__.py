@@ -20,6 +20,7 @@ from fftprompt.fourierft.model import (
     inject_fourierft,
     load_fourierft_state_dict,
     merge_fourierft,
+    unload_fourierft,
 )
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "inject_fourierft",
     "load_fourierft_state_dict",
     "merge_fourierft",
+    "unload_fourierft",
 ]

@@ -15,7 +15,13 @@ from torch import Tensor, nn
 from fftprompt.fourierft.config import QKV_BLOCKS, REGEX_PREFIX, FourierFTConfig
 from fftprompt.fourierft.layer import FULL_LAYER, FourierFTLinear
 
-__all__ = ["fourierft_state_dict", "inject_fourierft", "load_fourierft_state_dict", "merge_fourierft"]
+__all__ = [
+    "fourierft_state_dict",
+    "inject_fourierft",
+    "load_fourierft_state_dict",
+    "merge_fourierft",
+    "unload_fourierft",
+]
 
 
 def _adaptable_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -129,6 +135,29 @@ def merge_fourierft(model: nn.Module) -> nn.Module:
             if not module.merged:
                 module.merge()
             _set_submodule(model, name, module.base_layer)
+    return model
+
+
+def unload_fourierft(model: nn.Module) -> nn.Module:
+    """Put every adapted layer's base ``nn.Linear`` back without merging (PEFT's ``unload``), in place.
+
+    Args:
+        model: A model adapted by :func:`inject_fourierft`, with no delta merged.
+
+    Returns:
+        The same model as it was before the injection (the deltas are dropped).
+
+    Raises:
+        ValueError: A layer's delta is merged into its base weight (unloading would keep it).
+    """
+    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, FourierFTLinear)]
+    merged = [name for name, module in layers if module.merged]
+    if merged:
+        raise ValueError(f"FourierFT layers {merged[:3]} are merged; unmerge() them before unloading")
+    if isinstance(model, FourierFTLinear):
+        return model.base_layer
+    for name, module in layers:
+        _set_submodule(model, name, module.base_layer)
     return model
 
 
