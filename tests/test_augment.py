@@ -286,3 +286,27 @@ def test_transforms_run_on_the_gpu_and_agree_with_the_cpu():
     ):
         first, again = augment(images.cuda(), (1, 0, 0)), augment(images.cuda(), (1, 0, 0))
         assert first.device.type == "cuda" and torch.equal(first, again) and not torch.equal(first.cpu(), images)
+
+
+def test_evaluating_a_run_needs_its_preprocessing_filter(tmp_path):
+    from fftprompt import rundir
+
+    band = {"_target_": "fftprompt.augment.BandFilter", "kind": "lowpass", "high": 0.5, "p": 1.0, "preprocess": True}
+    saved = {"task": {"name": "classification"}, "augment": {**band, "seed": 1}}
+    rundir.write_config(tmp_path, saved)
+
+    def check(current: dict) -> None:
+        def select(key: str):
+            node = current
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            return node
+
+        rundir.check_matches_run(select, tmp_path, "evaluating", randomly_initialised=False)
+
+    check({**saved, "augment": {**band, "seed": 2}})  # the seed does not matter to a filter
+    with pytest.raises(ValueError, match=r"augment \(preprocessing\)"):
+        check({**saved, "augment": None})
+    fda = {"_target_": "fftprompt.augment.FourierDomainAdaptation", "preprocess": False}
+    rundir.write_config(tmp_path, {**saved, "augment": fda})
+    check({**saved, "augment": None})  # a training-only augmentation is not part of the model

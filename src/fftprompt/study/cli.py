@@ -63,7 +63,7 @@ def parse_args(argv: Sequence[str]) -> tuple[StudySettings, argparse.Namespace]:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--corruptions", default="gaussian_noise,gaussian_blur,jpeg,contrast", help=str(CORRUPTIONS))
     parser.add_argument("--severities", default="1,3,5", help="comma-separated severities from 1 to 5")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs of every run")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs of every run")
     parser.add_argument("--image-size", type=int, default=32, help="image side of every dataset")
     parser.add_argument("--quick", action="store_true", help="tiny ViT, a few dozen images (tests)")
     parser.add_argument(
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    shift_counts = "48 training and 36 test images" if settings.quick else "800 training and 300 test images"
+    shift_counts = "48 training and 36 test images" if settings.quick else "600 training and 300 test images"
     report = {
         "command": shlex.join(["fftprompt-robustness", *argv]),
         "settings": {

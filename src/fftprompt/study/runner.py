@@ -66,7 +66,7 @@ class StudySettings:
     seeds: Sequence[int] = (0, 1, 2)
     corruptions: Sequence[str] = ("gaussian_noise", "gaussian_blur", "jpeg", "contrast")
     severities: Sequence[int] = (1, 3, 5)
-    epochs: int = 8
+    epochs: int = 6
     image_size: int = 32
     quick: bool = False
     data_root: Path | None = None
@@ -82,7 +82,7 @@ def dataset_overrides(name: str, settings: StudySettings) -> list[str]:
     size = settings.image_size
     quick = settings.quick
     if name == "shift":
-        counts = (48, 8, 36) if quick else (800, 64, 300)
+        counts = (48, 8, 36) if quick else (600, 64, 300)
         return [
             "experiment=symmetry_shift",
             "backbone=vit_demo",
@@ -192,6 +192,7 @@ def run_study(settings: StudySettings) -> list[dict[str, Any]]:
                         "train_seconds": metrics["train_seconds"],
                         "trainable_params": metrics["trainable_params"],
                         "in_domain": metrics["test/acc"],
+                        "in_domain_auroc": metrics["test/auroc"],
                         "domains": domains,
                         "corruption_mean": robust["test/corruption/mean/acc"],
                         "corruption_drop": robust["test/corruption/relative_drop"],

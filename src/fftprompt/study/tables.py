@@ -28,6 +28,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         own = [r for r in records if (r["dataset"], r["method"], r["augment"]) == (dataset, method, augment)]
         row: dict[str, Any] = {"dataset": dataset, "method": method, "augment": augment, "seeds": len(own)}
         row["in_domain"] = _stats([r["in_domain"] for r in own])
+        row["in_domain_auroc"] = _stats([r.get("in_domain_auroc", float("nan")) for r in own])
         if own[0]["domains"]:
             for name in own[0]["domains"]:
                 row[f"domain/{name}"] = _stats([r["domains"][name] for r in own])
@@ -110,13 +111,14 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines += [f"## {DATASET_LABELS.get(dataset, dataset)}", ""]
         if chance is not None:
             lines += [f"Majority-class share of the test split (the accuracy of a constant answer): {chance:.3f}.", ""]
-        header = ["method", "augment", "in-domain"]
+        header = ["method", "augment", "in-domain", "in-domain AUROC"]
         if domain_names:
             header += ["cross-domain", *domain_names]
         header += ["corrupted", "drop", "trainable"]
         lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
         for r in own:
             cells = [METHOD_LABELS[r["method"]], AUGMENT_LABELS[r["augment"]], _cell(r["in_domain"])]
+            cells.append(_cell(r["in_domain_auroc"]))
             if domain_names:
                 cells += [_cell(r["cross_domain"]), *(_cell(r[f"domain/{n}"]) for n in domain_names)]
             cells += [_cell(r["corruption_mean"]), f"{r['corruption_drop'][0]:+.1%}", f"{r['trainable_params']:,}"]
