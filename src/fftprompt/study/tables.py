@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,9 @@ DATASET_LABELS = {"shift": "shift benchmark", "dtd": "DTD (dtd_300)", "breastmni
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value; NaN when a value is missing)."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
