@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["METHOD_LABELS", "TRAINED_METHODS", "Method"]
+__all__ = ["COMPARISON_OVERRIDES", "METHOD_LABELS", "TRAINED_METHODS", "Method"]
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,16 @@ TRAINED_METHODS: dict[str, Method] = {
     "fft_fourierft": Method("fft prompts + FourierFT", prompt="fft", adapter="fourierft"),
 }
 METHOD_LABELS: dict[str, str] = {name: method.label for name, method in TRAINED_METHODS.items()}
+# Hydra overrides of every run of a comparison (fftprompt-ablate, fftprompt-robustness): no logger, no checkpoints, no
+# validation loop (the final weights are tested, the same rule for every method), no progress bar or model summary,
+# no frequency-map figures, and a run directory that the command itself manages
+COMPARISON_OVERRIDES = (
+    "logger=none",
+    "callbacks=none",
+    "++trainer.enable_checkpointing=false",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "++trainer.limit_val_batches=0",
+    "report.frequency_panels=0",
+    "overwrite=true",
+)

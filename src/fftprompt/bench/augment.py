@@ -126,13 +126,19 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _heading(settings: dict[str, Any], machine_: dict[str, Any]) -> str:
+    s, m = settings, machine_
+    where = f"{s['device']} ({m['device']}, {m['threads']} threads, load average {m['load_average']})"
+    return (
+        f"{s['model']} (no weights), {s['method']}, batch {s['batch_size']}, {s['img_size']} px, {s['dtype']}, "
+        f"{where}, torch {m['torch']}; median of {s['steps']} steps after {s['warmup']} warm-up"
+    )
+
+
 def format_table(report: dict[str, Any]) -> str:
     """Markdown table of a :func:`run_benchmark` report."""
-    s, m = report["settings"], report["machine"]
     lines = [
-        f"{s['model']} (no weights), {s['method']}, batch {s['batch_size']}, {s['img_size']} px, {s['dtype']}, "
-        f"{s['device']} ({m['device']}, {m['threads']} threads, load average {m['load_average']}), torch "
-        f"{m['torch']}; median of {s['steps']} steps after {s['warmup']} warm-up",
+        _heading(report["settings"], report["machine"]),
         "",
         "| augment | train step, median (ms) | fastest (ms) | CPU time, median (ms) | augmentation alone (ms) "
         "| overhead (median of per-round ratios) | overhead (fastest steps) |",

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from fftprompt.methods import TRAINED_METHODS
+from fftprompt.methods import COMPARISON_OVERRIDES, TRAINED_METHODS
 from fftprompt.run import build, compose, evaluate, train
 from fftprompt.rundir import finished_metrics
 
@@ -41,18 +41,8 @@ SHIFTED_DOMAINS: dict[str, str] = {
     "acquisition": "{noise_colour:pink,noise_std:0.06,blur:0.03}",
     "texture": "{textures:[grating]}",
 }
-# every run: no logger, no checkpoints, no validation loop (final weights), no figures beyond the confusion matrix
-RUN_OVERRIDES = (
-    "logger=none",
-    "callbacks=none",
-    "++trainer.enable_checkpointing=false",
-    "++trainer.enable_progress_bar=false",
-    "++trainer.enable_model_summary=false",
-    "++trainer.limit_val_batches=0",
-    "report.frequency_panels=0",
-    "report.explain_images=0",
-    "overwrite=true",
-)
+# every run as in fftprompt-ablate (final weights tested), and no explanation figures in the reports
+RUN_OVERRIDES = (*COMPARISON_OVERRIDES, "report.explain_images=0")
 QUICK_MODEL = ("backbone.depth=2", "backbone.embed_dim=32", "backbone.num_heads=2")
 
 
