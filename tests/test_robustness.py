@@ -153,3 +153,22 @@ def test_evaluate_rejects_bad_corruption_settings_before_building(tmp_path):
         cfg = tiny_config(tmp_path, "adapter_path=/nonexistent", "corruptions=[jpeg]", override, name="eval")
         with pytest.raises(ValueError, match=re.escape(message)):
             evaluate(cfg)
+
+
+@pytest.mark.slow
+def test_segmentation_trains_with_fda_and_is_evaluated_by_dice_under_corruptions(tmp_path):
+    from fftprompt.run import evaluate, train
+
+    run_dir = tmp_path / "seg"
+    metrics, objects = train(tiny_config(run_dir, "data=symmetry_seg", "augment=fda", "trainer.max_epochs=1"))
+    assert "test/dice" in metrics and type(objects["module"].augment).__name__ == "FourierDomainAdaptation"
+    cfg = tiny_config(
+        tmp_path / "eval",
+        "data=symmetry_seg",
+        f"adapter_path={run_dir}",
+        "corruptions=contrast",
+        "severities=1",
+        name="eval",
+    )
+    results = evaluate(cfg)
+    assert 0.0 <= results["test/corruption/contrast/1/dice"] <= 1.0 and "test/corruption/mean/dice" in results
