@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# One-call GPU check: the `gpu`-marked tests and the four benchmarks on ViT-B/16 (batch 64, bfloat16, CUDA).
+# One-call GPU check: the `gpu`-marked tests and the five benchmarks on ViT-B/16 (batch 64, bfloat16, CUDA).
 #
 #   bash benchmarks/gpu_check.sh                 # on a CUDA machine; results in ./gpu_out (or $OUT)
 #   DEVICE=cpu bash benchmarks/gpu_check.sh      # dry run of the same steps with tiny sizes on the CPU
 #
-# Every step runs under `timeout`, capped by what is left of BUDGET seconds (default 460), so the whole call ends
-# within 8 minutes. Each step writes its table (.md), its JSON and its log into $OUT; $OUT/summary.txt lists the
+# Every step runs under `timeout`, capped by what is left of BUDGET seconds (default 520), so the whole call ends
+# within 9 minutes. Each step writes its table (.md), its JSON and its log into $OUT; $OUT/summary.txt lists the
 # exit status of every step. The exit status is 0 only when every step passed.
 # Environment: OUT (output folder), DEVICE (cuda | cpu), BUDGET (seconds), PYTHON (interpreter, default python3).
 set -u
 
 OUT=${OUT:-./gpu_out}
 DEVICE=${DEVICE:-cuda}
-BUDGET=${BUDGET:-460}
+BUDGET=${BUDGET:-520}
 PY=${PYTHON:-python3}
 START=$(date +%s)
 mkdir -p "$OUT"
@@ -74,6 +74,7 @@ if [ "$DEVICE" = "cpu" ]; then
     FOURIERFT_EXTRA=(--steps 1 --warmup 0 --n-frequency 200 --targets qkv --no-memory --threads 2)
     FEATURES_EXTRA=(--repeats 1 --warmup 0 --threads 2)
     PROMPTS_EXTRA=(--img-size 32 --batch-size 2 --steps 1 --warmup 0 --threads 2)
+    AUGMENT_ARGS=(--model vit_demo_patch8 --img-size 32 --batch-size 4 --steps 2 --warmup 1 --device cpu)
 else
     MODEL=vit_base_patch16_224
     DTYPE=bfloat16
@@ -82,9 +83,13 @@ else
     FOURIERFT_EXTRA=(--steps 10 --warmup 3 --n-frequency 3000)
     FEATURES_EXTRA=(--repeats 20 --warmup 3)
     PROMPTS_EXTRA=(--img-size 224 --batch-size 64 --steps 10 --warmup 3)
+    # the augmentations' overhead on a ViT-B/16 step with fft prompts + FourierFT (goal: <= 5 %)
+    AUGMENT_ARGS=(--model "$MODEL" --img-size 224 --batch-size 64 --dtype "$DTYPE" --device "$DEVICE" --steps 10
+        --warmup 3 --num-tokens 10 --n-frequency 3000 --scaling 300)
 fi
 
 run gpu_tests 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests
+run bench_augment 60 "${BENCH[@]}" augment "${AUGMENT_ARGS[@]}" --json "$OUT/augment.json"
 run bench_methods 150 "${BENCH[@]}" methods --backbone "$MODEL" "${COMMON[@]}" "${METHODS_EXTRA[@]}" --out-dir "$OUT"
 run bench_fourierft 75 "${BENCH[@]}" fourierft --model "$MODEL" "${COMMON[@]}" "${FOURIERFT_EXTRA[@]}" \
     --json "$OUT/fourierft.json"
@@ -101,7 +106,7 @@ else
     echo "bench_prompts: skipped (fftprompt-bench prompts has no --device option; see bench_methods)" | tee -a "$SUMMARY"
 fi
 # the markdown tables next to the JSON files, from the JSON (methods writes its own methods.md)
-for name in fourierft features prompts; do
+for name in fourierft features prompts augment; do
     if [ -s "$OUT/$name.json" ]; then
         "$PY" -c 'import importlib, json, sys
 module = importlib.import_module("fftprompt.bench." + sys.argv[1])

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 
 from fftprompt.data import SYMMETRY_CLASSES, SymmetryDataModule, SymmetryGenerator
+from fftprompt.data.domains import apply_palette, colour_noise
 from fftprompt.data.symmetry import SYMMETRY_GROUPS, symmetrize, transform_patch
 
 TRANSFORMS = ("mirror_lr", "mirror_ud", "mirror_diag", "mirror_antidiag", "rot180", "rot90")
@@ -197,3 +199,78 @@ def test_data_module_rejects_bad_settings():
         SymmetryDataModule(mean=(0.5, 0.5))
     with pytest.raises(ValueError, match="num_val=0"):
         SymmetryDataModule(num_val=0)
+
+
+# -- domain parameters (fftprompt.data.domains) ------------------------------------------------------------------
+
+
+def test_the_grey_palette_renders_equal_channels():
+    batch = SymmetryGenerator(image_size=32, noise_std=0.0, palette="grey").generate("test", np.arange(12))
+    assert np.array_equal(batch.images[:, 0], batch.images[:, 1]) and np.array_equal(
+        batch.images[:, 1], batch.images[:, 2]
+    )
+    natural = SymmetryGenerator(image_size=32, noise_std=0.0).generate("test", np.arange(12))
+    assert not np.array_equal(natural.images[:, 0], natural.images[:, 1])
+    np.testing.assert_array_equal(batch.labels, natural.labels)  # the same draws, another rendering
+    np.testing.assert_array_equal(batch.regions, natural.regions)
+
+
+def test_palettes_keep_the_texture_contrast():
+    rng = np.random.default_rng(0)
+    mean, mixing = rng.uniform(0.25, 0.75, 3), rng.normal(size=(3, 2))
+    for palette in ("grey", "warm", "cool"):
+        new_mean, new_mixing = apply_palette(mean, mixing, palette)
+        np.testing.assert_allclose(np.linalg.norm(new_mixing, axis=0), np.linalg.norm(mixing, axis=0))
+        assert not np.allclose(new_mean, mean) and np.all((new_mean >= 0.1) & (new_mean <= 0.9))
+
+
+def radial_power(noise: np.ndarray) -> tuple[float, float]:
+    """Mean power below and above a quarter of the sampling frequency."""
+    power = np.abs(np.fft.fft2(noise)) ** 2
+    frequency = np.hypot(np.fft.fftfreq(noise.shape[-1])[:, None], np.fft.fftfreq(noise.shape[-1])[None, :])
+    return float(power[..., (frequency > 0) & (frequency < 0.25)].mean()), float(power[..., frequency >= 0.25].mean())
+
+
+def test_coloured_noise_keeps_its_standard_deviation_and_tilts_its_spectrum():
+    white = np.random.default_rng(1).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    ratios = {}
+    for colour in ("white", "pink", "brown"):
+        noise = colour_noise(white, colour)
+        np.testing.assert_allclose(noise.std(axis=(-2, -1)), white.std(axis=(-2, -1)), rtol=1e-4)
+        low, high = radial_power(noise)
+        ratios[colour] = low / high
+    assert 0.8 < ratios["white"] < 1.25 and ratios["brown"] > ratios["pink"] > 3 * ratios["white"]
+
+
+def test_blur_is_a_gaussian_filter_of_the_unblurred_rendering():
+    plain = SymmetryGenerator(image_size=32, noise_std=0.0).generate("val", np.arange(6))
+    blurred = SymmetryGenerator(image_size=32, noise_std=0.0, blur=0.05).generate("val", np.arange(6))
+    reference = gaussian_filter(plain.images.astype(np.float64), sigma=(0, 0, 1.6, 1.6), mode="reflect")
+    unclipped = [i for i, image in enumerate(plain.images) if image.min() > 0 and image.max() < 255]
+    assert len(unclipped) >= 4  # images that clipping (before the blur, or after) does not change
+    assert np.abs(blurred.images[unclipped] - reference[unclipped]).max() <= 1.0  # 8-bit rounding before and after
+    assert np.abs(blurred.images.astype(float) - plain.images).mean() > 2.0
+
+
+def test_a_test_domain_changes_only_the_test_split():
+    kwargs = dict(image_size=32, batch_size=8, num_train=8, num_val=8, num_test=8)
+    plain = SymmetryDataModule(**kwargs)
+    shifted = SymmetryDataModule(**kwargs, test_domain={"palette": "warm", "noise_colour": "pink", "blur": 0.02})
+    for split in ("train", "val"):
+        torch.testing.assert_close(plain.dataset(split)[3][0], shifted.dataset(split)[3][0])
+    assert not torch.allclose(plain.dataset("test")[3][0], shifted.dataset("test")[3][0])
+    assert [plain.dataset("test")[i][1] for i in range(8)] == [shifted.dataset("test")[i][1] for i in range(8)]
+    assert shifted.test_generator.palette == "warm" and shifted.generator.palette == "natural"
+
+
+def test_bad_domain_parameters_fail_with_one_line_errors():
+    for make, message in [
+        (lambda: SymmetryDataModule(test_domain={"colour": "warm"}), "unknown keys ['colour']"),
+        (lambda: SymmetryDataModule(test_domain={"palette": "neon"}), "test_domain.palette='neon'"),
+        (lambda: SymmetryDataModule(palette="sepia"), "palette='sepia'"),
+        (lambda: SymmetryGenerator(noise_colour="violet"), "noise_colour='violet'"),
+        (lambda: SymmetryGenerator(blur=-0.1), "blur=-0.1 must lie in [0, 0.5]"),
+    ]:
+        with pytest.raises(ValueError) as error:
+            make()
+        assert message in str(error.value) and "\n" not in str(error.value)

@@ -24,10 +24,11 @@ checkpoint holding non-finite tensors is ever written, so the last checkpoint on
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import lightning.pytorch as L
 import torch
@@ -57,9 +58,22 @@ __all__ = [
     "segmentation_metrics",
 ]
 
+# The modules apply the batch augmentation in on_after_batch_transfer on purpose (the data modules hold none), so that
+# a test on any dataloader (e.g. a corrupted one) gets the same preprocessing; Lightning warns about that on every fit.
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule` but")
+
 PARAM_GROUPS = ("prompt", "adapter", "head")
 FINGERPRINT_KEY = "fftprompt_frozen_fingerprint"  # checkpoint entry: frozen_fingerprint of the backbone
 _SCHEDULES = ("cosine", "constant")
+
+
+class BatchAugment(Protocol):
+    """A batch augmentation of :mod:`fftprompt.augment`: ``augment(images, draw)`` transforms a training batch
+    ``(B, C, H, W)`` with draws keyed by ``draw``; ``evaluation(images)`` preprocesses validation/test batches."""
+
+    def __call__(self, images: Tensor, draw: tuple[int, ...]) -> Tensor: ...
+
+    def evaluation(self, images: Tensor) -> Tensor: ...
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -177,6 +191,7 @@ class _PromptTuningModule(L.LightningModule):
         scheduler: Literal["cosine", "constant"] = "cosine",
         min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
+        augment: BatchAugment | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -206,9 +221,11 @@ class _PromptTuningModule(L.LightningModule):
         self.scheduler_name = scheduler
         self.min_lr_ratio = min_lr_ratio
         self.label_smoothing = label_smoothing
+        self.augment = augment
+        self._augment_position = (-1, 0)  # (global step, batches drawn within it)
         # frozen weights are not checkpointed (see on_save_checkpoint), so loading must tolerate their absence
         self.strict_loading = False
-        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.save_hyperparameters(ignore=["model", "optimizer", "augment"])
         metrics = self._make_metrics(num_classes)
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
@@ -228,6 +245,25 @@ class _PromptTuningModule(L.LightningModule):
         return self(images)
 
     # -- steps ---------------------------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Applies ``augment`` to training images (``evaluation`` to the others) on the device; targets unchanged.
+
+        The random draws are keyed by ``(global step, batch within the step, process rank)``, so they repeat on
+        every run and after a resume, and differ between processes.
+        """
+        trainer = self._trainer
+        if self.augment is None or trainer is None:
+            return batch
+        images, target = batch
+        if trainer.training:
+            step, drawn = self._augment_position
+            drawn = drawn + 1 if step == trainer.global_step else 0
+            self._augment_position = (trainer.global_step, drawn)
+            images = self.augment(images, (trainer.global_step, drawn, trainer.global_rank))
+        else:
+            images = self.augment.evaluation(images)
+        return images, target
+
     def forward(self, images: Tensor) -> Tensor:
         """(B, C, H, W) -> logits (B, K) or (B, K, H, W)."""
         return self.model(images)
@@ -426,6 +462,8 @@ class ClassificationModule(_PromptTuningModule):
         scheduler: ``"cosine"`` decays to ``min_lr_ratio`` over the run after warm-up; ``"constant"`` holds.
         min_lr_ratio: final learning rate as a fraction of each group's.
         label_smoothing: cross-entropy label smoothing.
+        augment: batch augmentation applied on the device after the transfer (:mod:`fftprompt.augment`; the
+            ``augment`` config group), or None.
     """
 
     def __init__(self, model: PromptedViT, num_classes: int, **kwargs: Any) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["METHOD_LABELS", "TRAINED_METHODS", "Method", "method_of"]
+__all__ = ["COMPARISON_OVERRIDES", "METHOD_LABELS", "TRAINED_METHODS", "Method", "method_of"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,18 @@ def method_of(prompt_class: str, deep: bool, adapted: bool) -> str | None:
         if (method.prompt, method.adapter) == (prompt, adapter):
             return name
     return None
+
+
+# Hydra overrides of every run of a comparison (fftprompt-ablate, fftprompt-robustness): no logger, no checkpoints, no
+# validation loop (the final weights are tested, the same rule for every method), no progress bar or model summary,
+# no frequency-map figures, and a run directory that the command itself manages
+COMPARISON_OVERRIDES = (
+    "logger=none",
+    "callbacks=none",
+    "++trainer.enable_checkpointing=false",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "++trainer.limit_val_batches=0",
+    "report.frequency_panels=0",
+    "overwrite=true",
+)

@@ -288,6 +288,7 @@ def write_report(
     segmentation_samples: Mapping[str, Any] | None = None,
     figures: Mapping[str, str | Path] | None = None,
     explanations: Mapping[str, str | Path] | None = None,
+    sections: Mapping[str, str] | None = None,
 ) -> Path:
     """Writes ``metrics.json`` (atomically), the figures and ``report.md`` into ``output_dir``.
 
@@ -304,6 +305,7 @@ def write_report(
         figures: further figures ``{caption: PNG path}`` already written (e.g. frequency maps).
         explanations: the files an explanation wrote (``{"rollout": path, ..., "markdown": explain.md}``, as
             returned by :func:`fftprompt.explain.explain_model`); the known figures are linked, then the markdown.
+        sections: further markdown sections ``{heading: body}`` shown after the metrics (e.g. a robustness table).
 
     Returns:
         Path of ``report.md``.
@@ -346,6 +348,8 @@ def write_report(
         "IoU; `dice`: dataset-level Dice of the foreground classes (for binary masks, the foreground Dice).",
         "",
     ]
+    for heading, body in (sections or {}).items():
+        lines += [f"## {heading}", "", body.rstrip(), ""]
     for caption, path in made.items():
         relative = os.path.relpath(path, output_dir)
         lines += [f"## {caption}", "", f"![{caption}]({Path(relative).as_posix()})", ""]

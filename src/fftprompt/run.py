@@ -25,10 +25,12 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from fftprompt import rundir
+from fftprompt.augment import SEVERITIES, check_corruptions
 from fftprompt.backbone import Backbone
 from fftprompt.lit import AtomicCheckpointIO, ClassificationModule
 from fftprompt.model import PromptedViT, create_model
 from fftprompt.report import print_summary
+from fftprompt.robustness import evaluate_corruptions
 from fftprompt.run_report import ReportSettings, write_run_report
 from fftprompt.spectral import FrequencyFeatures
 from fftprompt.utils import to_plain
@@ -110,10 +112,11 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     The backbone is built first, so that a randomly initialised backbone depends only on the seed set before the
     call. The datamodule receives the backbone's normalisation (``mean``, ``std``) and an absolute ``root``
     (relative roots are taken from the directory the command was started in). The model gets the number of
-    classes the datamodule found.
+    classes the datamodule found; the batch augmentation (``augment``, None for ``augment=none``) gets the data's
+    normalisation and goes to the LightningModule, which applies it after the batch transfer.
 
     Returns:
-        ``{"backbone", "datamodule", "model", "module", "num_classes"}``.
+        ``{"backbone", "datamodule", "model", "module", "num_classes", "augment"}``.
     """
     backbone, features = build_backbone(cfg)
     datamodule = _build_datamodule(cfg, backbone)
@@ -134,13 +137,18 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         adapter=_instantiate_optional(cfg.get("adapter")),
         pooling=str(cfg.task.pooling),
     )
-    module = instantiate(cfg.task.module, model=model, num_classes=num_classes)
+    augment_node = cfg.get("augment")
+    augment = None
+    if augment_node:
+        augment = instantiate(augment_node, mean=list(datamodule.mean), std=list(datamodule.std))
+    module = instantiate(cfg.task.module, model=model, num_classes=num_classes, augment=augment)
     return {
         "backbone": backbone,
         "datamodule": datamodule,
         "model": model,
         "module": module,
         "num_classes": num_classes,
+        "augment": augment,
     }
 
 
@@ -225,11 +233,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Exactly one of ``cfg.adapter_path`` (a run directory, ``adapter.safetensors`` or ``adapter.json``) and
     ``cfg.ckpt_path`` (a Lightning ``.ckpt`` file) names the weights. ``cfg`` must describe the same model as the
     training run (pass the same overrides); when the run directory has its ``config.yaml``, the model-defining
-    entries are compared and a difference is an error.
+    entries are compared and a difference is an error. ``corruptions`` (a list of names) with ``severities`` also tests
+    under ImageNet-C-style corruptions (:mod:`fftprompt.robustness`): ``test/corruption/...`` metrics and a table in
+    the report.
 
     Returns:
         The test metrics (``test/...``) with parameter counts, ``test_seconds`` and ``weights`` (the source).
     """
+    corruptions = _corruption_settings(cfg)
     adapter_path, ckpt_path = cfg.get("adapter_path"), cfg.get("ckpt_path")
     if (adapter_path is None) == (ckpt_path is None):
         raise ValueError(
@@ -275,9 +286,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         test_seconds=round(time.perf_counter() - start, 3),
         weights=str(source),
     )
+    sections = {}
+    if corruptions is not None:
+        start = time.perf_counter()
+        robustness = evaluate_corruptions(
+            trainer, parts["module"], parts["datamodule"], *corruptions, clean_metrics=metrics, seed=int(cfg.seed)
+        )
+        metrics.update(robustness.metrics(), corruption_seconds=round(time.perf_counter() - start, 3))
+        sections["Robustness under corruptions"] = robustness.markdown()
     if trainer.is_global_zero:
         rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
-        report = _write_report(cfg, output_dir, metrics, parts, [], f"fftprompt evaluation of {source}", confusion)
+        title = f"fftprompt evaluation of {source}"
+        report = _write_report(cfg, output_dir, metrics, parts, [], title, confusion, sections)
         print_summary(metrics, report, title="test metrics")
     return metrics
 
@@ -348,6 +368,20 @@ def _test_confusion(module: L.LightningModule) -> torch.Tensor | None:
     return module.test_confusion.compute().cpu() if isinstance(module, ClassificationModule) else None
 
 
+def _corruption_settings(cfg: DictConfig) -> tuple[list[str], list[int]] | None:
+    """The checked ``(corruptions, severities)`` of an evaluation config, None without ``corruptions``."""
+    corruptions = cfg.get("corruptions")
+    if corruptions is None:
+        return None
+    severities = cfg.get("severities")
+    return check_corruptions(_as_list(corruptions), _as_list(SEVERITIES if severities is None else severities))
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A config value as a list: ``corruptions=jpeg`` (one name) as well as ``corruptions=[jpeg,contrast]``."""
+    return [value] if isinstance(value, (str, int, float)) else list(value)
+
+
 def _randomly_initialised(cfg: DictConfig) -> bool:
     return not cfg.backbone.get("pretrained", False) and cfg.backbone.get("checkpoint_path") is None
 
@@ -404,6 +438,7 @@ def _summary(cfg: DictConfig, parts: Mapping[str, Any]) -> dict[str, Any]:
         ),
         "prompt": f"{type(model.prompt).__name__}({model.prompt.num_tokens} tokens, deep={model.prompt.deep})",
         "adapter": "none" if not adapter else f"FourierFT(n={adapter.n_frequency}, scaling={adapter.scaling})",
+        "augment": repr(parts["augment"]) if parts.get("augment") is not None else "none",
         "head": type(model.head).__name__,
         "seed": int(cfg.seed),
     }
@@ -420,6 +455,7 @@ def _write_report(
     loggers: list[Logger],
     title: str,
     confusion: torch.Tensor | None,
+    sections: Mapping[str, str] | None = None,
 ) -> Path:
     report = cfg.get("report")
     settings = ReportSettings() if report is None else instantiate(report)
@@ -432,4 +468,5 @@ def _write_report(
         loggers=loggers,
         title=title,
         confusion=confusion,
+        sections=sections,
     )

@@ -54,6 +54,7 @@ def write_run_report(
     loggers: Sequence[Logger] = (),
     title: str,
     confusion: Tensor | None = None,
+    sections: Mapping[str, str] | None = None,
 ) -> Path:
     """Writes ``metrics.json``, the figures and ``report.md`` of a run whose objects are ``parts``.
 
@@ -66,6 +67,7 @@ def write_run_report(
         loggers: The run's loggers; a ``CSVLogger``'s history gives the learning curves.
         title: Heading of the report.
         confusion: Test confusion matrix of a classification run (already synchronised across processes).
+        sections: Further markdown sections ``{heading: body}`` for the report (e.g. the robustness table).
 
     Returns:
         Path of ``report.md``.
@@ -102,7 +104,7 @@ def write_run_report(
             dpi=60,
             title="Explanations of the first test images",
         )
-    return write_report(output_dir, metrics, title=title, summary=summary, figures=figures, **kwargs)
+    return write_report(output_dir, metrics, title=title, summary=summary, figures=figures, sections=sections, **kwargs)
 
 
 def _csv_histories(loggers: Sequence[Logger]) -> list[Path]:

@@ -158,6 +158,10 @@ def check_matches_run(select: Callable[[str], Any], run_dir: Path, purpose: str,
         mine, theirs = select(key), _select(saved, key)
         if mine != theirs:
             differences.append(f"{key}: {theirs!r} in the run, {mine!r} now")
+    # a preprocessing filter (augment.preprocess) changes what the model sees at test time: it is part of the model
+    mine, theirs = (_preprocessing(a) for a in (select("augment"), _select(saved, "augment")))
+    if mine != theirs:
+        differences.append(f"augment (preprocessing): {theirs!r} in the run, {mine!r} now")
     if differences:
         raise ValueError(
             f"{purpose} {run_dir}: the config does not describe the run's model ({saved_path}):\n  "
@@ -296,6 +300,13 @@ def _datamodule(config: dict[str, Any], run_dir: Path, backbone: Backbone, data_
         data["root"] = str(data_root or recorded or data["root"])  # training resolved the root to an absolute path
     data.update(mean=list(backbone.mean), std=list(backbone.std), num_workers=0)
     return cls(**data)
+
+
+def _preprocessing(augment: Any) -> dict[str, Any] | None:
+    """The settings of a preprocessing ``augment`` entry (without its seed), None for none or a training-only one."""
+    if not isinstance(augment, Mapping) or not augment.get("preprocess"):
+        return None
+    return {key: value for key, value in augment.items() if key != "seed"}
 
 
 def _select(config: Mapping[str, Any], key: str) -> Any:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from fftprompt.ablate.plan import Variant, plan_variants
 from fftprompt.ablate.tables import summarise
 from fftprompt.fourierft import FourierFTConfig
+from fftprompt.methods import COMPARISON_OVERRIDES
 from fftprompt.model import create_model
 from fftprompt.prompts import ModelDims
 from fftprompt.run import build_backbone, compose, train
@@ -32,16 +33,7 @@ from fftprompt.rundir import METRICS_FILE, finished_metrics
 __all__ = ["FULL_OVERRIDES", "QUICK_OVERRIDES", "RUN_OVERRIDES", "plan_ablation", "run_ablation", "run_workers"]
 
 # every run: no logger, no checkpoints, no validation loop, no progress bar or summary, no frequency-map figures
-RUN_OVERRIDES = (
-    "logger=none",
-    "callbacks=none",
-    "++trainer.enable_checkpointing=false",
-    "++trainer.enable_progress_bar=false",
-    "++trainer.enable_model_summary=false",
-    "++trainer.limit_val_batches=0",
-    "report.frequency_panels=0",
-    "overwrite=true",
-)
+RUN_OVERRIDES = COMPARISON_OVERRIDES
 # the full ablation: the demo config with fewer images; its 39 runs took 27 min with one 1-thread process on a shared
 # 2-core machine (docs/ablation.md)
 FULL_OVERRIDES = ("data.num_train=1000", "data.num_val=64")

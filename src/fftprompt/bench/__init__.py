@@ -16,6 +16,7 @@ _COMMANDS = {
     "fourierft": "Train step and memory: linear probe, LoRA, PEFT's FourierFT, ours.",
     "prompts": "Train step of frequency-conditioned prompts vs VPT prompts.",
     "methods": "Every method side by side: trainable params, train step, inference, peak memory.",
+    "augment": "What the frequency-domain augmentations (fda, amp_mix, band) add to a train step.",
 }
 
 

@@ -6,7 +6,9 @@ centre (``mirror_lr``: vertical axis, ``mirror_ud``: horizontal axis, ``mirror_d
 ``mirror_antidiag``: anti-diagonal, ``rot180``: point symmetry, ``rot90``: four-fold rotation) or left as it is
 (``none``). Everything else is a nuisance drawn independently of the class: texture family (smooth anisotropic noise,
 narrow-band gratings, blobs), texture scale and orientation, region size, shape and position (so the axis or centre
-moves), colour, contrast and additive pixel noise.
+moves), colour, contrast and additive pixel noise. Domain parameters (:mod:`fftprompt.data.domains`: texture
+families, colour palette, noise colour, blur) change how images are rendered; the data module can test on another
+domain than it trains on (``test_domain``).
 
 The symmetric texture is the orbit sum ``sum_g f(g x)`` of a stationary random field ``f`` over the symmetry group,
 divided pixel-wise by its exact standard deviation ``sqrt(sum_{g,h} rho(g x - h x))`` (``rho``: the field's known
@@ -17,7 +19,7 @@ symmetry tells the classes apart.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, get_args
@@ -29,6 +31,14 @@ from torchvision import tv_tensors
 
 from fftprompt.data.base import ImageDataModule, Split
 from fftprompt.data.datasets import Transform
+from fftprompt.data.domains import (
+    NoiseColour,
+    Palette,
+    apply_palette,
+    blur_images,
+    check_domain,
+    colour_noise,
+)
 from fftprompt.utils import Task, check_choice
 
 SymmetryClass = Literal["none", "mirror_lr", "mirror_ud", "mirror_diag", "mirror_antidiag", "rot180", "rot90"]
@@ -154,6 +164,9 @@ class SymmetryGenerator:
         region_size: range of the region side as a fraction of ``S``.
         contrast: range of the texture amplitude on the ``[0, 1]`` scale.
         seed: base seed.
+        palette: colour palette (:mod:`fftprompt.data.domains`; ``natural``: random colours).
+        noise_colour: spectrum of the pixel noise, ``white``, ``pink`` or ``brown`` (same standard deviation).
+        blur: Gaussian blur before the noise, standard deviation as a fraction of ``S`` (0: none).
     """
 
     def __init__(
@@ -165,7 +178,15 @@ class SymmetryGenerator:
         region_size: Sequence[float] = REGION_SIZE,
         contrast: Sequence[float] = (0.06, 0.16),
         seed: int = 0,
+        palette: Palette = "natural",
+        noise_colour: NoiseColour = "white",
+        blur: float = 0.0,
     ) -> None:
+        check_choice("palette", palette, Palette)
+        check_choice("noise_colour", noise_colour, NoiseColour)
+        if not 0.0 <= blur <= 0.5:
+            raise ValueError(f"blur={blur} must lie in [0, 0.5] (Gaussian standard deviation / image side)")
+        self.palette, self.noise_colour, self.blur = str(palette), str(noise_colour), float(blur)
         self.classes = tuple(str(c) for c in classes)
         self.textures = tuple(str(t) for t in textures)
         for name in self.classes:
@@ -232,7 +253,7 @@ class SymmetryGenerator:
         mean = rng.uniform(0.25, 0.75, 3)
         mixing = rng.normal(size=(3, 2))
         mixing /= np.linalg.norm(mixing, axis=0, keepdims=True)
-        return mean, mixing * rng.uniform(*self.contrast)
+        return apply_palette(mean, mixing * rng.uniform(*self.contrast), self.palette)
 
     def generate(self, split: Split, indices: Sequence[int] | np.ndarray) -> SymmetryBatch:
         """Images ``indices`` of ``split`` (each depends only on ``(seed, split, index)``, not on the batch)."""
@@ -280,7 +301,8 @@ class SymmetryGenerator:
             regions[b, top : top + side, left : left + side] = _disc(side) if disc else True
         background = colours[0, :, :, 0, None, None] + np.einsum("bcf,bfhw->bchw", colours[0, :, :, 1:], fields[:, :2])
         region = colours[1, :, :, 0, None, None] + np.einsum("bcf,bfhw->bchw", colours[1, :, :, 1:], canvas)
-        composed = np.where(regions[:, None], region, background) + noise
+        composed = blur_images(np.where(regions[:, None], region, background), self.blur)
+        composed = composed + colour_noise(noise, self.noise_colour)
         images = np.round(np.clip(composed, 0.0, 1.0) * 255.0).astype(np.uint8)
         return SymmetryBatch(images=images, labels=labels, regions=regions, boxes=boxes)
 
@@ -375,6 +397,12 @@ class SymmetryDataModule(ImageDataModule):
         noise_std: additive pixel noise (difficulty knob).
         region_size: range of the symmetric region's side as a fraction of the image side.
         cache: generate each split once in setup (fast epochs) instead of on every access.
+        palette: colour palette of the training domain (:mod:`fftprompt.data.domains`).
+        noise_colour: pixel-noise spectrum of the training domain (``white``, ``pink``, ``brown``).
+        blur: blur of the training domain (Gaussian standard deviation as a fraction of the image side).
+        test_domain: domain parameters (some of ``textures``, ``palette``, ``noise_colour``, ``noise_std``,
+            ``blur``) that the test split is rendered with instead of the training domain's (train and val stay in
+            the training domain), or None: an in-domain test split.
         **common: see :class:`~fftprompt.data.base.ImageDataModule` (``seed`` also seeds the generator).
     """
 
@@ -396,6 +424,10 @@ class SymmetryDataModule(ImageDataModule):
         noise_std: float = NOISE_STD,
         region_size: Sequence[float] = REGION_SIZE,
         cache: bool = True,
+        palette: Palette = "natural",
+        noise_colour: NoiseColour = "white",
+        blur: float = 0.0,
+        test_domain: Mapping[str, Any] | None = None,
         **common: Any,
     ) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, augment=augment, **common)
@@ -403,14 +435,13 @@ class SymmetryDataModule(ImageDataModule):
         check_choice("seg_labels", seg_labels, SegLabels)
         self.task = task
         self.seg_labels: SegLabels = seg_labels
-        self.generator = SymmetryGenerator(
-            image_size=self.image_size,
-            classes=classes,
-            textures=textures,
-            noise_std=noise_std,
-            region_size=region_size,
-            seed=self.seed,
-        )
+        domain = {"textures": textures, "palette": palette, "noise_colour": noise_colour, "noise_std": noise_std}
+        shared = {"image_size": self.image_size, "classes": classes, "region_size": region_size, "seed": self.seed}
+        self.generator = SymmetryGenerator(**shared, **domain, blur=blur)
+        self.test_domain = None if test_domain is None else check_domain(test_domain)
+        self.test_generator = self.generator
+        if self.test_domain is not None:
+            self.test_generator = SymmetryGenerator(**shared, **{**domain, "blur": blur, **self.test_domain})
         self.split_sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
         for split, count in self.split_sizes.items():
             if count < 1:
@@ -420,7 +451,13 @@ class SymmetryDataModule(ImageDataModule):
     def _build(self) -> tuple[dict[str, Dataset], list[str]]:
         datasets: dict[str, Dataset] = {
             split: SymmetryDataset(
-                self.generator, split, size, self.transform(split), self.task, self.seg_labels, self.cache
+                self.test_generator if split == "test" else self.generator,
+                split,
+                size,
+                self.transform(split),
+                self.task,
+                self.seg_labels,
+                self.cache,
             )
             for split, size in self.split_sizes.items()
         }
