@@ -345,8 +345,7 @@ def _check_hub_weights(name: str, pretrained_cfg: Mapping[str, Any]) -> None:
         except Exception as error:  # httpx, requests or OSError types, depending on the hub client's version
             detail = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
             reason = (
-                f"the hub ({endpoint}) did not answer within {HUB_PROBE_SECONDS:g} s "
-                f"({type(error).__name__}: {detail})"
+                f"the hub ({endpoint}) did not answer within {HUB_PROBE_SECONDS:g} s ({type(error).__name__}: {detail})"
             )
     raise ValueError(
         f"backbone {name!r}: its pretrained weights ({repo_id}) are not in the local Hugging Face cache and cannot "

@@ -198,15 +198,7 @@ def record_launch(run_dir: Path, launch: Mapping[str, Any]) -> Path:
 def read_launches(run_dir: Path) -> list[dict[str, Any]]:
     """The entries of ``run_dir/launches.yaml`` (oldest first; empty when there is none)."""
     path = Path(run_dir) / LAUNCHES
-    if not path.is_file():
-        return []
-    try:
-        launches = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {error}") from error
-    if not isinstance(launches, list):
-        raise ValueError(f"{path} does not hold a list; expected the launches written by fftprompt")
-    return launches
+    return _read_yaml(path, list, "the launches written by fftprompt") if path.is_file() else []
 
 
 def resume_checkpoint(run_dir: Path, value: str | Path | None, *, base: Path | None = None) -> Path | None:
@@ -280,7 +272,8 @@ def check_resume(config: Mapping[str, Any], run_dir: Path, *, checkpoint: Path |
     """Refuses to resume the run in ``run_dir`` with a ``config`` (plain values) that trains differently.
 
     Every entry is compared with ``run_dir/config.yaml`` except :data:`RESUME_MAY_CHANGE` (but those under
-    :data:`RESUME_COMPARED`); :data:`RESUME_MAY_GROW` may only grow. Without a ``config.yaml`` (a checkpoint from elsewhere) nothing can be compared: a warning says so.
+    :data:`RESUME_COMPARED`); :data:`RESUME_MAY_GROW` may only grow. Without a ``config.yaml`` (a checkpoint from
+    elsewhere) nothing can be compared: a warning says so.
 
     Raises:
         ValueError: listing every entry that differs, with the run's and the new value, and how to proceed.
@@ -380,14 +373,17 @@ def check_frozen_weights(model: PromptedViT, run_dir: Path) -> None:
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``config.yaml`` as plain values."""
-    path = Path(run_dir) / RUN_CONFIG
+    return _read_yaml(Path(run_dir) / RUN_CONFIG, dict, "the config written by fftprompt-train")
+
+
+def _read_yaml(path: Path, kind: type, expected: str) -> Any:
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ValueError(f"{path} is not valid YAML: {error}") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} does not hold a mapping; expected the config written by fftprompt-train")
-    return config
+    if not isinstance(value, kind):
+        raise ValueError(f"{path} does not hold a {'mapping' if kind is dict else kind.__name__}; expected {expected}")
+    return value
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
