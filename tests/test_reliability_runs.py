@@ -57,11 +57,13 @@ def write_classes(root: Path, names: list[str], per_class: int = 8) -> Path:
 
 
 def run_cli(*argument_lists: list[str], cwd: Path, timeout: int = 400) -> list[subprocess.CompletedProcess]:
-    """``python -m fftprompt.cli`` (fftprompt-train) once per argument list, all at once (start-up dominates)."""
+    """``fftprompt-train`` (``fftprompt-eval`` when the list starts with ``"eval"``) once per argument list, all at
+    once (start-up dominates)."""
     environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"OMP_NUM_THREADS": "1"}
+    entry_points = {"eval": ["-c", "from fftprompt.cli import eval_main; eval_main()"]}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "fftprompt.cli", *args],
+            [sys.executable, *entry_points.get(args[0], ["-m", "fftprompt.cli", args[0]]), *args[1:]],
             cwd=cwd,
             env=environment,
             stdout=subprocess.PIPE,
@@ -334,11 +336,20 @@ def test_the_run_directory_records_its_launches_and_a_refused_command_changes_no
     assert launch["command"] == "fftprompt-train " + shlex.join(overrides) and launch["cwd"] == str(tmp_path)
 
     before = snapshot(run)
-    refused, failed_resume = run_cli(overrides, [*overrides, "ckpt_path=last", "data.batch_size=4"], cwd=tmp_path)
+    evaluation = ["eval", *QUIET, f"adapter_path={run}", f"paths.output_dir={tmp_path / 'eval'}"]
+    refused, failed_resume, evaluated = run_cli(
+        overrides, [*overrides, "ckpt_path=last", "data.batch_size=4"], evaluation, cwd=tmp_path
+    )
     assert refused.returncode == 2 and error_lines(refused)[0].startswith(f"error: {run} already holds a finished run")
     assert failed_resume.returncode == 2, failed_resume.stderr[-3000:]
     assert "data.batch_size: 8 in the run, 4 now" in failed_resume.stderr
     assert snapshot(run) == before and not (tmp_path / "runs").exists()
+    # fftprompt-eval with no training override: the run's own model and data, recorded in its own directory
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    trained, tested = (json.loads((d / "metrics.json").read_text()) for d in (run, tmp_path / "eval"))
+    assert tested["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
+    (launch,) = yaml.safe_load((tmp_path / "eval" / "launches.yaml").read_text())
+    assert launch["command"] == "fftprompt-eval " + shlex.join(evaluation[1:]) and launch["weights"] == str(run)
 
 
 # ---------------------------------------------------------------------------------------------------- sweeps
