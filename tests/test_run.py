@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 import fftprompt
@@ -106,8 +107,11 @@ def test_refuses_to_overwrite_an_earlier_run(tmp_path):
     (finished / "metrics.json").write_text("{}")
     with pytest.raises(ValueError, match="already holds a finished run"):
         train(config(finished))
+    (tmp_path / "weights").mkdir()
     with pytest.raises(ValueError, match="already holds a finished run"):
-        evaluate(config(finished, f"adapter_path={finished}", name="eval"))
+        evaluate(config(finished, f"adapter_path={tmp_path / 'weights'}", name="eval"))
+    with pytest.raises(ValueError, match="is the evaluated run's own directory"):
+        evaluate(config(finished, f"adapter_path={finished}", "overwrite=true", name="eval"))
     unfinished = tmp_path / "unfinished"
     (unfinished / "checkpoints").mkdir(parents=True)
     (unfinished / "checkpoints" / "last.ckpt").write_bytes(b"")
@@ -164,4 +168,5 @@ def test_console_entry_point_runs_from_any_directory(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics_file,) = (tmp_path / "runs").glob("*/*/metrics.json")
     assert set(json.loads(metrics_file.read_text())) >= CLASSIFICATION_KEYS
-    assert (metrics_file.parent / ".hydra" / "overrides.yaml").is_file()
+    (launch,) = yaml.safe_load((metrics_file.parent / "launches.yaml").read_text())  # the run records its launch
+    assert launch["overrides"] == overrides and launch["cwd"] == str(tmp_path)

@@ -8,7 +8,7 @@ written under ``./runs/`` of the directory they are started in. Examples::
     fftprompt-train data=dtd data.root=/data/dtd backbone=vit_base backbone.pretrained=true
     fftprompt-train experiment=kvasir_seg data.root=/data/kvasir trainer=gpu
     fftprompt-train paths.output_dir=runs/demo ckpt_path=last      # resume an interrupted run
-    fftprompt-eval adapter_path=runs/demo                   # same overrides as the training run
+    fftprompt-eval adapter_path=runs/demo                   # the run's model and data (its config.yaml)
     fftprompt-train --cfg job                               # print the composed config
     fftprompt-explain run_dir=runs/demo images=test:8       # figures + explain.md in runs/demo/explain
     fftprompt-predict run_dir=runs/demo images=photos/      # predictions.csv (or masks) in runs/demo/predict
@@ -18,7 +18,12 @@ written under ``./runs/`` of the directory they are started in. Examples::
 Errors caused by the input (a bad data root or layout, a bad config value, a run directory that would be
 overwritten, a checkpoint that cannot be loaded safely) are printed as one ``error: <message>`` line on stderr with
 exit status 2, a diverged run (NaN/Inf loss) with exit status 1; ``HYDRA_FULL_ERROR=1`` shows the full traceback
-instead. A run stopped by SIGTERM (after Lightning finishes the current batch) exits with status 143, not 0.
+instead. A run stopped by SIGTERM (after Lightning finishes the current batch) exits with status 143, not 0. In a
+sweep (``-m``) a failing job is reported and the next one runs; at the end the failures are listed and the exit
+status is 2 (1 if a job diverged or failed unexpectedly).
+
+``paths.output_dir=DIR`` also sets ``hydra.run.dir=DIR`` (unless given), so that Hydra's run directory, where the
+log ``cli.log`` goes, is the run directory instead of a time-stamped folder beside it.
 """
 
 from __future__ import annotations
@@ -26,11 +31,16 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["eval_main", "explain_main", "export_main", "predict_main", "train_main"]
@@ -39,29 +49,48 @@ __all__ = ["eval_main", "explain_main", "export_main", "predict_main", "train_ma
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
 
 
+@dataclass
+class _Sweep:
+    """The jobs of a Hydra multirun in this process (the basic launcher runs them one after another)."""
+
+    jobs: int = 0
+    failures: list[tuple[str, str, int]] = field(default_factory=list)  # (job and its swept values, message, status)
+
+
+_SWEEP = _Sweep()
+
+
 def train_main() -> None:
     """``fftprompt-train``; a search (``hparams_search=...``) without its optional sweeper stops with an error line."""
     from fftprompt.run import check_sweeper
 
     _reporting_errors(check_sweeper, sys.argv[1:])
-    _train_app()
+    _main(_train)
+
+
+def eval_main() -> None:
+    """``fftprompt-eval``: tests a finished run's weights (``adapter_path=`` or ``ckpt_path=``)."""
+    from fftprompt.run import eval_overrides
+
+    sys.argv = [sys.argv[0], *eval_overrides(sys.argv[1:])]
+    _main(_eval)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def _train_app(cfg: DictConfig) -> float | None:
-    """Trains; returns what a Hydra sweeper optimises (:func:`fftprompt.run.optimized_metric`)."""
+def _train(cfg: DictConfig) -> float | None:
+    """The training job: returns what a Hydra sweeper optimises (:func:`fftprompt.run.optimized_metric`; None when
+    the job failed)."""
     from fftprompt.run import optimized_metric, train
 
-    metrics, _ = _reporting_errors(train, cfg)
-    return _reporting_errors(lambda c: optimized_metric(c, metrics), cfg)
+    result = _reporting_errors(train, cfg)
+    return None if result is None else _reporting_errors(lambda c: optimized_metric(c, result[0]), cfg)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
-def eval_main(cfg: DictConfig) -> None:
-    """``fftprompt-eval``: tests a finished run's weights (``adapter_path=`` or ``ckpt_path=``)."""
-    from fftprompt.run import evaluate
+def _eval(cfg: DictConfig) -> None:
+    from fftprompt.run import eval_config, evaluate
 
-    _reporting_errors(evaluate, cfg)
+    _reporting_errors(lambda c: evaluate(eval_config(c, list(HydraConfig.get().overrides.task))), cfg)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="explain")
@@ -93,22 +122,82 @@ def export_main(cfg: DictConfig) -> None:
     print("exported: " + ", ".join(str(path) for path in written.values()))
 
 
-def _reporting_errors(function: Callable[[Any], Any], cfg: Any) -> Any:
-    """Calls ``function(cfg)``; input errors become ``error: <message>`` on stderr and exit status 2 (1: diverged)."""
+def _main(app: Callable[[], Any]) -> None:
+    """Runs a ``@hydra.main`` app with the run directory following ``paths.output_dir``; after a sweep whose jobs
+    failed, lists the failures and exits with status 2 (1 if one diverged or failed unexpectedly)."""
+    sys.argv = _run_dir_follows_output_dir(sys.argv)
+    app()
+    if _SWEEP.failures:
+        print(
+            f"error: {len(_SWEEP.failures)} of {_SWEEP.jobs} jobs of the sweep failed (the others finished):",
+            file=sys.stderr,
+        )
+        for job, message, _ in _SWEEP.failures:
+            print(f"  {job}: {message.splitlines()[0] if message else ''}", file=sys.stderr, flush=True)
+        sys.exit(2 if all(status == 2 for *_, status in _SWEEP.failures) else 1)
+
+
+def _run_dir_follows_output_dir(argv: list[str]) -> list[str]:
+    """``argv`` plus ``hydra.run.dir=DIR`` when a single run (not ``-m``) is given ``paths.output_dir=DIR`` and no
+    ``hydra.run.dir``: Hydra's run directory (its log, ``cli.log``) is then the run directory."""
+    if "-m" in argv or "--multirun" in argv:
+        return argv
+    output_dir = None
+    for argument in argv[1:]:
+        key, separator, value = argument.lstrip("+").partition("=")
+        if separator and key == "hydra.run.dir":
+            return argv
+        if separator and key == "paths.output_dir":
+            output_dir = value
+    return argv if output_dir is None else [*argv, f"hydra.run.dir={output_dir}"]
+
+
+def _reporting_errors(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Calls ``function(cfg)``; input errors become ``error: <message>`` on stderr and exit status 2 (1: diverged).
+
+    In a sweep a failing job does not stop the others: its error is printed and recorded (:func:`_main` lists the
+    failures at the end) and None is returned.
+    """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from fftprompt.lit import NonFiniteLossError
 
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    job = _job_label() if sweep else ""
+    if sweep:
+        _SWEEP.jobs += 1
     try:
         return function(cfg)
     except SIGTERMException:  # a SystemExit without a code: the shell would see status 0
-        print("error: stopped by SIGTERM; resume with ckpt_path=last", file=sys.stderr, flush=True)
+        stopped = f" at {job}; the later jobs of the sweep did not run" if sweep else ""
+        print(f"error: stopped by SIGTERM{stopped}; resume with ckpt_path=last", file=sys.stderr, flush=True)
         sys.exit(128 + 15)
-    except (*_INPUT_ERRORS, InstantiationException, NonFiniteLossError) as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as error:
+        expected = isinstance(error, (*_INPUT_ERRORS, InstantiationException, NonFiniteLossError))
+        full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+        if not sweep and (full_error or not expected):
             raise
-        print(f"error: {_user_message(error)}", file=sys.stderr, flush=True)
-        sys.exit(1 if isinstance(error, NonFiniteLossError) else 2)
+        status = 2 if expected and not isinstance(error, NonFiniteLossError) else 1
+        message = _user_message(error) if expected else f"{type(error).__name__}: {error}"
+        if not sweep:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(status)
+        if full_error or not expected:
+            traceback.print_exc()
+        print(f"error: {job}: {message}", file=sys.stderr, flush=True)
+        _SWEEP.failures.append((job, message, status))
+        return None
+
+
+def _job_label() -> str:
+    """``job <number> (<the job's values of the swept keys>)`` for the current job of a sweep."""
+    hydra_config = HydraConfig.get()
+    parser = OverridesParser.create()
+    arguments = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]  # Hydra has parsed them already
+    swept = {o.key_or_group for o in parser.parse_overrides(arguments) if o.is_sweep_override()}
+    overrides = [str(o) for o in hydra_config.overrides.task]
+    values = [o for o, p in zip(overrides, parser.parse_overrides(overrides), strict=True) if p.key_or_group in swept]
+    return f"job {hydra_config.job.num} ({' '.join(values) or 'no swept values'})"
 
 
 def _user_message(error: BaseException) -> str:

@@ -64,6 +64,7 @@ warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_
 
 PARAM_GROUPS = ("prompt", "adapter", "head")
 FINGERPRINT_KEY = "fftprompt_frozen_fingerprint"  # checkpoint entry: frozen_fingerprint of the backbone
+CLASS_NAMES_KEY = "fftprompt_class_names"  # checkpoint entry: the model's class names, when known
 _SCHEDULES = ("cosine", "constant")
 
 
@@ -209,6 +210,16 @@ class _PromptTuningModule(L.LightningModule):
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+        rates = {"lr": lr, "prompt_lr": prompt_lr, "adapter_lr": adapter_lr, "head_lr": head_lr}
+        rates |= {"weight_decay": weight_decay, "adapter_weight_decay": adapter_weight_decay}
+        if isinstance(optimizer, partial):  # Hydra's _partial_ optimiser: its own lr and weight_decay
+            rates |= {f"optimizer.{k}": optimizer.keywords.get(k) for k in ("lr", "weight_decay")}
+        for name, value in rates.items():
+            # torch checks only the optimiser's own lr, without naming the key; a negative group rate would train
+            # by gradient ascent
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not (number and math.isfinite(value) and value >= 0):
+                raise ValueError(f"task.module.{name}={value!r}: expected a finite number >= 0")
         self.model = model
         self.num_classes = num_classes
         self.optimizer_factory = optimizer if optimizer is not None else partial(torch.optim.AdamW)
@@ -316,8 +327,8 @@ class _PromptTuningModule(L.LightningModule):
         raise NonFiniteLossError(
             f"non-finite training loss ({float(loss.detach().float().max())}) at epoch {self.current_epoch}, global "
             f"step {self.global_step} (batch {batch_idx}); training stopped before the optimiser step, so the weights "
-            f"and checkpoints hold no NaN/Inf: {kept}. Lower the learning rates (task.module.lr, prompt_lr, "
-            "adapter_lr, head_lr) or keep gradient clipping on, then resume with ckpt_path=last"
+            f"and checkpoints hold no NaN/Inf: {kept}. Lower the learning rates (task.module.optimizer.lr, "
+            "prompt_lr, adapter_lr, head_lr) or keep gradient clipping on, then resume with ckpt_path=last"
         )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -407,6 +418,8 @@ class _PromptTuningModule(L.LightningModule):
                 "checkpoint is kept. Lower the learning rates, then resume with ckpt_path=last"
             )
         checkpoint[FINGERPRINT_KEY] = frozen_fingerprint(self.model)
+        if self.model.class_names is not None:
+            checkpoint[CLASS_NAMES_KEY] = list(self.model.class_names)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         expected = set(self.state_dict()) - self._frozen_keys()

@@ -27,7 +27,7 @@ from fftprompt.prompts import FrequencyPrompt, ModelDims, NoPrompt, PromptSource
 from fftprompt.spectral import FrequencyFeatures, FrequencyMaps
 from fftprompt.utils import Task, atomic_write, check_choice
 
-__all__ = ["PromptedViT", "create_model", "frozen_fingerprint", "load_model"]
+__all__ = ["PromptedViT", "create_model", "frozen_fingerprint", "load_model", "read_description"]
 
 Pooling = Literal["cls", "mean"]
 
@@ -59,6 +59,10 @@ class PromptedViT(nn.Module):
         pooling: ``"cls"`` (class token; timm's average of class and distillation token for distilled DeiT) or
             ``"mean"`` (mean of the patch tokens). timm's ``fc_norm`` follows, as in ``forward_head``.
         task: ``"classification"`` or ``"segmentation"``.
+
+    Attributes:
+        class_names: Names of the head's classes in label order, when known (runs set them from the data); recorded
+            in ``adapter.json`` and in Lightning checkpoints so that evaluation can check the data's classes.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class PromptedViT(nn.Module):
         self.pooling: Pooling = pooling
         self.task: Task = task
         self.adapter_config = adapter
+        self.class_names: list[str] | None = None
         self.adapted_modules: list[str] = []
         if adapter is not None:
             if any("fourierft" in name for name, _ in backbone.model.named_parameters()):
@@ -247,6 +252,7 @@ class PromptedViT(nn.Module):
             "adapter": None
             if self.adapter_config is None
             else {"class": "FourierFTConfig", **self.adapter_config.to_dict()},
+            "class_names": None if self.class_names is None else list(self.class_names),
         }
 
     def save_trainable(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
@@ -436,16 +442,18 @@ def load_model(path: str | os.PathLike[str], backbone: Backbone | None = None) -
             f"or head ({head_class.__name__}) settings do not fit their class: {error}"
         ) from error
     model.load_trainable(path)
+    names = description.get("class_names")  # absent from adapters written before class names were recorded
+    model.class_names = None if names is None else [str(name) for name in names]
     return model
 
 
-def _read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Tensor], Path]:
+def read_description(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``adapter.json`` written by :meth:`PromptedViT.save_trainable` (``path``: its directory or either file),
+    checked for format and version; the tensors are not read."""
     path = Path(path)
-    directory = path.parent if path.name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) else path
-    weights_path, config_path = directory / ADAPTER_WEIGHTS, directory / ADAPTER_CONFIG
-    for required in (weights_path, config_path):
-        if not required.is_file():
-            raise ValueError(f"{required} not found; expected the output of PromptedViT.save_trainable")
+    config_path = (path.parent if path.name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) else path) / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise ValueError(f"{config_path} not found; expected the output of PromptedViT.save_trainable")
     try:
         description = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -456,6 +464,17 @@ def _read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
         raise ValueError(
             f"{config_path}: format_version {description.get('format_version')!r}; expected {_FORMAT_VERSION}"
         )
+    return description
+
+
+def _read_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Tensor], Path]:
+    path = Path(path)
+    directory = path.parent if path.name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) else path
+    weights_path, config_path = directory / ADAPTER_WEIGHTS, directory / ADAPTER_CONFIG
+    for required in (weights_path, config_path):
+        if not required.is_file():
+            raise ValueError(f"{required} not found; expected the output of PromptedViT.save_trainable")
+    description = read_description(directory)
     try:
         tensors = load_file(str(weights_path))
     except Exception as error:  # SafetensorError for bad headers/truncation, OSError, ... depending on the damage

@@ -7,10 +7,17 @@ every check on it, belongs to :mod:`fftprompt.rundir`; the report is assembled b
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import os
+import re
+import shlex
+import socket
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +25,14 @@ import lightning.pytorch as L
 import torch
 from hydra import compose as compose_config
 from hydra import initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate, to_absolute_path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fftprompt import rundir
 from fftprompt.augment import SEVERITIES, check_corruptions
@@ -35,7 +45,18 @@ from fftprompt.run_report import ReportSettings, write_run_report
 from fftprompt.spectral import FrequencyFeatures
 from fftprompt.utils import to_plain
 
-__all__ = ["build", "build_backbone", "check_sweeper", "compose", "evaluate", "optimized_metric", "train"]
+__all__ = [
+    "RUN_ENTRIES",
+    "build",
+    "build_backbone",
+    "check_sweeper",
+    "compose",
+    "eval_config",
+    "eval_overrides",
+    "evaluate",
+    "optimized_metric",
+    "train",
+]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # packages that optional loggers need, and the fftprompt extra that installs them
@@ -45,16 +66,75 @@ _LOGGER_PACKAGES = {
     "lightning.pytorch.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
 }
 _OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper"
+# what fftprompt-eval takes from the evaluated run's config.yaml: the model, the data it was tested on, the seed
+RUN_ENTRIES = ("backbone", "features", "prompt", "adapter", "augment", "task", "data", "seed")
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
-    """The packaged config ``config_name`` composed with Hydra ``overrides`` (as ``fftprompt-train`` would).
+    """The packaged config ``config_name`` composed with Hydra ``overrides``, as ``fftprompt-train`` (or
+    ``fftprompt-eval`` for ``"eval"``, through :func:`eval_config`) composes it.
 
     Outside a Hydra app ``paths.output_dir`` has no default: pass it as an override.
     """
     check_sweeper(overrides)
+    evaluation = config_name == "eval"
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose_config(config_name, overrides=list(overrides))
+        cfg = compose_config(config_name, overrides=eval_overrides(overrides) if evaluation else list(overrides))
+    return eval_config(cfg, overrides) if evaluation else cfg
+
+
+def eval_overrides(overrides: Sequence[str]) -> list[str]:
+    """``fftprompt-eval``'s overrides as Hydra composes them: a key below one of :data:`RUN_ENTRIES`
+    (``data.root=...``) is force-added (``++``), since it belongs to the run's config (a folder dataset's root),
+    which the packaged defaults need not have; :func:`eval_config` then applies it to the run's entry. Unchanged
+    with ``use_run_config=false``."""
+    if any(o.partition("=")[0] == "use_run_config" and o.partition("=")[2].lower() == "false" for o in overrides):
+        return list(overrides)
+    below = re.compile(rf"^(?:{'|'.join(RUN_ENTRIES)})\.[^=]+=")
+    return [f"++{o}" if below.match(o) else o for o in overrides]
+
+
+def eval_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """The evaluation config: the evaluated run's own :data:`RUN_ENTRIES` (its ``config.yaml``) with the ``overrides``
+    that ``cfg`` was composed with on top; the rest (trainer, callbacks, output) stays ``cfg``'s.
+
+    ``cfg`` is returned unchanged with ``use_run_config=false``, without a run ``config.yaml`` beside the weights
+    (a bare adapter: the overrides must describe the model) and when the overrides select an ``experiment``. An
+    override of a whole entry (``data=dtd``, ``seed=3``) takes that entry from ``cfg``; one below it
+    (``data.root=...``) changes only that key. A data root the run resolved is taken as it resolved it.
+    """
+    source = cfg.get("adapter_path") or cfg.get("ckpt_path")
+    if not cfg.get("use_run_config", False) or source is None:
+        return cfg
+    run_dir = rundir.run_dir_of(Path(to_absolute_path(str(source))))
+    if not (run_dir / rundir.RUN_CONFIG).is_file():
+        return cfg
+    saved = rundir.read_config(run_dir)
+    parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_hydra_override()]
+    keys = [str(override.key_or_group) for override in parsed]
+    if "experiment" in keys:
+        return cfg
+    result = copy.deepcopy(cfg)
+    with open_dict(result):
+        for entry in RUN_ENTRIES:
+            if entry in keys or entry not in saved:
+                continue
+            result[entry] = copy.deepcopy(saved[entry])
+            if entry == "data" and isinstance(saved["data"], Mapping) and "root" in saved["data"]:
+                result.data.root = rundir.data_root(run_dir, saved)
+            for override, key in zip(parsed, keys, strict=True):
+                if not key.startswith(f"{entry}."):
+                    continue
+                if override.is_delete():
+                    parent, _, name = key.rpartition(".")
+                    node = OmegaConf.select(result, parent)
+                    if isinstance(node, DictConfig) and name in node:
+                        del node[name]
+                else:
+                    value = OmegaConf.select(cfg, key)
+                    value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+                    OmegaConf.update(result, key, value, merge=False, force_add=True)
+    return result
 
 
 def check_sweeper(overrides: Sequence[str]) -> None:
@@ -137,6 +217,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         adapter=_instantiate_optional(cfg.get("adapter")),
         pooling=str(cfg.task.pooling),
     )
+    model.class_names = list(datamodule.class_names)  # recorded in adapter.json and checkpoints
     augment_node = cfg.get("augment")
     augment = None
     if augment_node:
@@ -155,9 +236,11 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fits prompts/adapter/head, tests the best (else last, else final) weights and writes the run directory.
 
-    Config keys read besides the component groups: ``seed``, ``paths.output_dir``, ``overwrite`` (allow writing
-    into a directory that holds a finished or unfinished run), ``ckpt_path`` (``last`` resumes from
-    ``<output_dir>/checkpoints/last.ckpt``; a path resumes from that file), ``report.num_samples``.
+    Config keys read besides the component groups: ``seed``, ``paths.output_dir``, ``overwrite`` (move an earlier
+    run in the output directory aside, :func:`fftprompt.rundir.move_run_aside`, and start afresh), ``ckpt_path``
+    (``last`` resumes from ``<output_dir>/checkpoints/last.ckpt``; a path resumes from that file), ``report``.
+    Once the checks have passed, the resolved config goes to ``config.yaml`` and the launch (the command's
+    overrides, time, place) is appended to ``launches.yaml``.
 
     Returns:
         ``(metrics, objects)``: the metrics written to ``metrics.json`` (without the config summary) and the
@@ -165,14 +248,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     Raises:
         ValueError: if the output directory holds an earlier run and neither ``overwrite`` nor resuming was asked,
-            or ``ckpt_path=last`` has no checkpoint, or the config does not fit the data/run being resumed.
+            or ``ckpt_path=last`` has no checkpoint, or the config does not fit the data/run being resumed (every
+            entry but :data:`fftprompt.rundir.RESUME_MAY_CHANGE` must equal the run's ``config.yaml``).
     """
     output_dir = _output_dir(cfg)
+    overwrite = bool(cfg.get("overwrite", False))
     resume = rundir.resume_checkpoint(output_dir, cfg.get("ckpt_path"), base=Path(to_absolute_path(".")))
-    if resume is None:
-        rundir.refuse_existing_run(output_dir, overwrite=bool(cfg.get("overwrite", False)))
-    else:
-        _check_matches_run(cfg, output_dir, purpose="resuming")
+    if resume is not None:
+        rundir.check_resume(OmegaConf.to_container(cfg, resolve=True), rundir.run_dir_of(resume), checkpoint=resume)
+    # a new run, or one continued from another directory's checkpoint: the output directory must not hold a run
+    fresh = resume is None or rundir.run_dir_of(resume).resolve() != output_dir.resolve()
+    if fresh:
+        rundir.refuse_existing_run(output_dir, overwrite=overwrite)
+    replaced = _move_aside(output_dir) if fresh and overwrite else None
     L.seed_everything(int(cfg.seed), workers=True)
     parts = build(cfg)
     model: PromptedViT = parts["model"]
@@ -184,6 +272,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     output_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
+        rundir.record_launch(output_dir, _launch("fftprompt-train", resumed_from=resume, replaced=replaced))
 
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -231,11 +320,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuilds the model from ``cfg``, loads a finished run's weights, tests it and writes ``metrics.json``/report.
 
     Exactly one of ``cfg.adapter_path`` (a run directory, ``adapter.safetensors`` or ``adapter.json``) and
-    ``cfg.ckpt_path`` (a Lightning ``.ckpt`` file) names the weights. ``cfg`` must describe the same model as the
-    training run (pass the same overrides); when the run directory has its ``config.yaml``, the model-defining
-    entries are compared and a difference is an error. ``corruptions`` (a list of names) with ``severities`` also tests
-    under ImageNet-C-style corruptions (:mod:`fftprompt.robustness`): ``test/corruption/...`` metrics and a table in
-    the report.
+    ``cfg.ckpt_path`` (a Lightning ``.ckpt`` file) names the weights. ``cfg`` must describe the training run's model:
+    :func:`compose` and ``fftprompt-eval`` start from the run's ``config.yaml`` (:func:`eval_config`); the
+    model-defining entries are compared with it and a difference is an error. The data's class names (and count)
+    must be those the weights were trained on (recorded in ``adapter.json`` and the checkpoints). ``corruptions`` (a
+    list of names) with ``severities`` also tests under ImageNet-C-style corruptions (:mod:`fftprompt.robustness`):
+    ``test/corruption/...`` metrics and a table in the report.
 
     Returns:
         The test metrics (``test/...``) with parameter counts, ``test_seconds`` and ``weights`` (the source).
@@ -256,15 +346,24 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"ckpt_path={str(source)!r} is not a file; expected a Lightning .ckpt file")
     if ckpt_path is not None:
         rundir.check_checkpoint(source, f"ckpt_path={ckpt_path!s}")
-    run_dir = source if source.is_dir() else source.parent
-    if run_dir.name == rundir.CHECKPOINT_DIR:
-        run_dir = run_dir.parent
+    run_dir = rundir.run_dir_of(source)
     output_dir = _output_dir(cfg)
-    rundir.refuse_existing_run(output_dir, overwrite=bool(cfg.get("overwrite", False)))
+    if output_dir.resolve() == run_dir.resolve():
+        raise ValueError(
+            f"paths.output_dir={str(output_dir)!r} is the evaluated run's own directory; choose another (the default "
+            "is runs/eval/<date>/<time>)"
+        )
+    overwrite = bool(cfg.get("overwrite", False))
+    rundir.refuse_existing_run(output_dir, overwrite=overwrite)
     _check_matches_run(cfg, run_dir, purpose="evaluating")
 
+    replaced = _move_aside(output_dir) if overwrite else None
     L.seed_everything(int(cfg.seed), workers=True)
     parts = build(cfg)
+    datamodule = parts["datamodule"]
+    root = getattr(datamodule, "root", None)
+    data = type(datamodule).__name__ + ("" if root is None else f", {root}")
+    rundir.check_classes(source, datamodule.class_names, data)
     model: PromptedViT = parts["model"]
     if adapter_path is not None:
         model.load_trainable(source)
@@ -273,7 +372,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     results = trainer.test(
         parts["module"],
-        datamodule=parts["datamodule"],
+        datamodule=datamodule,
         ckpt_path=str(source) if ckpt_path else None,
         verbose=False,
         weights_only=True,
@@ -296,6 +395,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         sections["Robustness under corruptions"] = robustness.markdown()
     if trainer.is_global_zero:
         rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
+        rundir.record_launch(output_dir, _launch("fftprompt-eval", weights=source, replaced=replaced))
         title = f"fftprompt evaluation of {source}"
         report = _write_report(cfg, output_dir, metrics, parts, [], title, confusion, sections)
         print_summary(metrics, report, title="test metrics")
@@ -353,6 +453,32 @@ def _output_dir(cfg: DictConfig) -> Path:
     if value is None:
         raise ValueError("paths.output_dir is null; expected the run directory")
     return Path(to_absolute_path(str(value)))
+
+
+def _move_aside(output_dir: Path) -> Path | None:
+    """``overwrite=true``: moves an earlier run in ``output_dir`` aside (global rank 0 only: under DDP the other
+    processes start after it, or at once with torchrun/srun, and must not move its new run)."""
+    if rank_zero_only.rank != 0:
+        return None
+    replaced = rundir.move_run_aside(output_dir)
+    if replaced is not None:
+        print(f"overwrite=true: moved the earlier run {output_dir} aside to {replaced}", flush=True)
+    return replaced
+
+
+def _launch(command: str, **paths: Path | None) -> dict[str, Any]:
+    """The entry :func:`fftprompt.rundir.record_launch` appends: when, where and how (the Hydra overrides inside a
+    command; None for a config composed in Python, whose ``config.yaml`` is the whole record)."""
+    overrides = [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else None
+    return {
+        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": None if overrides is None else " ".join([command, shlex.join(overrides)]).strip(),
+        "overrides": overrides,
+        "cwd": os.getcwd(),
+        "host": socket.gethostname(),
+        "fftprompt_version": version("fftprompt"),
+        **{key: None if value is None else str(value) for key, value in paths.items()},
+    }
 
 
 def _make_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:

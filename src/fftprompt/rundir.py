@@ -8,18 +8,29 @@ A run directory (``paths.output_dir`` of ``fftprompt-train``) holds::
     adapter.safetensors, adapter.json  the trained tensors (:meth:`fftprompt.model.PromptedViT.save_trainable`)
     checkpoints/{last,best-*}.ckpt     Lightning checkpoints (trainable tensors and optimiser state only)
     csv/version_*/metrics.csv          the CSV logger's history (one version per fit, resumes included)
+    launches.yaml                      one entry per command that trained (or evaluated) here: its overrides,
+                                       command line, time, working directory, checkpoint resumed from
+    cli.log                            the command's log (Hydra's run directory is the run directory)
     explain/                           ``fftprompt-explain``'s figures and ``explain.md``
 
+``overwrite=true`` never writes into an earlier run: the whole directory is moved aside to
+``<run>.replaced-<date>-<time>`` next to it (:func:`move_run_aside`) and the new run starts from an empty one.
+
 Everything else asks this module: where a file is, whether a directory holds a run (and must not be overwritten),
-whether a checkpoint is safe to load and belongs to the run, and how to rebuild a finished run's model and data.
-Configs come in and go out as plain Python values (``dict``), never as Hydra objects.
+whether a checkpoint is safe to load and belongs to the run, whether a config may resume it, which classes its
+weights know, and how to rebuild a finished run's model and data. Configs come in and go out as plain Python values
+(``dict``), never as Hydra objects.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
-from collections.abc import Callable, Mapping
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +42,15 @@ import yaml
 import fftprompt.data
 from fftprompt.backbone import Backbone, create_backbone
 from fftprompt.data.base import ImageDataModule
-from fftprompt.lit import FINGERPRINT_KEY
-from fftprompt.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PromptedViT, frozen_fingerprint, load_model
+from fftprompt.lit import CLASS_NAMES_KEY, FINGERPRINT_KEY
+from fftprompt.model import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    PromptedViT,
+    frozen_fingerprint,
+    load_model,
+    read_description,
+)
 from fftprompt.report import FIGURE_DIR, METRICS_FILE, REPORT_FILE
 from fftprompt.utils import atomic_write
 
@@ -43,21 +61,32 @@ __all__ = [
     "EXPLAIN_DIR",
     "FIGURE_DIR",
     "LAST_CHECKPOINT",
+    "LAUNCHES",
     "METRICS_FILE",
     "MODEL_KEYS",
     "REPORT_FILE",
+    "RESUME_COMPARED",
+    "RESUME_MAY_CHANGE",
+    "RESUME_MAY_GROW",
     "RUN_CONFIG",
     "LoadedRun",
     "check_checkpoint",
+    "check_classes",
     "check_frozen_weights",
     "check_matches_run",
+    "check_resume",
+    "data_root",
     "finished_metrics",
     "load_run",
+    "move_run_aside",
     "read_class_names",
     "read_config",
+    "read_launches",
     "read_metrics",
+    "record_launch",
     "refuse_existing_run",
     "resume_checkpoint",
+    "run_dir_of",
     "write_config",
 ]
 
@@ -65,8 +94,34 @@ RUN_CONFIG = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 EXPLAIN_DIR = "explain"
-# config entries that define the model: evaluation and resuming must use the run's values
+LAUNCHES = "launches.yaml"
+# config entries that define the model: evaluation must use the run's values
 MODEL_KEYS = ("backbone", "features", "prompt", "adapter", "task.name", "task.pooling", "task.head")
+# Resuming compares the whole config with the run's; these entries (and everything below them) may differ: what to
+# resume, where the run lives, what is reported and logged, progress output, callbacks other than checkpointing and
+# early stopping (profilers, timers, a test's killer), and how many loader processes read the same data. Everything
+# else (data, model, task and optimiser, seed, the trainer's schedule, precision and devices, which checkpoint is
+# kept, when training stops) changes what the resumed run trains, so a difference is refused. The most specific
+# entry of RESUME_MAY_CHANGE and RESUME_COMPARED that names a key decides.
+RESUME_MAY_CHANGE = (
+    "ckpt_path",
+    "overwrite",
+    "paths",
+    "report",
+    "logger",
+    "callbacks",
+    "callbacks.model_checkpoint.dirpath",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "data.num_workers",
+    "data.pin_memory",
+)
+RESUME_COMPARED = ("callbacks.model_checkpoint", "callbacks.early_stopping")
+# entries that may grow when resuming (to extend a run; -1 or null: no limit)
+RESUME_MAY_GROW = ("trainer.max_epochs", "trainer.max_steps")
+_ABSENT = object()
 
 
 # -- writing and guarding ------------------------------------------------------------------------------------------
@@ -93,6 +148,57 @@ def refuse_existing_run(run_dir: Path, overwrite: bool) -> None:
             f"{checkpoints} holds checkpoints of an unfinished run; resume it with ckpt_path=last or pass "
             "overwrite=true to start afresh"
         )
+
+
+def move_run_aside(run_dir: Path) -> Path | None:
+    """For ``overwrite=true``: moves a non-empty ``run_dir`` to ``<run_dir>.replaced-<date>-<time>`` next to it (a
+    rename, nothing is deleted) and creates ``run_dir`` again, empty.
+
+    Returns:
+        Where the earlier contents are now, or None when ``run_dir`` was missing or empty.
+
+    Raises:
+        ValueError: if ``run_dir`` is or contains the working directory.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None
+    here, resolved = Path.cwd().resolve(), run_dir.resolve()
+    if here == resolved or resolved in here.parents:
+        raise ValueError(
+            f"overwrite=true would move {run_dir} aside, but it holds the working directory {here}; choose another "
+            "paths.output_dir"
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, count = resolved.with_name(f"{resolved.name}.replaced-{stamp}"), 1
+    while target.exists():
+        count += 1
+        target = resolved.with_name(f"{resolved.name}.replaced-{stamp}-{count}")
+    os.rename(resolved, target)  # same parent directory: one atomic rename
+    run_dir.mkdir()
+    return target
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run directory ``path`` belongs to: itself for a directory, the parent of a file, and the parent of
+    ``checkpoints/`` for a Lightning checkpoint."""
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    return run_dir.parent if run_dir.name == CHECKPOINT_DIR else run_dir
+
+
+def record_launch(run_dir: Path, launch: Mapping[str, Any]) -> Path:
+    """Appends ``launch`` (plain values) to ``run_dir/launches.yaml`` (atomically): one entry per command that trained
+    or evaluated in the directory, written once its checks have passed, so a refused command leaves no entry."""
+    launches = [*read_launches(run_dir), dict(launch)]
+    text = yaml.safe_dump(launches, sort_keys=False, allow_unicode=True)
+    return atomic_write(Path(run_dir) / LAUNCHES, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def read_launches(run_dir: Path) -> list[dict[str, Any]]:
+    """The entries of ``run_dir/launches.yaml`` (oldest first; empty when there is none)."""
+    path = Path(run_dir) / LAUNCHES
+    return _read_yaml(path, list, "the launches written by fftprompt") if path.is_file() else []
 
 
 def resume_checkpoint(run_dir: Path, value: str | Path | None, *, base: Path | None = None) -> Path | None:
@@ -145,7 +251,7 @@ def check_matches_run(select: Callable[[str], Any], run_dir: Path, purpose: str,
     Args:
         select: Dotted key (``"task.name"``) -> plain value of the current config (None when missing).
         run_dir: The run directory.
-        purpose: What is being done, for the message (``"resuming"``, ``"evaluating"``).
+        purpose: What is being done, for the message (``"evaluating"``).
         randomly_initialised: The backbone has no weights, so the seed that draws them defines the model too.
     """
     saved_path = run_dir / RUN_CONFIG
@@ -153,11 +259,7 @@ def check_matches_run(select: Callable[[str], Any], run_dir: Path, purpose: str,
         return
     saved = read_config(run_dir)
     keys = [*MODEL_KEYS, "seed"] if randomly_initialised else list(MODEL_KEYS)
-    differences = []
-    for key in keys:
-        mine, theirs = select(key), _select(saved, key)
-        if mine != theirs:
-            differences.append(f"{key}: {theirs!r} in the run, {mine!r} now")
+    differences = [line for key in keys for line in _differences(_select(saved, key), select(key), key)]
     # a preprocessing filter (augment.preprocess) changes what the model sees at test time: it is part of the model
     mine, theirs = (_preprocessing(a) for a in (select("augment"), _select(saved, "augment")))
     if mine != theirs:
@@ -166,7 +268,81 @@ def check_matches_run(select: Callable[[str], Any], run_dir: Path, purpose: str,
         raise ValueError(
             f"{purpose} {run_dir}: the config does not describe the run's model ({saved_path}):\n  "
             + "\n  ".join(differences)
-            + "\npass the training run's overrides (listed in its .hydra/overrides.yaml when launched from the CLI)"
+            + "\ndrop these overrides: fftprompt-eval starts from the run's config.yaml (unless use_run_config=false)"
+        )
+
+
+def check_resume(config: Mapping[str, Any], run_dir: Path, *, checkpoint: Path | None = None) -> None:
+    """Refuses to resume the run in ``run_dir`` with a ``config`` (plain values) that trains differently.
+
+    Every entry is compared with ``run_dir/config.yaml`` except :data:`RESUME_MAY_CHANGE` (but those under
+    :data:`RESUME_COMPARED`); :data:`RESUME_MAY_GROW` may only grow. Without a ``config.yaml`` (a checkpoint from
+    elsewhere) nothing can be compared: a warning says so.
+
+    Raises:
+        ValueError: listing every entry that differs, with the run's and the new value, and how to proceed.
+    """
+    saved_path = Path(run_dir) / RUN_CONFIG
+    if not saved_path.is_file():
+        warnings.warn(
+            f"resuming from {checkpoint or run_dir}: no {saved_path}, so the config cannot be compared with the one "
+            "the checkpoint was trained with",
+            stacklevel=2,
+        )
+        return
+    differences = []
+    for line, key, theirs, mine in _leaf_differences(read_config(run_dir), dict(config), ""):
+        if _may_change_on_resume(key):
+            continue
+        if key in RESUME_MAY_GROW:
+            if _limit(mine) >= _limit(theirs):
+                continue
+            line += " (it may only grow when resuming)"
+        differences.append(line)
+    if differences:
+        raise ValueError(
+            f"resuming {run_dir}: the config differs from the run's ({saved_path}) in entries that change "
+            "training:\n  " + "\n  ".join(differences) + "\nresume with the run's values (drop or undo these "
+            "overrides), or train a new run with the new ones: another paths.output_dir, or overwrite=true (which "
+            "moves this run aside). A resume may extend trainer.max_epochs/max_steps and change paths, logging, "
+            "progress and report settings, loader workers and callbacks other than checkpointing and early stopping"
+        )
+
+
+def check_classes(weights: Path, class_names: Sequence[str], data: str, *, purpose: str = "evaluating") -> None:
+    """Refuses data whose classes differ from those the weights at ``weights`` were trained on.
+
+    Args:
+        weights: A run directory or adapter file (class names from ``adapter.json``) or a Lightning ``.ckpt``.
+        class_names: The data's class names in label order.
+        data: The data, for the message (``"ImageFolderDataModule, /data/x"``).
+        purpose: What is being done, for the message.
+
+    Raises:
+        ValueError: naming both lists (or both counts, for weights written before class names were recorded).
+    """
+    weights, names, count = Path(weights), None, None
+    if weights.is_file() and weights.suffix == ".ckpt":
+        checkpoint = check_checkpoint(weights, str(weights))
+        source = weights
+        names = checkpoint.get(CLASS_NAMES_KEY)
+        count = (checkpoint.get("hyper_parameters") or {}).get("num_classes")
+    else:
+        directory = weights.parent if weights.is_file() else weights
+        source = directory / ADAPTER_CONFIG
+        description = read_description(directory)
+        names = description.get("class_names")
+        count = ((description.get("head") or {}).get("config") or {}).get("num_classes")
+    run_dir, current = run_dir_of(weights), list(class_names)
+    if names is not None and [str(n) for n in names] != current:
+        raise ValueError(
+            f"{purpose} {run_dir}: the weights were trained on the classes {[str(n) for n in names]} ({source}) but "
+            f"the data ({data}) has {current}; evaluate on data with the training classes, in the same order"
+        )
+    if names is None and count is not None and int(count) != len(current):
+        raise ValueError(
+            f"{purpose} {run_dir}: the weights were trained on {int(count)} classes ({source}) but the data ({data}) "
+            f"has {len(current)}: {current}"
         )
 
 
@@ -192,14 +368,17 @@ def check_frozen_weights(model: PromptedViT, run_dir: Path) -> None:
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``config.yaml`` as plain values."""
-    path = Path(run_dir) / RUN_CONFIG
+    return _read_yaml(Path(run_dir) / RUN_CONFIG, dict, "the config written by fftprompt-train")
+
+
+def _read_yaml(path: Path, kind: type, expected: str) -> Any:
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ValueError(f"{path} is not valid YAML: {error}") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} does not hold a mapping; expected the config written by fftprompt-train")
-    return config
+    if not isinstance(value, kind):
+        raise ValueError(f"{path} does not hold a {'mapping' if kind is dict else kind.__name__}; expected {expected}")
+    return value
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
@@ -289,15 +468,14 @@ def load_run(run_dir: str | Path, *, data_root: str | Path | None = None, device
     return LoadedRun(run_dir, model, config, _datamodule(config, run_dir, model.backbone, data_root))
 
 
-def _datamodule(config: dict[str, Any], run_dir: Path, backbone: Backbone, data_root: str | Path | None) -> Any:
+def _datamodule(config: dict[str, Any], run_dir: Path, backbone: Backbone, root: str | Path | None) -> Any:
     data = dict(config.get("data") or {})
     target = str(data.pop("_target_", ""))
     cls = getattr(fftprompt.data, target.rsplit(".", 1)[-1], None)
     if not target.startswith("fftprompt.data.") or not (isinstance(cls, type) and issubclass(cls, ImageDataModule)):
         raise ValueError(f"{run_dir / RUN_CONFIG}: data._target_={target!r} is not a data module of fftprompt.data")
     if "root" in data:
-        recorded = (read_metrics(run_dir) or {}).get("config", {}).get("data_root")
-        data["root"] = str(data_root or recorded or data["root"])  # training resolved the root to an absolute path
+        data["root"] = str(root or data_root(run_dir, config))
     data.update(mean=list(backbone.mean), std=list(backbone.std), num_workers=0)
     return cls(**data)
 
@@ -307,6 +485,50 @@ def _preprocessing(augment: Any) -> dict[str, Any] | None:
     if not isinstance(augment, Mapping) or not augment.get("preprocess"):
         return None
     return {key: value for key, value in augment.items() if key != "seed"}
+
+
+def data_root(run_dir: Path, config: Mapping[str, Any]) -> str | None:
+    """The run's data root: the absolute path training resolved (``metrics.json``) if the run finished, else the
+    recorded ``data.root`` of ``config`` (the run's config, plain values); None for data without a root."""
+    recorded = (read_metrics(run_dir) or {}).get("config", {}).get("data_root")
+    given = (config.get("data") or {}).get("root")
+    return None if given is None else str(recorded or given)
+
+
+def _leaf_differences(saved: Any, current: Any, key: str) -> Iterator[tuple[str, str, Any, Any]]:
+    """``(line, key, saved value, current value)`` for every entry that differs, descending into mappings present on
+    both sides; an entry missing on one side is reported whole."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        for name in sorted(set(saved) | set(current), key=str):
+            child = f"{key}.{name}" if key else str(name)
+            yield from _leaf_differences(saved.get(name, _ABSENT), current.get(name, _ABSENT), child)
+    elif saved != current:
+        yield f"{key}: {_show(saved)} in the run, {_show(current)} now", key, saved, current
+
+
+def _differences(saved: Any, current: Any, key: str) -> list[str]:
+    return [line for line, *_ in _leaf_differences(saved, current, key)]
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "absent"
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:97]}..."
+
+
+def _may_change_on_resume(key: str) -> bool:
+    """Whether the most specific entry of :data:`RESUME_MAY_CHANGE` / :data:`RESUME_COMPARED` naming ``key`` (or a
+    mapping above it) lets it change."""
+    names = [n for n in (*RESUME_MAY_CHANGE, *RESUME_COMPARED) if key == n or key.startswith(f"{n}.")]
+    return bool(names) and max(names, key=len) in RESUME_MAY_CHANGE
+
+
+def _limit(value: Any) -> float:
+    """A run-length limit as a number: -1, null or absent mean no limit."""
+    if value is _ABSENT or value is None or value == -1:
+        return math.inf
+    return float(value)
 
 
 def _select(config: Mapping[str, Any], key: str) -> Any:
