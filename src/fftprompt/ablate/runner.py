@@ -173,8 +173,11 @@ def run_workers(args: argparse.Namespace) -> frozenset[str]:
     """Trains the runs in ``args.jobs`` worker processes (logs in ``<output>/logs``); returns the run directories
     whose metrics they wrote."""
     runs = Path(args.output).resolve() / "runs"
-    pattern = f"*/seed*/{METRICS_FILE}"
-    before = {str(p.parent): p.stat().st_mtime_ns for p in runs.glob(pattern)}
+    def stamps() -> dict[str, int]:  # seed<k> run directories only, not runs moved aside by overwrite=true
+        found = runs.glob(f"*/seed*/{METRICS_FILE}")
+        return {str(p.parent): p.stat().st_mtime_ns for p in found if p.parent.name.removeprefix("seed").isdigit()}
+
+    before = stamps()
     logs = Path(args.output).resolve() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     processes = []
@@ -188,5 +191,5 @@ def run_workers(args: argparse.Namespace) -> frozenset[str]:
         log.close()
     if failed:
         raise RuntimeError("; ".join(failed))
-    after = {str(p.parent): p.stat().st_mtime_ns for p in runs.glob(pattern)}
+    after = stamps()
     return frozenset(run for run, stamp in after.items() if before.get(run) != stamp)
