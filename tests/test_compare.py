@@ -76,8 +76,8 @@ def test_compare_table_of_a_2x2_multirun(tmp_path, monkeypatch, capsys):
     assert sorted(metrics) == [0, 1, 2, 3]  # Hydra's job order: vpt seed 1, vpt seed 2, vfpt seed 1, vfpt seed 2
     # an interrupted run (config, no metrics) and one that failed before writing its config
     shutil.copytree(sweep / "0", sweep / "4", ignore=shutil.ignore_patterns("metrics.json"))
-    (sweep / "5" / ".hydra").mkdir(parents=True)
-    shutil.copy(sweep / "0" / ".hydra" / "config.yaml", sweep / "5" / ".hydra" / "config.yaml")
+    (sweep / "5").mkdir()
+    (sweep / "5" / "cli.log").write_text("[INFO] - Seed set to 1\n")  # the job's log: Hydra started it
 
     out = tmp_path / "table"
     assert main([str(sweep), "--output", str(out)]) == 0

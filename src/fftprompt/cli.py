@@ -62,15 +62,19 @@ _SWEEP = _Sweep()
 
 def train_main() -> None:
     """``fftprompt-train``; a search (``hparams_search=...``) without its optional sweeper stops with an error line."""
-    from fftprompt.run import check_sweeper
+    from fftprompt.overrides import check_sweeper
 
-    _reporting_errors(check_sweeper, sys.argv[1:])
+    try:  # before anything imports Lightning: it keeps its log lines from Hydra's cli.log if imported first
+        check_sweeper(sys.argv[1:])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
     _main(_train)
 
 
 def eval_main() -> None:
     """``fftprompt-eval``: tests a finished run's weights (``adapter_path=`` or ``ckpt_path=``)."""
-    from fftprompt.run import eval_overrides
+    from fftprompt.overrides import eval_overrides
 
     sys.argv = [sys.argv[0], *eval_overrides(sys.argv[1:])]
     _main(_eval)
@@ -82,8 +86,11 @@ def _train(cfg: DictConfig) -> float | None:
     the job failed)."""
     from fftprompt.run import optimized_metric, train
 
-    result = _reporting_errors(train, cfg)
-    return None if result is None else _reporting_errors(lambda c: optimized_metric(c, result[0]), cfg)
+    def job(job_cfg: DictConfig) -> float | None:
+        metrics, _ = train(job_cfg)
+        return optimized_metric(job_cfg, metrics)
+
+    return _reporting_errors(job, cfg)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")

@@ -29,7 +29,7 @@ from typing import Any
 
 from fftprompt.methods import METHOD_LABELS, method_of
 from fftprompt.report import save_figure
-from fftprompt.rundir import METRICS_FILE, RUN_CONFIG, read_config, read_metrics
+from fftprompt.rundir import LOG_FILE, METRICS_FILE, RUN_CONFIG, read_config, read_metrics
 from fftprompt.utils import atomic_write
 
 __all__ = [
@@ -47,7 +47,8 @@ __all__ = [
 ]
 
 COMPARISON_FILES = ("comparison.md", "comparison.csv", "comparison.png")
-HYDRA_CONFIG = Path(".hydra") / "config.yaml"  # written by Hydra when a job starts, before fftprompt writes anything
+# what a job leaves before fftprompt writes its config: the log of the job, or Hydra's .hydra/ of older versions
+JOB_STARTED = (LOG_FILE, str(Path(".hydra") / "config.yaml"))
 # entries that never define a group: the seed is aggregated over; the rest locate or describe a run, not its model
 _NOT_GROUPED = re.compile(r"^(seed|overwrite|ckpt_path|paths\..*|report\..*)$")
 # entries a method stands for (unless they differ between runs of one method)
@@ -138,7 +139,7 @@ class Group:
 
 
 def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories at or below ``paths`` (a folder with ``config.yaml`` or Hydra's ``.hydra/config.yaml``), in
+    """Run directories at or below ``paths`` (a folder with ``config.yaml`` or a started job's log), in
     natural order (``2`` before ``10``); a run's own subfolders are not searched."""
     found: list[Path] = []
     for entry in paths:
@@ -149,12 +150,12 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
         pending = [path]
         while pending:
             folder = pending.pop()
-            if (folder / RUN_CONFIG).is_file() or (folder / HYDRA_CONFIG).is_file():
+            if any((folder / name).is_file() for name in (RUN_CONFIG, *JOB_STARTED)):
                 found.append(folder)
                 continue
             pending += [child for child in folder.iterdir() if child.is_dir() and not child.name.startswith(".")]
         if len(found) == before:
-            raise ValueError(f"{path} holds no run directory (no {RUN_CONFIG} or {HYDRA_CONFIG} at or below it)")
+            raise ValueError(f"{path} holds no run directory (no {RUN_CONFIG} or {LOG_FILE} at or below it)")
     unique = sorted(set(found), key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
     return unique
 

@@ -8,9 +8,7 @@ every check on it, belongs to :mod:`fftprompt.rundir`; the report is assembled b
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
-import re
 import shlex
 import socket
 import time
@@ -39,11 +37,12 @@ from fftprompt.augment import SEVERITIES, check_corruptions
 from fftprompt.backbone import Backbone
 from fftprompt.lit import AtomicCheckpointIO, ClassificationModule
 from fftprompt.model import PromptedViT, create_model
+from fftprompt.overrides import RUN_ENTRIES, check_sweeper, eval_overrides
 from fftprompt.report import print_summary
 from fftprompt.robustness import evaluate_corruptions
 from fftprompt.run_report import ReportSettings, write_run_report
 from fftprompt.spectral import FrequencyFeatures
-from fftprompt.utils import to_plain
+from fftprompt.utils import is_installed, to_plain
 
 __all__ = [
     "RUN_ENTRIES",
@@ -65,9 +64,6 @@ _LOGGER_PACKAGES = {
     "lightning.pytorch.loggers.MLFlowLogger": (("mlflow",), "mlflow"),
     "lightning.pytorch.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
 }
-_OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper"
-# what fftprompt-eval takes from the evaluated run's config.yaml: the model, the data it was tested on, the seed
-RUN_ENTRIES = ("backbone", "features", "prompt", "adapter", "augment", "task", "data", "seed")
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
@@ -81,17 +77,6 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose_config(config_name, overrides=eval_overrides(overrides) if evaluation else list(overrides))
     return eval_config(cfg, overrides) if evaluation else cfg
-
-
-def eval_overrides(overrides: Sequence[str]) -> list[str]:
-    """``fftprompt-eval``'s overrides as Hydra composes them: a key below one of :data:`RUN_ENTRIES`
-    (``data.root=...``) is force-added (``++``), since it belongs to the run's config (a folder dataset's root),
-    which the packaged defaults need not have; :func:`eval_config` then applies it to the run's entry. Unchanged
-    with ``use_run_config=false``."""
-    if any(o.partition("=")[0] == "use_run_config" and o.partition("=")[2].lower() == "false" for o in overrides):
-        return list(overrides)
-    below = re.compile(rf"^(?:{'|'.join(RUN_ENTRIES)})\.[^=]+=")
-    return [f"++{o}" if below.match(o) else o for o in overrides]
 
 
 def eval_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -135,26 +120,6 @@ def eval_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                     value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
                     OmegaConf.update(result, key, value, merge=False, force_add=True)
     return result
-
-
-def check_sweeper(overrides: Sequence[str]) -> None:
-    """Raises ``ValueError`` when ``overrides`` select a hyper-parameter search (``hparams_search=...``) but Hydra's
-    Optuna sweeper, an optional extra, is not installed (Hydra itself would only say that a config is missing)."""
-    for override in overrides:
-        key, _, value = str(override).lstrip("+~").partition("=")
-        searching = key in ("hparams_search", "hydra/sweeper") and value not in ("", "null", "basic")
-        if searching and not _installed(_OPTUNA_SWEEPER):
-            raise ValueError(
-                f"{override}: the hyper-parameter search runs on Hydra's Optuna sweeper, which is not installed: "
-                "pip install 'fftprompt[search]' (or pip install hydra-optuna-sweeper)"
-            )
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
 
 
 def optimized_metric(cfg: DictConfig, metrics: Mapping[str, Any]) -> float | None:
@@ -423,7 +388,7 @@ def _instantiate_collection(node: DictConfig | None, group: str = "callbacks") -
         if not isinstance(entry, DictConfig) or "_target_" not in entry:
             raise ValueError(f"entry {name!r} has no _target_; expected a mapping of name -> instantiable config")
         packages, extra = _LOGGER_PACKAGES.get(str(entry._target_), ((), ""))
-        if packages and not any(_installed(package) for package in packages):
+        if packages and not any(is_installed(package) for package in packages):
             raise ValueError(
                 f"{group}.{name} ({entry._target_}) needs the {packages[0]} package, which is not installed: pip "
                 f"install 'fftprompt[{extra}]' (or pip install {packages[0]}), or choose another {group} (logger=csv)"

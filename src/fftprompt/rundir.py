@@ -62,6 +62,7 @@ __all__ = [
     "FIGURE_DIR",
     "LAST_CHECKPOINT",
     "LAUNCHES",
+    "LOG_FILE",
     "METRICS_FILE",
     "MODEL_KEYS",
     "REPORT_FILE",
@@ -95,6 +96,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 EXPLAIN_DIR = "explain"
 LAUNCHES = "launches.yaml"
+LOG_FILE = "cli.log"  # Hydra's job log (job name cli), created at its first line
 # config entries that define the model: evaluation must use the run's values
 MODEL_KEYS = ("backbone", "features", "prompt", "adapter", "task.name", "task.pooling", "task.head")
 # Resuming compares the whole config with the run's; these entries (and everything below them) may differ: what to

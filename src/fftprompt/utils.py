@@ -7,6 +7,7 @@ so a reader or a crashed run sees the old file or the new one, never a mix.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -16,14 +17,15 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 __all__ = [
-    "to_plain",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TASKS",
     "Task",
     "atomic_write",
     "check_choice",
+    "is_installed",
     "jsonable",
+    "to_plain",
     "write_json_atomic",
 ]
 
@@ -67,6 +69,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any], *, 
     temporary = Path(name)
     try:
         write(temporary)
+        umask = os.umask(0)  # mkstemp made the file private (0600): give it the mode a plain open() would
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         if fsync:
             with temporary.open("rb") as file:
                 os.fsync(file.fileno())
@@ -125,3 +130,11 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [to_plain(v) for v in value]
     return value
+
+
+def is_installed(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False

@@ -173,6 +173,7 @@ def run_workers(args: argparse.Namespace) -> frozenset[str]:
     """Trains the runs in ``args.jobs`` worker processes (logs in ``<output>/logs``); returns the run directories
     whose metrics they wrote."""
     runs = Path(args.output).resolve() / "runs"
+
     def stamps() -> dict[str, int]:  # seed<k> run directories only, not runs moved aside by overwrite=true
         found = runs.glob(f"*/seed*/{METRICS_FILE}")
         return {str(p.parent): p.stat().st_mtime_ns for p in found if p.parent.name.removeprefix("seed").isdigit()}
