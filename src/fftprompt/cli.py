@@ -1,5 +1,5 @@
-"""Console entry points ``fftprompt-train``, ``fftprompt-eval`` and ``fftprompt-explain``: thin ``@hydra.main`` shims
-over ``fftprompt.run`` and ``fftprompt.explain``.
+"""Console entry points ``fftprompt-train``, ``fftprompt-eval``, ``fftprompt-pretrain`` and ``fftprompt-explain``: thin
+``@hydra.main`` shims over ``fftprompt.run`` and ``fftprompt.explain``.
 
 The configs ship inside the package (``fftprompt/configs``), so both commands work from any directory; runs are
 written under ``./runs/`` of the directory they are started in. Examples::
@@ -11,6 +11,7 @@ written under ``./runs/`` of the directory they are started in. Examples::
     fftprompt-eval adapter_path=runs/demo                   # same overrides as the training run
     fftprompt-train --cfg job                               # print the composed config
     fftprompt-explain run_dir=runs/demo images=test:8       # figures + explain.md in runs/demo/explain
+    fftprompt-pretrain paths.output_dir=runs/pretrain       # fractal-pretrained demo ViT + model card
 
 Errors caused by the input (a bad data root or layout, a bad config value, a run directory that would be
 overwritten, a checkpoint that cannot be loaded safely) are printed as one ``error: <message>`` line on stderr with
@@ -30,10 +31,14 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["eval_main", "explain_main", "train_main"]
+from fftprompt.weights import RESOLVER, weights_path
+
+__all__ = ["eval_main", "explain_main", "pretrain_main", "train_main"]
 
 # exceptions whose message is meant for the user: fftprompt raises them for bad input and refused operations
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
+# ${fftprompt.weights:<file>} (the shipped backbone weights) resolves before fftprompt.run is imported, e.g. for --cfg
+OmegaConf.register_new_resolver(RESOLVER, weights_path, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -51,6 +56,14 @@ def eval_main(cfg: DictConfig) -> None:
     from fftprompt.run import evaluate
 
     _reporting_errors(evaluate, cfg)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="pretrain")
+def pretrain_main(cfg: DictConfig) -> None:
+    """``fftprompt-pretrain``: formula-driven pretraining of a ViT; writes its weights and model card."""
+    from fftprompt.run import pretrain
+
+    _reporting_errors(pretrain, cfg)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="explain")
