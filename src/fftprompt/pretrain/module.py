@@ -138,12 +138,11 @@ class FormulaPretrainModule(L.LightningModule):
         self.log("train/acc", accuracy, on_step=True, prog_bar=True, batch_size=len(labels))
         self.log("lr", self.optimizers().optimizer.param_groups[0]["lr"], on_step=True)
         self._window.append((float(loss.detach()), float(accuracy)))
-        return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = self.trainer.global_step
-        if self._window and (step % self.history_every == 0 or step >= self.trainer.max_steps):
+        # recorded here, not in on_train_batch_end: checkpoint callbacks run before that hook and must see the entry
+        step = self.global_step + 1  # the optimiser step this batch completes
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 and step % self.history_every == 0:
             self._record(step)
+        return loss
 
     def _record(self, step: int) -> None:
         losses, accuracies = zip(*self._window, strict=True)
@@ -197,6 +196,7 @@ class FormulaPretrainModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fftprompt_pretrain"] = {
             "history": self.history,
+            "window": self._window,
             "fit_seconds": self.fit_seconds,
             "classes_sha256": self.formula.fingerprint(),
         }
@@ -209,4 +209,5 @@ class FormulaPretrainModule(L.LightningModule):
                 "formula settings and seed"
             )
         self.history = list(stored.get("history", []))
+        self._window = [tuple(entry) for entry in stored.get("window", [])]
         self._fit_seconds = float(stored.get("fit_seconds", 0.0))
