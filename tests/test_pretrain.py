@@ -260,6 +260,7 @@ def test_shipped_demo_weights_match_their_sha256_and_model_card():
     assert digest in weights.with_suffix(".md").read_text()
 
 
+@pytest.mark.slow
 def test_default_config_finds_the_shipped_weights_from_any_directory(tmp_path):
     import os
     import subprocess

@@ -4,7 +4,7 @@
 The configs ship inside the package (``fftprompt/configs``), so both commands work from any directory; runs are
 written under ``./runs/`` of the directory they are started in. Examples::
 
-    fftprompt-train                                         # generated symmetry benchmark, tiny random ViT, CPU
+    fftprompt-train                                         # generated symmetry benchmark, small demo ViT, CPU
     fftprompt-train data=dtd data.root=/data/dtd backbone=vit_base backbone.pretrained=true
     fftprompt-train experiment=kvasir_seg data.root=/data/kvasir trainer=gpu
     fftprompt-train paths.output_dir=runs/demo ckpt_path=last      # resume an interrupted run
