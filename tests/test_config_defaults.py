@@ -25,11 +25,13 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import fftprompt
+import fftprompt.run  # noqa: F401  (registers the fftprompt.weights resolver of the backbone configs)
 from fftprompt.data import ISIC2018DataModule, KvasirSegDataModule, SymmetryDataModule
 
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
 # overlays of differences; Hydra's own settings (the sweeper's, in hparams_search); plain paths
 NOT_CHECKED = {"experiment", "hydra", "hparams_search", "paths"}
+GROUP_CONFIG = {"formula": "pretrain"}  # groups that only another top-level config than train composes
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
 FILES = sorted(
     [p for p in CONFIG_DIR.glob("*.yaml")]
@@ -98,6 +100,20 @@ DIFFERENCES: dict[str, dict[str, str]] = {
     },
     "prompt/fft.yaml": {"num_tokens": "the CPU demo's 8 prompts; FrequencyPrompt keeps VPT's usual 10"},
     "prompt/*_vitb.yaml": {"hidden_dim": "a 128-wide generator for ViT-B's 768-wide tokens"},
+    "pretrain.yaml": {
+        "trainer.max_epochs": "no epoch limit: trainer.max_steps is the run's length (the schedule's)",
+        "trainer.max_steps": "the shipped demo recipe's length (up to 20,000 batches of 64)",
+        "trainer.log_every_n_steps": "a log line every 50 of the run's thousands of steps",
+        "trainer.enable_progress_bar": "pretraining runs for an hour in the background, logging to a file",
+        "trainer.enable_model_summary": "pretraining runs for an hour in the background, logging to a file",
+        "module.optimizer.weight_decay": "DeiT's 0.05 for training a ViT from scratch (AdamW's default is 1e-2)",
+        "module.warmup_steps": "the recipe's 200-step warm-up (the module's default: none)",
+        "module.min_lr_ratio": "the recipe's cosine floor (the module's default decays to 0)",
+        "module.label_smoothing": "DeiT's 0.1 (the module's default: none)",
+        "callbacks.model_checkpoint.save_top_k": "only last.ckpt (no metric to rank checkpoints by)",
+        "callbacks.model_checkpoint.save_last": "last.ckpt for resuming (ckpt_path=last)",
+        "callbacks.model_checkpoint.every_n_train_steps": "a checkpoint every 250 steps (one epoch is the whole run)",
+    },
     "adapter/fourierft_vitb.yaml": {
         "n_frequency": "Gao et al.'s ViT-B setting (fourierft.VIT_B_N_FREQUENCY)",
         "scaling": "Gao et al.'s ViT-B setting",
@@ -188,7 +204,7 @@ def file_values(path: Path) -> Iterator[tuple[str, Any, Any]]:
             yield from written_values(raw, compose(path.stem))
             return
         group = path.parent.name
-        cfg = compose("train", overrides=[f"{group}={path.stem}"])
+        cfg = compose(GROUP_CONFIG.get(group, "train"), overrides=[f"{group}={path.stem}"])
     if re.search(r"^# *@package +_global_", path.read_text(), re.MULTILINE) is None:
         yield from written_values(raw, cfg.get(group))
         return

@@ -11,11 +11,16 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import fftprompt
+import fftprompt.run  # noqa: F401  (registers the fftprompt.weights resolver of the backbone configs)
 from fftprompt.model import create_model
+from fftprompt.weights import DEMO_WEIGHTS, weights_path
 
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
+PRETRAIN_GROUPS = {"formula"}  # composed by pretrain.yaml only
 # hparams_search options need Hydra's Optuna sweeper (an optional extra): tests/test_search_and_loggers.py composes them
-GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "hparams_search"))
+GROUPS = sorted(
+    p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in {"hydra", "hparams_search", *PRETRAIN_GROUPS}
+)
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -116,7 +121,8 @@ def test_every_option_composes_and_resolves(group, option):
 def test_default_config_is_the_offline_demo():
     cfg = compose_config()
     assert cfg.data._target_.endswith("SymmetryDataModule") and cfg.task.name == "classification"
-    assert cfg.backbone.pretrained is False and cfg.backbone.checkpoint_path is None
+    # the demo backbone's shipped weights (fftprompt.weights), found from the package whatever the directory
+    assert cfg.backbone.pretrained is False and cfg.backbone.checkpoint_path == weights_path(DEMO_WEIGHTS)
     assert cfg.prompt._target_.endswith("FrequencyPrompt") and cfg.adapter._target_.endswith("FourierFTConfig")
     assert cfg.trainer.accelerator == "cpu" and cfg.get("experiment") is None
 
@@ -161,3 +167,13 @@ def test_experiment_instantiates_its_model_and_module(experiment):
     root = {"root": "/nonexistent/data"} if OmegaConf.is_missing(cfg.data, "root") else {}
     datamodule = instantiate(cfg.data, mean=list(backbone.mean), std=list(backbone.std), **root)
     assert datamodule.batch_size == cfg.data.batch_size
+
+
+def test_pretrain_config_starts_from_random_weights_and_shares_the_image_size():
+    cfg = compose_config(name="pretrain")
+    assert cfg.formula._target_ == "fftprompt.pretrain.FractalDB" and cfg.module.batch_size > 0
+    assert cfg.backbone.checkpoint_path is None and cfg.backbone.pretrained is False
+    assert cfg.backbone.img_size == cfg.formula.image_size == cfg.image_size
+    assert cfg.name == "vit_demo_patch8_fractaldb" and cfg.trainer.max_steps > 0
+    assert set(options("formula")) >= {"fractaldb"}
+    assert OmegaConf.to_container(cfg.formula, resolve=True)["num_classes"] >= 2

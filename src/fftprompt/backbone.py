@@ -29,7 +29,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer, _cfg, checkpoint_filter_fn
 from torch import Tensor, nn
 
-from fftprompt.utils import to_plain
+from fftprompt.utils import atomic_write, to_plain
 
 __all__ = [
     "DEMO_MODEL",
@@ -38,7 +38,10 @@ __all__ = [
     "classifier_config",
     "create_backbone",
     "create_classifier",
+    "create_pretraining_vit",
     "load_backbone_checkpoint",
+    "normalisation",
+    "save_backbone_checkpoint",
 ]
 
 DEMO_MODEL = "vit_demo_patch8"
@@ -124,9 +127,7 @@ class Backbone(nn.Module):
             )
         self.has_class_token = model.cls_token is not None
         self.is_distilled = isinstance(model, VisionTransformerDistilled)
-        data_config = timm.data.resolve_model_data_config(model)
-        self.mean = tuple(float(v) for v in data_config["mean"])
-        self.std = tuple(float(v) for v in data_config["std"])
+        self.mean, self.std = normalisation(model)
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.train(False)
@@ -219,33 +220,11 @@ def create_backbone(
         ValueError: for an unknown name, a model that is not a timm VisionTransformer, or a checkpoint none of
             whose weights match the model.
     """
-    if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r}; see timm.list_models('vit_*')")
     if "num_classes" in timm_kwargs:
         raise ValueError(
             "num_classes is not a backbone argument: the backbone has no classifier (the head is separate)"
         )
-    kwargs = dict(timm_kwargs)
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    if pretrained:
-        # check the architecture on the meta device, and that its weights can be had, before timm fetches any
-        with torch.device("meta"):
-            probe = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-        _check_vision_transformer(probe, name)
-        _check_hub_weights(name, dict(getattr(probe, "pretrained_cfg", None) or {}))
-    try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-    except Exception as error:  # the hub client and torch.hub raise their own types for a failed download
-        if not pretrained or not _is_download_error(error):
-            raise
-        raise ValueError(
-            f"backbone {name!r}: the pretrained weights could not be downloaded ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no message'}); {_NO_WEIGHTS_HINT}"
-        ) from error
-    _check_vision_transformer(model, name)
-    if checkpoint_path is not None:
-        load_backbone_checkpoint(model, checkpoint_path)
+    model = _create_vit(name, pretrained, checkpoint_path, img_size, num_classes=0, **timm_kwargs)
     config: dict[str, Any] = to_plain({"name": name, "pretrained": pretrained, "img_size": img_size, **timm_kwargs})
     if checkpoint_path is not None:
         config["checkpoint_path"] = str(checkpoint_path)
@@ -311,6 +290,69 @@ def create_classifier(config: Mapping[str, Any], state_dict: Mapping[str, Tensor
     except RuntimeError as error:
         raise ValueError(f"the state dict does not fit timm's {config['architecture']!r}: {error}") from error
     return model.eval()
+
+
+def create_pretraining_vit(
+    name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    **timm_kwargs: Any,
+) -> VisionTransformer:
+    """A trainable timm Vision Transformer with a linear classifier of ``num_classes``, for (pre)training it whole.
+
+    Takes :func:`create_backbone`'s arguments (a ``backbone`` config with ``num_classes`` added): every parameter
+    requires a gradient and the model is in ``train()`` mode. :func:`save_backbone_checkpoint` writes its weights
+    without the classifier, in the form ``create_backbone(..., checkpoint_path=...)`` loads.
+
+    Returns:
+        The timm model: ``(B, C, H, W) -> (B, num_classes)``.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1 for a pretraining classifier, got {num_classes}")
+    model = _create_vit(name, pretrained, checkpoint_path, img_size, num_classes=num_classes, **timm_kwargs)
+    model.requires_grad_(True)
+    return model.train()
+
+
+def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` of a timm model's data config (what its inputs are normalised with)."""
+    data_config = timm.data.resolve_model_data_config(model)
+    return tuple(float(v) for v in data_config["mean"]), tuple(float(v) for v in data_config["std"])
+
+
+def save_backbone_checkpoint(
+    model: nn.Module, path: str | Path, dtype: torch.dtype | None = torch.float16, overwrite: bool = False
+) -> Path:
+    """Writes a timm ViT's weights, without its classifier, as a timm-style ``.safetensors`` state dict.
+
+    The file is what :func:`load_backbone_checkpoint` (``backbone.checkpoint_path=``) reads. Written atomically.
+
+    Args:
+        model: A timm ``VisionTransformer`` (e.g. from :func:`create_pretraining_vit`) or a :class:`Backbone`.
+        path: Target file; must end in ``.safetensors``.
+        dtype: Floating-point tensors are stored in this type (None: as they are).
+        overwrite: Replace an existing file (otherwise an existing file is an error).
+
+    Raises:
+        ValueError: for another suffix, an existing file without ``overwrite``, or a model that is not a timm ViT.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"backbone weights file {str(path)!r} must end in .safetensors")
+    if path.exists() and not overwrite:
+        raise ValueError(f"backbone weights file {str(path)!r} exists; pass overwrite=True to replace it")
+    vit = model.model if isinstance(model, Backbone) else model
+    _check_vision_transformer(vit, type(vit).__name__)
+    state = {
+        key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).detach().cpu().contiguous()
+        for key, value in vit.state_dict().items()
+        if key not in _CLASSIFIER_KEYS
+    }
+    return atomic_write(path, lambda temporary: save_file(state, str(temporary), metadata={"format": "pt"}))
 
 
 def load_backbone_checkpoint(model: nn.Module, checkpoint_path: str | Path) -> tuple[list[str], list[str]]:
@@ -439,6 +481,40 @@ def _is_download_error(error: BaseException) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def _create_vit(
+    name: str,
+    pretrained: bool,
+    checkpoint_path: str | Path | None,
+    img_size: int | tuple[int, int] | None,
+    num_classes: int,
+    **timm_kwargs: Any,
+) -> VisionTransformer:
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}; see timm.list_models('vit_*')")
+    kwargs = dict(timm_kwargs)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if pretrained:
+        # check the architecture on the meta device, and that its weights can be had, before timm fetches any
+        with torch.device("meta"):
+            probe = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        _check_vision_transformer(probe, name)
+        _check_hub_weights(name, dict(getattr(probe, "pretrained_cfg", None) or {}))
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except Exception as error:  # the hub client and torch.hub raise their own types for a failed download
+        if not pretrained or not _is_download_error(error):
+            raise
+        raise ValueError(
+            f"backbone {name!r}: the pretrained weights could not be downloaded ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no message'}); {_NO_WEIGHTS_HINT}"
+        ) from error
+    _check_vision_transformer(model, name)
+    if checkpoint_path is not None:
+        load_backbone_checkpoint(model, checkpoint_path)
+    return model
 
 
 def _check_vision_transformer(model: nn.Module, name: str) -> None:

@@ -1,10 +1,11 @@
-"""Console entry points ``fftprompt-train``, ``-eval``, ``-explain``, ``-predict`` and ``-export``: thin ``@hydra.main``
-shims over ``fftprompt.run``, ``fftprompt.explain``, ``fftprompt.predict`` and ``fftprompt.export``.
+"""Console entry points ``fftprompt-train``, ``-eval``, ``-explain``, ``-predict``, ``-export`` and ``-pretrain``:
+thin ``@hydra.main`` shims over ``fftprompt.run``, ``fftprompt.explain``, ``fftprompt.predict`` and
+``fftprompt.export``.
 
 The configs ship inside the package (``fftprompt/configs``), so both commands work from any directory; runs are
 written under ``./runs/`` of the directory they are started in. Examples::
 
-    fftprompt-train                                         # generated symmetry benchmark, tiny random ViT, CPU
+    fftprompt-train                                         # generated symmetry benchmark, small demo ViT, CPU
     fftprompt-train data=dtd data.root=/data/dtd backbone=vit_base backbone.pretrained=true
     fftprompt-train experiment=kvasir_seg data.root=/data/kvasir trainer=gpu
     fftprompt-train paths.output_dir=runs/demo ckpt_path=last      # resume an interrupted run
@@ -14,6 +15,7 @@ written under ``./runs/`` of the directory they are started in. Examples::
     fftprompt-predict run_dir=runs/demo images=photos/      # predictions.csv (or masks) in runs/demo/predict
     fftprompt-export run_dir=runs/demo format=torchscript   # runs/demo/export/torchscript/model.torchscript.pt
     fftprompt-train hparams_search=fourierft prompt=none    # Optuna search (needs the search extra)
+    fftprompt-pretrain paths.output_dir=runs/pretrain       # fractal-pretrained demo ViT + model card
 
 Errors caused by the input (a bad data root or layout, a bad config value, a run directory that would be
 overwritten, a checkpoint that cannot be loaded safely) are printed as one ``error: <message>`` line on stderr with
@@ -43,10 +45,14 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["eval_main", "explain_main", "export_main", "predict_main", "train_main"]
+from fftprompt.weights import RESOLVER, weights_path
+
+__all__ = ["eval_main", "explain_main", "export_main", "predict_main", "pretrain_main", "train_main"]
 
 # exceptions whose message is meant for the user: fftprompt raises them for bad input and refused operations
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
+# ${fftprompt.weights:<file>} (the shipped backbone weights) resolves before fftprompt.run is imported, e.g. for --cfg
+OmegaConf.register_new_resolver(RESOLVER, weights_path, replace=True)
 
 
 @dataclass
@@ -98,6 +104,14 @@ def _eval(cfg: DictConfig) -> None:
     from fftprompt.run import eval_config, evaluate
 
     _reporting_errors(lambda c: evaluate(eval_config(c, list(HydraConfig.get().overrides.task))), cfg)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="pretrain")
+def pretrain_main(cfg: DictConfig) -> None:
+    """``fftprompt-pretrain``: formula-driven pretraining of a ViT; writes its weights and model card."""
+    from fftprompt.run import pretrain
+
+    _reporting_errors(pretrain, cfg)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="explain")

@@ -11,6 +11,7 @@ import copy
 import os
 import shlex
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -34,15 +35,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fftprompt import rundir
 from fftprompt.augment import SEVERITIES, check_corruptions
-from fftprompt.backbone import Backbone
+from fftprompt.backbone import Backbone, create_pretraining_vit, normalisation
 from fftprompt.lit import AtomicCheckpointIO, ClassificationModule
 from fftprompt.model import PromptedViT, create_model
 from fftprompt.overrides import RUN_ENTRIES, check_sweeper, eval_overrides
+from fftprompt.pretrain import FormulaPretrainModule, hardware, write_pretrained
 from fftprompt.report import print_summary
 from fftprompt.robustness import evaluate_corruptions
 from fftprompt.run_report import ReportSettings, write_run_report
 from fftprompt.spectral import FrequencyFeatures
 from fftprompt.utils import is_installed, to_plain
+from fftprompt.weights import RESOLVER, weights_path
 
 __all__ = [
     "RUN_ENTRIES",
@@ -54,6 +57,7 @@ __all__ = [
     "eval_overrides",
     "evaluate",
     "optimized_metric",
+    "pretrain",
     "train",
 ]
 
@@ -64,6 +68,8 @@ _LOGGER_PACKAGES = {
     "lightning.pytorch.loggers.MLFlowLogger": (("mlflow",), "mlflow"),
     "lightning.pytorch.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
 }
+# ${fftprompt.weights:<file>} in a config: the absolute path of a file shipped in fftprompt/weights (any directory)
+OmegaConf.register_new_resolver(RESOLVER, weights_path, replace=True)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
@@ -365,6 +371,62 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         report = _write_report(cfg, output_dir, metrics, parts, [], title, confusion, sections)
         print_summary(metrics, report, title="test metrics")
     return metrics
+
+
+def pretrain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Formula-driven pretraining of a whole ViT, then ``<name>.safetensors``/``.sha256``/``.json``/``.md`` in
+    ``paths.output_dir`` (:func:`fftprompt.pretrain.write_pretrained`).
+
+    Config keys: ``formula`` (the classes), ``backbone`` (:func:`fftprompt.backbone.create_pretraining_vit` takes its
+    arguments), ``module``, ``trainer`` (``max_steps`` sets the schedule, ``max_time`` may stop it earlier),
+    ``callbacks``, ``logger``, ``seed``, ``name``, ``overwrite``, ``ckpt_path``.
+
+    Returns:
+        ``(card, objects)``: the model card written and ``{"cfg", "model", "module", "trainer", "paths"}``.
+    """
+    output_dir = _output_dir(cfg)
+    name, overwrite = str(cfg.name), bool(cfg.get("overwrite", False))
+    resume = rundir.resume_checkpoint(output_dir, cfg.get("ckpt_path"), base=Path(to_absolute_path(".")))
+    existing = sorted(str(p) for p in output_dir.glob(f"{name}.*")) if output_dir.is_dir() else []
+    if existing and not overwrite:
+        raise ValueError(f"pretrained backbone files exist: {existing}; pass overwrite=true or another name=")
+    L.seed_everything(int(cfg.seed), workers=True)
+    formula = instantiate(cfg.formula)
+    backbone_args = OmegaConf.to_container(cfg.backbone, resolve=True)
+    backbone_args.pop("_target_", None)
+    model = create_pretraining_vit(num_classes=formula.num_classes, **backbone_args)
+    mean, std = normalisation(model)
+    module: FormulaPretrainModule = instantiate(cfg.module, model=model, formula=formula, mean=mean, std=std)
+    loggers = _instantiate_collection(cfg.get("logger"))
+    trainer = _make_trainer(cfg, callbacks=_instantiate_collection(cfg.get("callbacks")), logger=loggers or False)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, ckpt_path=None if resume is None else str(resume), weights_only=True)
+    seconds = module.fit_seconds
+    images = int(trainer.global_step) * trainer.accumulate_grad_batches * module.batch_size
+    card = {
+        "backbone": backbone_args,
+        "formula": {**formula.describe(), "target": str(cfg.formula._target_)},
+        "image_size": formula.image_size,
+        "num_classes": formula.num_classes,
+        "steps": int(trainer.global_step),
+        "planned_steps": int(trainer.max_steps),
+        "batch_size": module.batch_size,
+        "images_seen": images,
+        "seed": int(cfg.seed),
+        "optimizer": to_plain(OmegaConf.to_container(cfg.module, resolve=True)),
+        "precision": str(cfg.trainer.precision),
+        "wall_seconds": round(seconds, 1),
+        "images_per_second": round(images / max(seconds, 1e-9), 1),
+        "final_train_loss": module.history[-1]["loss"] if module.history else None,
+        "final_train_acc": module.history[-1]["acc"] if module.history else None,
+        "hardware": hardware(module.device),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "history": module.history,
+    }
+    paths = write_pretrained(output_dir, name, model, card, overwrite=overwrite)
+    print(f"pretrained backbone: {paths['weights']} ({images} images, {seconds:.0f} s); model card {paths['markdown']}")
+    return card, {"cfg": cfg, "model": model, "module": module, "trainer": trainer, "paths": paths}
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------

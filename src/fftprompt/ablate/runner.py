@@ -45,6 +45,7 @@ QUICK_OVERRIDES = (
     "data.num_val=8",
     "data.num_test=24",
     "data.batch_size=16",
+    "backbone.checkpoint_path=null",  # a randomly initialised tiny ViT: the shipped weights are the demo's size
     "backbone.depth=2",
     "backbone.embed_dim=32",
     "backbone.num_heads=2",
@@ -131,6 +132,9 @@ def run_ablation(args: argparse.Namespace, trained_by_workers: frozenset[str] = 
             "threads": args.threads,
             "jobs": args.jobs,
             "backbone": str(base.backbone.name),
+            "backbone_weights": (
+                Path(str(base.backbone.checkpoint_path)).name if base.backbone.get("checkpoint_path") else None
+            ),
             "image_size": int(data.image_size),
             "num_train": int(data.num_train),
             "num_test": int(data.num_test),

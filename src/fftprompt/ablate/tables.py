@@ -78,6 +78,15 @@ def _params(row: dict[str, Any]) -> int:
     return max(value) if isinstance(value, list) else int(value)
 
 
+_RANDOM_SEEDS = " (each seed also draws the random backbone)"
+
+
+def _weights(settings: dict[str, Any]) -> str:
+    """How the frozen backbone was initialised (reports written before weights were recorded were random)."""
+    weights = settings.get("backbone_weights")
+    return f"`{weights}`-pretrained" if weights else "randomly initialised"
+
+
 def format_markdown(report: dict[str, Any], figure: str | None = "ablation.png") -> str:
     """The ablation report as markdown: settings, the methods table, the feature-ablation table, the goal check."""
     s, b = report["settings"], report["budget"]
@@ -88,10 +97,10 @@ def format_markdown(report: dict[str, Any], figure: str | None = "ablation.png")
         "",
         f"Generated symmetry benchmark ({len(s['classes'])} classes: {', '.join(s['classes'])}; region size "
         f"{s['region_size']} of the image side), {s['image_size']} px, {s['num_train']} training and "
-        f"{s['num_test']} test images; frozen randomly initialised `{s['backbone']}` (L={b['num_layers']} blocks, "
+        f"{s['num_test']} test images; frozen {_weights(s)} `{s['backbone']}` (L={b['num_layers']} blocks, "
         f"D={b['embed_dim']}); {s['epochs']} epochs, batch {s['batch_size']}, the default optimiser settings of "
         f"`task/classification.yaml`; final weights tested (no validation-based selection); seeds "
-        f"{', '.join(map(str, s['seeds']))} (each seed also draws the random backbone). Overrides: "
+        f"{', '.join(map(str, s['seeds']))}{'' if s.get('backbone_weights') else _RANDOM_SEEDS}. Overrides: "
         f"`{' '.join(s['overrides']) or '(none)'}`.",
         "",
         f"Budget: at most {b['budget']:,} trainable parameters besides the classification head (VPT-deep with 10 "
