@@ -204,6 +204,7 @@ def options(group: str) -> list[str]:
 TINY_BACKBONE = [
     "backbone=vit_demo",
     "backbone.pretrained=false",
+    "backbone.checkpoint_path=null",
     "backbone.depth=1",
     "backbone.embed_dim=64",  # the ViT-B FourierFT settings (n_frequency=3000) need 64x64 q/v blocks
     "backbone.num_heads=2",
@@ -250,7 +251,14 @@ def test_every_experiment_builds_with_every_prompt_and_adapter(tmp_path, experim
 # ---------------------------------------------------------------------------------------------------- fftprompt-eval
 
 
-RUN_MODEL = ["backbone.depth=2", "backbone.embed_dim=32", "backbone.num_heads=2", "prompt=vpt", "prompt.num_tokens=3"]
+RUN_MODEL = [
+    "backbone.checkpoint_path=null",
+    "backbone.depth=2",
+    "backbone.embed_dim=32",
+    "backbone.num_heads=2",
+    "prompt=vpt",
+    "prompt.num_tokens=3",
+]
 RUN_DATA = ["data=image_folder", "data.image_size=32", "data.batch_size=4", "data.num_workers=0", "data.augment=false"]
 RUN_SPLIT = ["data.val_fraction=0.25", "data.test_fraction=0.25"]
 
