@@ -19,6 +19,7 @@ from fftprompt.fourierft import (
     load_fourierft_state_dict,
     merge_fourierft,
 )
+from fftprompt.fourierft.bank import FourierFTBank
 from fftprompt.fourierft.functional import _choose_grad_mode
 
 peft_fourierft = pytest.importorskip("peft.tuners.fourierft.layer")
@@ -332,6 +333,94 @@ def test_state_dict_round_trip_regenerates_locations():
     bad = dict(state) | {"blocks.0.mlp.fc1.fourierft_spectrum.full": torch.zeros(3)}
     with pytest.raises(ValueError, match="shape"):
         load_fourierft_state_dict(restored, bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the bank: deltas of equal shapes synthesised together
+
+
+def inverse_ffts(run, kernel: str = "aten::_fft_c2r") -> int:
+    """FFT kernels (``irfft2``: ``aten::_fft_c2r``; ``rfft2``: ``aten::_fft_r2c``) launched by ``run()``."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(event.name == kernel for event in prof.events())
+
+
+def one_bank_per_layer(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, FourierFTLinear):
+            FourierFTBank([module])
+    return model
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+def test_bank_synthesises_each_shape_once_and_equals_layers_on_their_own(grad_mode):
+    model = tiny_vit()
+    # 32x32: q and v blocks of both qkv layers and both proj layers (6 deltas); 128x32: both fc1 layers
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v", "proj", "fc1"), grad_mode=grad_mode))
+    alone = one_bank_per_layer(copy.deepcopy(model))
+    x = images()
+    outputs = {}
+    assert inverse_ffts(lambda: outputs.setdefault("bank", model(x))) == 2
+    assert inverse_ffts(lambda: outputs.setdefault("alone", alone(x))) == 6
+    torch.testing.assert_close(outputs["bank"], outputs["alone"], rtol=1e-5, atol=1e-6)
+    upstream = torch.randn_like(outputs["bank"])
+    backward = {key: lambda key=key: (outputs[key] * upstream).sum().backward() for key in outputs}
+    if grad_mode == "dense":  # one rfft2 per shape gives every coefficient gradient
+        assert inverse_ffts(backward["bank"], "aten::_fft_r2c") == 2
+        assert inverse_ffts(backward["alone"], "aten::_fft_r2c") == 6
+    else:
+        backward["bank"]()
+        backward["alone"]()
+    for name, parameter in model.named_parameters():
+        if "fourierft" in name:
+            assert rel_err(parameter.grad, alone.get_parameter(name).grad) < 1e-5, name
+    layer = model.blocks[1].attn.qkv
+    assert not layer._bank._synthesis  # released once every layer took its deltas
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+def test_bank_synthesises_again_for_every_forward_and_after_every_step(grad_mode):
+    model = tiny_vit()
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v", "fc2"), grad_mode=grad_mode))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    x = images()
+    model(x).square().sum().backward()
+    single = [p.grad.clone() for p in parameters]
+    # two forwards before one backward (gradient accumulation): each has its own deltas
+    first, second = model(x), model(images(seed=2))
+    model.zero_grad(set_to_none=True)
+    (first.square().sum() + model(x).square().sum()).backward()
+    for parameter, grad in zip(parameters, single, strict=True):
+        torch.testing.assert_close(parameter.grad, 2 * grad, rtol=1e-5, atol=1e-6)
+    torch.optim.SGD(parameters, lr=1.0).step()
+    with torch.no_grad():
+        after = model(x)
+        fresh = one_bank_per_layer(copy.deepcopy(model))(x)
+    assert not torch.allclose(after, first)
+    torch.testing.assert_close(after, fresh, rtol=1e-5, atol=1e-6)
+    assert second.shape == first.shape
+
+
+def test_bank_without_gradients_synthesises_only_stale_layers_and_holds_nothing():
+    model = tiny_vit()
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("qkv", "fc1")))
+    x = images()
+    with torch.no_grad():
+        assert inverse_ffts(lambda: model(x)) == 2  # (96, 32) and (128, 32)
+        assert inverse_ffts(lambda: model(x)) == 0  # merged weights cached
+        model.blocks[0].mlp.fc1.fourierft_spectrum["full"].mul_(2.0)
+        stale = model(x)
+        assert inverse_ffts(lambda: model(x)) == 0
+    bank = model.blocks[0].mlp.fc1._bank
+    assert not bank._synthesis
+    torch.testing.assert_close(stale, one_bank_per_layer(copy.deepcopy(model))(x), rtol=1e-5, atol=1e-6)
+    # a forward in progress (one layer of a group ran with gradients) is neither copied nor kept by the copy
+    model.blocks[0].mlp.fc1(torch.randn(3, 32))
+    assert bank._synthesis
+    copied = copy.deepcopy(model)
+    assert not copied.blocks[0].mlp.fc1._bank._synthesis
+    assert copied.blocks[0].mlp.fc1._bank is copied.blocks[1].mlp.fc1._bank is not bank
 
 
 # ---------------------------------------------------------------------------------------------------------------------

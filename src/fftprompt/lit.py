@@ -60,6 +60,8 @@ __all__ = [
 PARAM_GROUPS = ("prompt", "adapter", "head")
 FINGERPRINT_KEY = "fftprompt_frozen_fingerprint"  # checkpoint entry: frozen_fingerprint of the backbone
 _SCHEDULES = ("cosine", "constant")
+# torch.compile modes; "reduce-overhead" replays CUDA graphs (static shapes), which removes the kernel-launch cost
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -177,6 +179,8 @@ class _PromptTuningModule(L.LightningModule):
         scheduler: Literal["cosine", "constant"] = "cosine",
         min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
+        compile_mode: str | None = None,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -194,8 +198,17 @@ class _PromptTuningModule(L.LightningModule):
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode={compile_mode!r}; expected null (eager) or one of {COMPILE_MODES}")
         self.model = model
         self.num_classes = num_classes
+        self.compile_mode = compile_mode
+        # the compiled forward is a function, not a submodule: the state dict and checkpoints stay the model's
+        self._compiled_forward: Callable[[Tensor], Tensor] | None = (
+            None
+            if compile_mode is None
+            else torch.compile(model.forward, mode=compile_mode, backend=compile_backend, dynamic=False)
+        )
         self.optimizer_factory = optimizer if optimizer is not None else partial(torch.optim.AdamW)
         self.lr = lr
         self.weight_decay = weight_decay
@@ -229,7 +242,9 @@ class _PromptTuningModule(L.LightningModule):
 
     # -- steps ---------------------------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
-        """(B, C, H, W) -> logits (B, K) or (B, K, H, W)."""
+        """(B, C, H, W) -> logits (B, K) or (B, K, H, W); under ``torch.compile`` when ``compile_mode`` is set."""
+        if self._compiled_forward is not None:
+            return self._compiled_forward(images)
         return self.model(images)
 
     def _step(self, batch: tuple[Tensor, Tensor], split: Literal["train", "val", "test"]) -> tuple[Tensor, Tensor]:
@@ -426,6 +441,10 @@ class ClassificationModule(_PromptTuningModule):
         scheduler: ``"cosine"`` decays to ``min_lr_ratio`` over the run after warm-up; ``"constant"`` holds.
         min_lr_ratio: final learning rate as a fraction of each group's.
         label_smoothing: cross-entropy label smoothing.
+        compile_mode: ``None`` runs the model eagerly; a ``torch.compile`` mode (:data:`COMPILE_MODES`) runs its
+            forward (features, prompts, FourierFT layers, head) compiled, with static shapes: ``"reduce-overhead"``
+            adds CUDA graphs on GPUs. The first steps pay the compilation; a last smaller batch compiles once more.
+        compile_backend: ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` traces without generating code).
     """
 
     def __init__(self, model: PromptedViT, num_classes: int, **kwargs: Any) -> None:

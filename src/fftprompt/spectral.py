@@ -430,7 +430,9 @@ def cross_patch_symmetry(patches: Tensor) -> Tensor:
         ``(B, 3, h, w)`` in :data:`CROSS_PATCH_NAMES` order; 0 where either patch is empty.
     """
     batch, channels, h, w, p, _ = patches.shape
-    pixel_index, grid_index = _cross_patch_index(h, w, p, patches.device)
+    # traced by torch.compile: built inside the graph (the compiler folds it), not read from the cache
+    index = _cross_patch_index.__wrapped__ if torch.compiler.is_compiling() else _cross_patch_index
+    pixel_index, grid_index = index(h, w, p, patches.device)
     flat = patches.reshape(batch, channels, h * w * p * p)
     energy = flat.square().reshape(batch, channels, h * w, p * p).sum(dim=(1, 3))  # (B, h w)
     empty = energy <= ENERGY_EPS * p * p * channels

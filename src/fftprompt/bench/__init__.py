@@ -16,6 +16,7 @@ _COMMANDS = {
     "fourierft": "Train step and memory: linear probe, LoRA, PEFT's FourierFT, ours.",
     "prompts": "Train step of frequency-conditioned prompts vs VPT prompts.",
     "methods": "Every method side by side: trainable params, train step, inference, peak memory.",
+    "train": "End-to-end fftprompt-train throughput (Lightning, JPEG decoding, workers) vs the raw step.",
     "ops": "Operator, copy, FFT and kernel-launch counts of one train step per method (torch.profiler).",
 }
 

@@ -7,16 +7,17 @@ graphs are in place) and counts, separately for the forward, the backward and th
 - ``ops``: compute operators, i.e. ``aten`` operators that call no other compute operator (views, reshapes,
   allocations and metadata queries are not counted): on a GPU each is about one kernel launch;
 - ``copy_`` (leaf copies: dtype conversions, ``contiguous``, gathers into place), ``_to_copy`` (dtype or device
-  conversions) and ``fft`` (``_fft_r2c``, ``_fft_c2r``, ``_fft_c2c``: the FFT kernels themselves);
+  conversions; copies of 0-dim tensors, Python numbers wrapped for an operator, are not counted anywhere) and
+  ``fft`` (``_fft_r2c``, ``_fft_c2r``, ``_fft_c2c``: the FFT kernels themselves);
 - on CUDA devices also ``launches``: CUDA runtime launch calls on the CPU side (``cudaLaunchKernel``,
   ``cudaGraphLaunch``, ...), and ``kernels``: the kernels that ran on the device.
 
 Methods are those of ``fftprompt-bench methods`` (:func:`fftprompt.bench.methods.create_method_model`), plus two
 parts timed alone: ``features`` (``FrequencyFeatures`` + ``compact()`` under ``no_grad``, forward only) and
-``generator`` (``FrequencyPrompt`` forward + backward on fixed maps). With ``--compile MODE`` every model runs under
-``torch.compile(mode=MODE)`` instead, and the row also gives the graph breaks that ``torch._dynamo.explain`` finds
-in its forward. A compiled step's ``aten`` counts on a CPU only cover what the compiled code calls out to (its fused
-kernels are not ``aten`` operators); the launch counts on CUDA count everything.
+``generator`` (``FrequencyPrompt`` forward + backward on fixed maps). With ``--compile SPEC`` every model runs under
+``torch.compile`` instead (an inductor mode or ``backend:NAME``), and the row also gives the graph breaks that
+``torch._dynamo.explain`` finds in its forward. A compiled step's ``aten`` counts on a CPU only cover what the
+compiled code calls out to (its fused kernels are not ``aten`` operators); the launch counts on CUDA count everything.
 """
 
 from __future__ import annotations
@@ -32,9 +33,19 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from fftprompt.backbone import create_backbone
-from fftprompt.bench._common import autocast, check_options, machine, run_command, split_choices
+from fftprompt.bench._common import (
+    COMPILE_HELP,
+    autocast,
+    backbone_kwargs,
+    check_options,
+    compile_kwargs,
+    compile_model,
+    machine,
+    run_command,
+    split_choices,
+)
 from fftprompt.bench.methods import METHODS as MODEL_METHODS
-from fftprompt.bench.methods import _backbone_kwargs, create_method_model, skip_reason
+from fftprompt.bench.methods import create_method_model, skip_reason
 from fftprompt.fourierft import VIT_B_N_FREQUENCY, FourierFTLinear
 from fftprompt.prompts import FrequencyPrompt, ModelDims
 from fftprompt.spectral import FrequencyFeatures
@@ -44,17 +55,21 @@ METHODS: tuple[str, ...] = (*MODEL_METHODS, *PARTS)
 PHASES = ("forward", "backward", "optimizer")
 FFT_OPS = frozenset({"aten::_fft_r2c", "aten::_fft_c2r", "aten::_fft_c2c"})
 # views, reshapes, allocations and metadata: no kernel of their own
-NON_COMPUTE = frozenset(
-    f"aten::{name}"
-    for name in (
-        "empty empty_strided empty_like new_empty new_empty_strided view _unsafe_view as_strided as_strided_ reshape "
-        "_reshape_alias t transpose permute expand expand_as select slice unsqueeze squeeze flatten unflatten "
-        "detach detach_ alias lift_fresh resolve_conj resolve_neg view_as_real view_as_complex real imag conj _conj "
-        "unbind split split_with_sizes chunk narrow contiguous to result_type promote_types resize_ set_ item "
-        "_local_scalar_dense is_nonzero _has_compatible_shallow_copy_type numpy_T dropout broadcast_tensors "
-        "_neg_view _conj_physical_view movedim swapaxes matrix_H mT"
-    ).split()
-)
+_NON_COMPUTE_NAMES = """
+empty empty_strided empty_like new_empty new_empty_strided view _unsafe_view as_strided as_strided_
+reshape _reshape_alias t transpose permute expand expand_as select slice unsqueeze squeeze flatten
+unflatten detach detach_ alias lift_fresh resolve_conj resolve_neg view_as_real view_as_complex
+real imag conj _conj unbind split split_with_sizes chunk narrow contiguous to result_type
+promote_types resize_ set_ item _local_scalar_dense is_nonzero _has_compatible_shallow_copy_type
+numpy_T dropout broadcast_tensors _neg_view _conj_physical_view movedim swapaxes matrix_H mT
+"""
+NON_COMPUTE = frozenset(f"aten::{name}" for name in _NON_COMPUTE_NAMES.split())
+
+
+def _scalar_copy(event: Any) -> bool:
+    """A copy or conversion of 0-dim tensors (Python numbers wrapped for an operator): no device kernel."""
+    shapes = event.input_shapes
+    return event.name in ("aten::copy_", "aten::_to_copy") and bool(shapes) and all(s == [] for s in shapes)
 
 
 def _is_launch(name: str) -> bool:
@@ -74,7 +89,7 @@ def count_profile(prof: profile) -> dict[str, dict[str, int]]:
     @functools.cache
     def is_compute(index: int) -> bool:
         event = by_id[index]
-        if not event.name.startswith("aten::") or event.name in NON_COMPUTE:
+        if not event.name.startswith("aten::") or event.name in NON_COMPUTE or _scalar_copy(event):
             return False
         return not any(is_compute(id(child)) for child in event.cpu_children)
 
@@ -101,7 +116,7 @@ def count_profile(prof: profile) -> dict[str, dict[str, int]]:
         if is_compute(id(event)):
             entry["ops"] += 1
             entry["copy_"] += event.name == "aten::copy_"
-        entry["_to_copy"] += event.name == "aten::_to_copy"
+        entry["_to_copy"] += event.name == "aten::_to_copy" and not _scalar_copy(event)
         entry["fft"] += event.name in FFT_OPS
         entry["launches"] += _is_launch(event.name)
     return counts
@@ -112,7 +127,7 @@ def profile_step(step: Callable[[], Any], device: torch.device) -> dict[str, dic
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -137,14 +152,16 @@ def _train_step(model: nn.Module, images: Tensor, labels: Tensor, device: torch.
 
 def _part_step(part: str, args: argparse.Namespace, images: Tensor, device: torch.device) -> tuple[Callable, Any]:
     """The step of a part measured alone, and the module whose forward it compiles."""
-    backbone = create_backbone(args.backbone, pretrained=False, img_size=args.img_size, **_backbone_kwargs(args.backbone_arg))
+    backbone = create_backbone(
+        args.backbone, pretrained=False, img_size=args.img_size, **backbone_kwargs(args.backbone_arg)
+    )
     features = FrequencyFeatures(patch_size=backbone.patch_size).to(device)
     if part == "features":
 
         def compute(x: Tensor) -> Tensor:
             return features(x).compact()
 
-        compiled = torch.compile(compute, mode=args.compile) if args.compile else compute
+        compiled = compile_model(compute, args.compile) if args.compile else compute
 
         def step() -> None:
             with record_function("fftprompt::forward"), torch.no_grad(), autocast(device, args.dtype):
@@ -155,7 +172,7 @@ def _part_step(part: str, args: argparse.Namespace, images: Tensor, device: torc
     with torch.no_grad():
         maps = features(images)
         tokens = backbone.to(device).embed(images)[0][:, backbone.num_prefix_tokens :]
-    run = torch.compile(generator, mode=args.compile) if args.compile else generator
+    run = compile_model(generator, args.compile) if args.compile else generator
 
     def generator_step() -> None:
         generator.zero_grad(set_to_none=True)
@@ -190,7 +207,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         else:
             torch.manual_seed(0)
             backbone = create_backbone(
-                args.backbone, pretrained=False, img_size=args.img_size, **_backbone_kwargs(args.backbone_arg)
+                args.backbone, pretrained=False, img_size=args.img_size, **backbone_kwargs(args.backbone_arg)
             )
             torch.manual_seed(1)
             model = create_method_model(
@@ -210,7 +227,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 with autocast(device, args.dtype):
                     graph_breaks = torch._dynamo.explain(model)(images).graph_break_count
                 torch._dynamo.reset()
-            run = torch.compile(model, mode=args.compile) if args.compile else model
+            run = compile_model(model, args.compile) if args.compile else model
             step = _train_step(run, images, labels, device, args.dtype)
         for _ in range(args.warmup):
             step()
@@ -228,7 +245,7 @@ def format_table(report: dict[str, Any]) -> str:
     """Markdown table of a :func:`run_benchmark` report."""
     s, m = report["settings"], report["machine"]
     cuda = s["device"].startswith("cuda")
-    mode = f"torch.compile(mode={s['compile']!r})" if s["compile"] else "eager"
+    mode = f"torch.compile ({s['compile']})" if s["compile"] else "eager"
     extra = "".join(f", {item}" for item in s["backbone_arg"])
     lines = [
         f"{s['backbone']} ({s['img_size']} px{extra}), batch {s['batch_size']}, {s['dtype']}, {s['device']} "
@@ -271,12 +288,17 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--n-frequency", type=int, default=VIT_B_N_FREQUENCY)
     parser.add_argument("--fourierft-targets", default="qkv,proj,fc1,fc2")
     parser.add_argument("--grad-mode", choices=("auto", "dense", "fft"), default="auto", help="ours' gradient route")
-    parser.add_argument("--compile", default=None, metavar="MODE", help="torch.compile mode (default: eager)")
+    parser.add_argument("--compile", default=None, metavar="MODE", help=COMPILE_HELP.replace("also measure", "measure"))
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
     args = parser.parse_args(list(argv))
     args.methods = split_choices(parser, "--methods", args.methods, list(METHODS))
     args.fourierft_targets = [t for t in args.fourierft_targets.split(",") if t]
     check_options(parser, args, ("batch_size", "img_size", "threads", "n_frequency", "num_tokens"))
+    if args.compile is not None:
+        try:
+            compile_kwargs(args.compile)
+        except ValueError as error:
+            parser.error(str(error))
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the profiled step must not include first-call work)")
     return args

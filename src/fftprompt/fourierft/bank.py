@@ -106,7 +106,9 @@ class FourierFTBank:
             members.append(member)
         return members
 
-    def _synthesise(self, layer: FourierFTLinear, key: Hashable, dtype: torch.dtype, differentiable: bool) -> _Synthesis:
+    def _synthesise(
+        self, layer: FourierFTLinear, key: Hashable, dtype: torch.dtype, differentiable: bool
+    ) -> _Synthesis:
         members = self._members(layer, key, dtype, differentiable)
         first = members[0]
         lists = [member._coefficient_list() for member in members]

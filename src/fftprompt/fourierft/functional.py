@@ -74,9 +74,7 @@ def _block_deltas(
     return torch.fft.ifft2(spectrum).real * scaling
 
 
-def _synthesise_deltas(
-    coefficients: Tensor, half_index: Tensor, block_rows: int, d_in: int, scaling: float
-) -> Tensor:
+def _synthesise_deltas(coefficients: Tensor, half_index: Tensor, block_rows: int, d_in: int, scaling: float) -> Tensor:
     """``dW = scaling * Re(ifft2(S))`` of ``G`` blocks sharing their locations, in one batched ``irfft2``.
 
     The factor ``scaling / 2`` is applied to the coefficients as they are placed in the Hermitian half spectrum (see
@@ -350,7 +348,9 @@ class _FourierFTLinearFunction(torch.autograd.Function):
                 elif len(block_ids) == num_row_blocks:
                     dense = (grad.t() @ inputs).reshape(num_row_blocks, block_rows, -1)
                 elif torch.compiler.is_compiling():
-                    dense = torch.stack([grad[:, b * block_rows : (b + 1) * block_rows].t() @ inputs for b in block_ids])
+                    dense = torch.stack(
+                        [grad[:, b * block_rows : (b + 1) * block_rows].t() @ inputs for b in block_ids]
+                    )
                 else:  # one product per adapted block, straight from strided views of the output gradient
                     dense = inputs.new_empty((len(block_ids), block_rows, inputs.shape[1]))
                     for index, b in enumerate(block_ids):

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fftprompt.fourierft.config import QKV_BLOCKS, FourierFTConfig
 from fftprompt.fourierft.bank import FourierFTBank, _version_key
+from fftprompt.fourierft.config import QKV_BLOCKS, FourierFTConfig
 from fftprompt.fourierft.functional import (
     _block_deltas,
     _choose_grad_mode,
