@@ -83,9 +83,8 @@ if [ "$DEVICE" = "cpu" ]; then
     COMPILE=${COMPILE:-backend:aot_eager}
     COMMON=(--img-size 32 --batch-size 2 --dtype "$DTYPE" --device cpu)
     TINY=(--backbone-arg patch_size=8 --backbone-arg embed_dim=32 --backbone-arg depth=2 --backbone-arg num_heads=2)
-    METHODS_EXTRA=("${TINY[@]}" --steps 1 --warmup 1 --n-frequency 200 --threads 2
-        --compile-methods fourierft,lora,vpt_shallow,fft_shallow)
-    OPS_EXTRA=("${TINY[@]}" --warmup 1 --n-frequency 200 --threads 2 --methods fourierft,lora,features,generator)
+    METHODS_EXTRA=("${TINY[@]}" --steps 1 --warmup 1 --n-frequency 200 --threads 2 --compile-methods fourierft)
+    OPS_EXTRA=("${TINY[@]}" --warmup 1 --n-frequency 200 --threads 2 --methods fourierft,features)
     FOURIERFT_EXTRA=("${TINY[@]}" --steps 1 --warmup 1 --n-frequency 200 --targets qkv --no-memory --threads 2)
     FEATURES_EXTRA=(--repeats 1 --warmup 0 --threads 2)
     PROMPTS_EXTRA=(--img-size 32 --batch-size 2 --steps 1 --warmup 0 --threads 2)

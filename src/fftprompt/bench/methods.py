@@ -269,8 +269,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     # what each row runs: the model itself, or (name + COMPILED) the same model under torch.compile
     runs: dict[str, Callable[..., Any]] = dict(models)
     if args.compile:
-        for method in args.compile_methods:
-            if method in models:
+        for method in models:
+            if method in args.compile_methods:
                 runs[method + COMPILED] = compile_model(models[method], args.compile)
     optimizers = {
         name: torch.optim.AdamW(
