@@ -420,8 +420,8 @@ def cross_patch_symmetry(patches: Tensor) -> Tensor:
     (``cross_lr``), the up-down flip of patch ``(h-1-i, j)`` (``cross_ud``) and the 180-degree rotation of patch
     ``(h-1-i, w-1-j)`` (``cross_rot180``). So ``cross_lr`` is 1 everywhere for an image mirrored about its vertical
     centre line. It runs in the pixel domain on unwindowed patches: a zero-shift correlation has no leakage to
-    suppress, and the periodic window is not symmetric under the image flip ``n -> p-1-n``. The three partners are
-    gathered at once (:func:`_cross_patch_index`), so the cost is a fixed handful of operations.
+    suppress, and the periodic window is not symmetric under the image flip ``n -> p-1-n``. The normalisation of the
+    three maps runs batched.
 
     Args:
         patches: zero-mean patches ``(B, C, h, w, p, p)``.
@@ -430,35 +430,31 @@ def cross_patch_symmetry(patches: Tensor) -> Tensor:
         ``(B, 3, h, w)`` in :data:`CROSS_PATCH_NAMES` order; 0 where either patch is empty.
     """
     batch, channels, h, w, p, _ = patches.shape
-    # traced by torch.compile: built inside the graph (the compiler folds it), not read from the cache
-    index = _cross_patch_index.__wrapped__ if torch.compiler.is_compiling() else _cross_patch_index
-    pixel_index, grid_index = index(h, w, p, patches.device)
-    flat = patches.reshape(batch, channels, h * w * p * p)
-    energy = flat.square().reshape(batch, channels, h * w, p * p).sum(dim=(1, 3))  # (B, h w)
+    energy = patches.square().sum(dim=(1, -2, -1))  # (B, h, w)
     empty = energy <= ENERGY_EPS * p * p * channels
-    partners = flat[:, :, pixel_index]  # (B, C, 3, h w p p)
-    dot = (flat.unsqueeze(2) * partners).reshape(batch, channels, 3, h * w, p * p).sum(dim=(1, 4))  # (B, 3, h w)
-    norm = torch.sqrt(energy.unsqueeze(1) * energy[:, grid_index]).clamp_min(1e-30)
-    either_empty = empty.unsqueeze(1) | empty[:, grid_index]
-    maps = torch.where(either_empty, 0.0, (dot / norm).clamp(0.0, 1.0))
-    return maps.reshape(batch, 3, h, w)
+    # a flipped copy of the patches holds every patch's partner at its own place (flips are fast strided copies)
+    dot = torch.stack(
+        [(patches * patches.flip(grid + pixel)).sum(dim=(1, -2, -1)) for grid, pixel in _CROSS_PATCH_FLIPS], dim=1
+    )  # (B, 3, h, w)
+    # the partners' energies and emptiness: one small gather over the grid
+    index = _cross_patch_index.__wrapped__ if torch.compiler.is_compiling() else _cross_patch_index
+    partner = index(h, w, patches.device)
+    partner_energy = energy.reshape(batch, h * w)[:, partner].reshape(batch, 3, h, w)
+    either_empty = empty.unsqueeze(1) | empty.reshape(batch, h * w)[:, partner].reshape(batch, 3, h, w)
+    norm = torch.sqrt(energy.unsqueeze(1) * partner_energy).clamp_min(1e-30)
+    return torch.where(either_empty, 0.0, (dot / norm).clamp(0.0, 1.0))
+
+
+# (grid dims, in-patch dims) of (B, C, h, w, p, p) patches flipped for cross_lr, cross_ud, cross_rot180
+_CROSS_PATCH_FLIPS = (((3,), (-1,)), ((2,), (-2,)), ((2, 3), (-2, -1)))
 
 
 @functools.lru_cache(maxsize=32)
-def _cross_patch_index(h: int, w: int, p: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Where each patch's partners lie, for :data:`CROSS_PATCH_NAMES` in order (built once per grid, never written).
-
-    Returns:
-        ``(3, h w p p)`` flat pixel index of the flipped partner of every pixel (flipping both the grid position and
-        the pixel inside the patch), and ``(3, h w)`` flat index of the partner patch.
-    """
-    pixels = torch.arange(h * w * p * p, device=device).reshape(h, w, p, p)
+def _cross_patch_index(h: int, w: int, device: torch.device) -> Tensor:
+    """``(3, h w)``: flat grid index of each patch's partner, :data:`CROSS_PATCH_NAMES` order (built once per grid,
+    never written; traced by ``torch.compile``, it is built inside the graph instead)."""
     grid = torch.arange(h * w, device=device).reshape(h, w)
-    # (grid dims, pixel dims) flipped for cross_lr, cross_ud, cross_rot180
-    flips = (((1,), (3,)), ((0,), (2,)), ((0, 1), (2, 3)))
-    pixel_index = torch.stack([pixels.flip(g + q).reshape(-1) for g, q in flips])
-    grid_index = torch.stack([grid.flip(g).reshape(-1) for g, _ in flips])
-    return pixel_index, grid_index
+    return torch.stack([grid.flip([d - 2 for d in dims]).reshape(-1) for dims, _ in _CROSS_PATCH_FLIPS])
 
 
 # --------------------------------------------------------------------------------------------- containers

@@ -15,6 +15,12 @@ one product and the coefficient gradient, exactly, in the cheaper of two ways:
   gradients (conjugate symmetry gives the upper half) and a sampled product at the ``n`` entries:
   ``O(T (d log d + n))`` instead of ``O(T d_out d_in)``.
 
+The deltas of several blocks (of one or several layers, see :class:`~fftprompt.fourierft.bank.FourierFTBank`) come
+from one batched ``irfft2`` (:func:`_synthesise_deltas`); in the ``"dense"`` route :class:`_FourierFTDeltas` carries
+the synthesis in autograd, so that the weight gradients of all those layers reach one batched ``rfft2`` and gather.
+The merged weight is written in the compute dtype by the addition itself (:func:`_merge_weight`): no separate
+conversion per layer.
+
 ``grad_mode="auto"`` picks ``"dense"`` on accelerators (their matrix units make the dense product cheap) and compares
 the two costs on CPUs. No gradient of the frozen weight is ever formed unless that weight requires one.
 """
@@ -42,6 +48,9 @@ _FFT_ENTRY_COST = 26.0
 _BF16_MATMUL_COST = 0.25
 # tokens per chunk of the FFT-path gradient: the chunk's transposed spectra stay in the CPU caches
 _FFT_CHUNK_TOKENS = 512
+# largest batched FFT of the deltas on CPUs (complex half spectra): one ViT-B qkv matrix (2304 x 385 x 8 B = 7 MiB);
+# 12 of them in one call ran 2.3x slower than one after another (docs/benchmarks.md)
+_CPU_FFT_BATCH_BYTES = 8 * 2**20
 
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -74,8 +83,18 @@ def _block_deltas(
     return torch.fft.ifft2(spectrum).real * scaling
 
 
+def _fft_batch(count: int, item_bytes: int, device: torch.device) -> int:
+    """How many of ``count`` transforms of ``item_bytes`` each go into one batched FFT call: all of them on
+    accelerators (one launch), as many as fit :data:`_CPU_FFT_BATCH_BYTES` on CPUs (at least one), where a batch
+    beyond the caches runs slower than its parts one after another."""
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return count
+    return max(1, min(count, _CPU_FFT_BATCH_BYTES // max(item_bytes, 1)))
+
+
 def _synthesise_deltas(coefficients: Tensor, half_index: Tensor, block_rows: int, d_in: int, scaling: float) -> Tensor:
-    """``dW = scaling * Re(ifft2(S))`` of ``G`` blocks sharing their locations, in one batched ``irfft2``.
+    """``dW = scaling * Re(ifft2(S))`` of ``G`` blocks sharing their locations, in batched ``irfft2`` calls (one on
+    accelerators; cache-sized batches on CPUs, see :func:`_fft_batch`).
 
     The factor ``scaling / 2`` is applied to the coefficients as they are placed in the Hermitian half spectrum (see
     :func:`~fftprompt.fourierft.indices._half_spectrum_index`), which is built complex so that ``irfft2`` reads it
@@ -94,10 +113,21 @@ def _synthesise_deltas(coefficients: Tensor, half_index: Tensor, block_rows: int
     width = d_in // 2 + 1
     with torch.autocast(coefficients.device.type, enabled=False):
         fft_dtype = _fft_dtype(coefficients.dtype)
-        half = coefficients.new_zeros((coefficients.shape[0], block_rows * width), dtype=_COMPLEX[fft_dtype])
+        complex_dtype = _COMPLEX[fft_dtype]
         values = coefficients.to(fft_dtype)[:, half_index[1]]
-        torch.view_as_real(half)[..., 0].index_add_(1, half_index[0], values, alpha=0.5 * scaling)
-        return torch.fft.irfft2(half.view(-1, block_rows, width), s=(block_rows, d_in))
+        count = coefficients.shape[0]
+        batch = _fft_batch(count, block_rows * width * complex_dtype.itemsize, coefficients.device)
+        if batch == count:
+            half = values.new_zeros((count, block_rows * width), dtype=complex_dtype)
+            torch.view_as_real(half)[..., 0].index_add_(1, half_index[0], values, alpha=0.5 * scaling)
+            return torch.fft.irfft2(half.view(-1, block_rows, width), s=(block_rows, d_in))
+        deltas = values.new_empty((count, block_rows, d_in))
+        for start in range(0, count, batch):
+            part = values[start : start + batch]
+            half = part.new_zeros((part.shape[0], block_rows * width), dtype=complex_dtype)
+            torch.view_as_real(half)[..., 0].index_add_(1, half_index[0], part, alpha=0.5 * scaling)
+            torch.fft.irfft2(half.view(-1, block_rows, width), s=(block_rows, d_in), out=deltas[start : start + batch])
+        return deltas
 
 
 def _merge_weight(
@@ -134,7 +164,8 @@ def _merge_weight(
 
 def _dense_coefficient_grad(weight_grad: Tensor, dense_index: Tensor, scaling: float, dtype: torch.dtype) -> Tensor:
     """Coefficient gradient from the dense gradient ``G`` of ``dW``: ``scaling * Re(ifft2(G))[u, v]``, which for real
-    ``G`` is ``scaling / (d d_in) * Re(rfft2(G))`` at :func:`~fftprompt.fourierft.indices._dense_gather_index`.
+    ``G`` is ``scaling / (d d_in) * Re(rfft2(G))`` at :func:`~fftprompt.fourierft.indices._dense_gather_index`, in
+    batched ``rfft2`` calls (:func:`_fft_batch`).
 
     Args:
         weight_grad: ``(nb, d, d_in)`` gradient with respect to each block of ``dW``.
@@ -146,8 +177,15 @@ def _dense_coefficient_grad(weight_grad: Tensor, dense_index: Tensor, scaling: f
         ``(nb, n)``.
     """
     num_blocks, block_rows, d_in = weight_grad.shape
-    spectrum = torch.fft.rfft2(weight_grad.to(_fft_dtype(weight_grad.dtype))).reshape(num_blocks, -1)
-    return (spectrum[:, dense_index].real * (scaling / (block_rows * d_in))).to(dtype)
+    fft_dtype = _fft_dtype(weight_grad.dtype)
+    item_bytes = block_rows * (d_in // 2 + 1) * _COMPLEX[fft_dtype].itemsize
+    batch = _fft_batch(num_blocks, item_bytes, weight_grad.device)
+    parts = []
+    for start in range(0, num_blocks, batch):
+        spectrum = torch.fft.rfft2(weight_grad[start : start + batch].to(fft_dtype))
+        parts.append(spectrum.reshape(spectrum.shape[0], -1)[:, dense_index].real)
+    gathered = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return (gathered * (scaling / (block_rows * d_in))).to(dtype)
 
 
 @torch.library.custom_op("fftprompt::fourierft_spectral_products", mutates_args=())
