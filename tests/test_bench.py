@@ -29,6 +29,7 @@ from fftprompt.bench.methods import (
 )
 from fftprompt.bench.train import write_jpeg_folder
 from fftprompt.fourierft import FourierFTConfig, inject_fourierft
+from fftprompt.fourierft import functional as fourierft_functional
 
 # a 2-block ViT, img 32, patch 8, width 32
 TINY = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -274,11 +275,12 @@ def test_bench_ops_counts_one_inverse_fft_per_layer_shape(tmp_path):
     tiny = [arg for key, value in TINY.items() for arg in ("--backbone-arg", f"{key}={value}")]
     argv = ["ops", "--backbone", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2", *tiny]
     argv += ["--methods", "fourierft,vpt_shallow,features", "--n-frequency", "50", "--threads", "1", "--warmup", "1"]
-    assert bench_main([*argv, "--grad-mode", "dense", "--json", str(path)]) == 0
+    assert bench_main([*argv, "--grad-mode", "dense", "--accelerator-batching", "--json", str(path)]) == 0
     rows = {r["method"]: r for r in json.loads(path.read_text())["results"]}
     # qkv (96x32), proj (32x32), fc1 (128x32), fc2 (32x128): one irfft2 each in the forward, one rfft2 each backward
     assert rows["fourierft"]["phases"]["forward"]["fft"] == 4
     assert rows["fourierft"]["phases"]["backward"]["fft"] == 4
+    assert not fourierft_functional._CPU_BATCHES_DENSE_GRADIENT  # restored after the run
     assert rows["vpt_shallow"]["total"]["fft"] == 0
     assert rows["features"]["total"]["fft"] == 2  # fft2 of all patches, irfft2 of the symmetry correlations
     assert set(rows["features"]["phases"]) == {"forward"}

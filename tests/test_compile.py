@@ -12,6 +12,7 @@ import torch
 from conftest import tiny_config
 from fftprompt.backbone import create_backbone
 from fftprompt.fourierft import FourierFTConfig
+from fftprompt.fourierft import functional as fourierft_functional
 from fftprompt.lit import ClassificationModule
 from fftprompt.model import PromptedViT, create_model
 from fftprompt.prompts import FrequencyPrompt
@@ -55,8 +56,13 @@ def test_model_traces_without_graph_breaks(dtype):
     assert explained.graph_count == 1
 
 
-@pytest.mark.parametrize(("grad_mode", "dtype"), [("dense", None), ("fft", None), ("dense", torch.bfloat16)])
-def test_compiled_model_equals_eager(grad_mode, dtype):
+@pytest.mark.parametrize(
+    ("grad_mode", "batched", "dtype"),
+    [("dense", False, None), ("dense", True, None), ("fft", False, None), ("dense", True, torch.bfloat16)],
+)
+def test_compiled_model_equals_eager(grad_mode, batched, dtype, monkeypatch):
+    # batched: the accelerators' dense route (deltas in autograd, one rfft2 per group), run on the CPU
+    monkeypatch.setattr(fourierft_functional, "_CPU_BATCHES_DENSE_GRADIENT", batched)
     model = tiny_model(grad_mode)
     x = images()
     eager, eager_grads = outputs_and_grads(model, model, x, dtype)

@@ -23,9 +23,10 @@ compiled code calls out to (its fused kernels are not ``aten`` operators); the l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -47,6 +48,7 @@ from fftprompt.bench._common import (
 from fftprompt.bench.methods import METHODS as MODEL_METHODS
 from fftprompt.bench.methods import create_method_model, skip_reason
 from fftprompt.fourierft import VIT_B_N_FREQUENCY, FourierFTLinear
+from fftprompt.fourierft import functional as fourierft_functional
 from fftprompt.prompts import FrequencyPrompt, ModelDims
 from fftprompt.spectral import FrequencyFeatures
 
@@ -184,8 +186,26 @@ def _part_step(part: str, args: argparse.Namespace, images: Tensor, device: torc
     return generator_step, functools.partial(generator, images, maps, tokens)
 
 
+@contextlib.contextmanager
+def _accelerator_batching(enabled: bool) -> Iterator[None]:
+    """On a CPU, batch the FourierFT FFTs as accelerators do (see ``--accelerator-batching``)."""
+    saved = (fourierft_functional._CPU_FFT_BATCH_BYTES, fourierft_functional._CPU_BATCHES_DENSE_GRADIENT)
+    if enabled:
+        fourierft_functional._CPU_FFT_BATCH_BYTES = 2**62
+        fourierft_functional._CPU_BATCHES_DENSE_GRADIENT = True
+    try:
+        yield
+    finally:
+        fourierft_functional._CPU_FFT_BATCH_BYTES, fourierft_functional._CPU_BATCHES_DENSE_GRADIENT = saved
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Counts every requested method; returns machine, settings and per-method counts."""
+    with _accelerator_batching(args.accelerator_batching):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(2)
@@ -250,7 +270,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"{s['backbone']} ({s['img_size']} px{extra}), batch {s['batch_size']}, {s['dtype']}, {s['device']} "
         f"({m['device']}), torch {m['torch']}, {mode}; FourierFT n={s['n_frequency']} on "
-        f"{','.join(s['fourierft_targets'])} (grad_mode {s['grad_mode']}); counts of one train step after "
+        f"{','.join(s['fourierft_targets'])} (grad_mode {s['grad_mode']}"
+        f"{', accelerator batching' if s['accelerator_batching'] else ''}); counts of one train step after "
         f"{s['warmup']} warm-up steps (features: forward only)",
         "",
         "| method | forward ops | backward ops | optimizer ops | copy_ | _to_copy | FFT calls "
@@ -289,6 +310,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--fourierft-targets", default="qkv,proj,fc1,fc2")
     parser.add_argument("--grad-mode", choices=("auto", "dense", "fft"), default="auto", help="ours' gradient route")
     parser.add_argument("--compile", default=None, metavar="MODE", help=COMPILE_HELP.replace("also measure", "measure"))
+    parser.add_argument(
+        "--accelerator-batching",
+        action="store_true",
+        help="on a CPU, batch the FourierFT FFTs as accelerators do (deltas of a layer shape in one irfft2 however "
+        "large, dense coefficient gradients in one rfft2 per shape): the counts a GPU launches",
+    )
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
     args = parser.parse_args(list(argv))
     args.methods = split_choices(parser, "--methods", args.methods, list(METHODS))

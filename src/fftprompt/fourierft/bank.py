@@ -5,9 +5,9 @@ Layers (and ``q``/``k``/``v`` blocks) of equal shape share their entry locations
 from one ``irfft2`` of their stacked half spectra (:func:`~fftprompt.fourierft.functional._synthesise_deltas`)
 instead of one per layer (on accelerators the twelve ``qkv`` layers of a ViT-B cost one transform, not twelve), and
 the stacking, the scatter of the coefficients and the complex conversion are paid once per batch too. With
-``grad_mode`` ``"dense"`` the backward mirrors it: autograd gathers the weight gradients of the group's layers into
-one tensor, and one batched ``rfft2`` and one gather give every coefficient gradient
-(:class:`~fftprompt.fourierft.functional. _FourierFTDeltas`).
+``grad_mode`` ``"dense"`` on accelerators the backward mirrors it: autograd gathers the weight gradients of the
+group's layers into one tensor, and one batched ``rfft2`` and one gather give every coefficient gradient
+(:class:`~fftprompt.fourierft.functional._FourierFTDeltas`); CPUs form each layer's gradient at once instead.
 
 The bank owns no parameters and no state-dict entries: the coefficients stay each layer's own parameters (keys
 ``<layer>.fourierft_spectrum.<block>``), stacked when the deltas are synthesised.
@@ -149,7 +149,8 @@ class FourierFTBank:
         else:
             with torch.no_grad():
                 deltas = _synthesise_deltas(torch.stack(parameters), first._half_index, *settings)
-        pieces = deltas.split([len(coefficients) for coefficients in lists])
+        # one layer: no split (its backward would copy the gradient once more)
+        pieces = (deltas,) if len(chunk) == 1 else deltas.split([len(coefficients) for coefficients in lists])
         synthesis.deltas.update({id(m): piece for m, piece in zip(chunk, pieces, strict=True)})
 
 

@@ -51,6 +51,9 @@ _FFT_CHUNK_TOKENS = 512
 # largest batched FFT of the deltas on CPUs (complex half spectra): one ViT-B qkv matrix (2304 x 385 x 8 B = 7 MiB);
 # 12 of them in one call ran 2.3x slower than one after another (docs/benchmarks.md)
 _CPU_FFT_BATCH_BYTES = 8 * 2**20
+# CPUs form the dense coefficient gradient in each layer's backward (see _batches_dense_gradient); tests and
+# fftprompt-bench ops --accelerator-batching set this to run the accelerators' batched route on a CPU
+_CPU_BATCHES_DENSE_GRADIENT = False
 
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -81,6 +84,13 @@ def _block_deltas(
     spectrum = coefficients.new_zeros((coefficients.shape[0], block_rows, d_in), dtype=dtype)
     spectrum[:, rows, cols] = coefficients.to(dtype)
     return torch.fft.ifft2(spectrum).real * scaling
+
+
+def _batches_dense_gradient(device: torch.device) -> bool:
+    """Whether the dense coefficient gradient is deferred to :class:`_FourierFTDeltas` (one batched ``rfft2`` for a
+    bank group, fewer launches) rather than formed in each layer's backward while its weight gradient is in cache:
+    on accelerators, not on CPUs (where the deferred gradients ran 1-3% slower, docs/benchmarks.md)."""
+    return device.type != "cpu" or _CPU_BATCHES_DENSE_GRADIENT
 
 
 def _fft_batch(count: int, item_bytes: int, device: torch.device) -> int:
@@ -315,13 +325,14 @@ class _FourierFTDeltas(torch.autograd.Function):
 class _FourierFTLinearFunction(torch.autograd.Function):
     """``y = x (W + dW)^T + b`` with the block deltas ``dW`` added to the frozen weight before the one product.
 
-    The coefficient gradient takes one of two routes (see the module docstring):
+    The coefficient gradient takes one of three routes (see the module docstring):
 
-    - ``"dense"``: ``deltas`` come from :class:`_FourierFTDeltas` and require a gradient; the backward returns the
-      weight gradient of the adapted blocks ``g^T x`` as their gradient (the FFT and gather follow, batched, in
-      :class:`_FourierFTDeltas`), and ``coefficients`` is None;
-    - ``"fft"``: ``deltas`` carry no gradient and the backward returns the gradient of ``coefficients`` from FFTs of
-      the inputs and output gradients.
+    - batched dense (accelerators): ``deltas`` come from :class:`_FourierFTDeltas` and require a gradient; the
+      backward returns the weight gradient of the adapted blocks ``g^T x`` as their gradient (the FFT and gather
+      follow, batched over the bank's group, in :class:`_FourierFTDeltas`), and ``coefficients`` is None;
+    - ``mode="dense"`` (CPUs): ``deltas`` carry no gradient; the backward forms ``g^T x`` and its FFT at once, while
+      it is in cache, and returns the gradient of ``coefficients``;
+    - ``mode="fft"``: likewise, from FFTs of the inputs and output gradients.
 
     No gradient of the frozen weight is formed unless the weight requires one.
     """
@@ -334,6 +345,7 @@ class _FourierFTLinearFunction(torch.autograd.Function):
         bias: Tensor | None,
         deltas: Tensor,
         coefficients: Tensor | None,
+        dense_index: Tensor,
         crow: Tensor,
         col: Tensor,
         inverse: Tensor,
@@ -341,11 +353,12 @@ class _FourierFTLinearFunction(torch.autograd.Function):
         block_rows: int,
         scaling: float,
         dtype: torch.dtype,
+        mode: Literal["dense", "fft"],
     ) -> Tensor:
         merged = _merge_weight(weight, deltas, block_ids, block_rows, dtype)
         x_cast = x.to(dtype)
         out = F.linear(x_cast, merged, None if bias is None else bias.to(dtype))
-        ctx.block_ids, ctx.block_rows, ctx.scaling = block_ids, block_rows, scaling
+        ctx.block_ids, ctx.block_rows, ctx.scaling, ctx.mode = block_ids, block_rows, scaling, mode
         ctx.x_shape, ctx.x_dtype, ctx.weight_dtype, ctx.bias_dtype = (
             x.shape,
             x.dtype,
@@ -357,14 +370,19 @@ class _FourierFTLinearFunction(torch.autograd.Function):
         keep_inputs = any(ctx.needs_input_grad[i] for i in (1, 3, 4))
         # W + dW only serves the input gradient: the first adapted layer often needs none
         ctx.save_for_backward(
-            x_cast if keep_inputs else None, merged if ctx.needs_input_grad[0] else None, crow, col, inverse
+            x_cast if keep_inputs else None,
+            merged if ctx.needs_input_grad[0] else None,
+            dense_index,
+            crow,
+            col,
+            inverse,
         )
         ctx.d_out = merged.shape[0]
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, merged, crow, col, inverse = ctx.saved_tensors
+        x, merged, dense_index, crow, col, inverse = ctx.saved_tensors
         needs_x, needs_weight, needs_bias, needs_deltas, needs_coefficients = ctx.needs_input_grad[:5]
         d_out = ctx.d_out
         grad = grad_out.reshape(-1, d_out)
@@ -380,7 +398,8 @@ class _FourierFTLinearFunction(torch.autograd.Function):
             num_row_blocks = d_out // block_rows
             if needs_weight:
                 grad_weight = (grad.t() @ inputs).to(ctx.weight_dtype)
-            if needs_deltas:
+            dense = None
+            if needs_deltas or (needs_coefficients and ctx.mode == "dense"):
                 if grad_weight is not None:
                     dense = grad_weight.reshape(num_row_blocks, block_rows, -1)[list(block_ids)]
                 elif len(block_ids) == num_row_blocks:
@@ -393,12 +412,15 @@ class _FourierFTLinearFunction(torch.autograd.Function):
                     dense = inputs.new_empty((len(block_ids), block_rows, inputs.shape[1]))
                     for index, b in enumerate(block_ids):
                         torch.mm(grad[:, b * block_rows : (b + 1) * block_rows].t(), inputs, out=dense[index])
+            if needs_deltas:
                 grad_deltas = dense.to(ctx.deltas_dtype)
-            if needs_coefficients:
+            if needs_coefficients and ctx.mode == "dense":
+                grad_coefficients = _dense_coefficient_grad(dense, dense_index, ctx.scaling, ctx.coefficient_dtype)
+            elif needs_coefficients:
                 block_grad = grad.reshape(-1, num_row_blocks, block_rows)
                 if len(block_ids) != num_row_blocks:
                     block_grad = block_grad[:, list(block_ids)]
                 grad_coefficients = _fft_coefficient_grad(
                     block_grad, inputs, crow, col, inverse, ctx.scaling, ctx.coefficient_dtype
                 )
-        return (grad_x, grad_weight, grad_bias, grad_deltas, grad_coefficients) + (None,) * 7
+        return (grad_x, grad_weight, grad_bias, grad_deltas, grad_coefficients) + (None,) * 9

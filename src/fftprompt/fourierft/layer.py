@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from fftprompt.fourierft.bank import FourierFTBank, _version_key
 from fftprompt.fourierft.config import QKV_BLOCKS, FourierFTConfig
 from fftprompt.fourierft.functional import (
+    _batches_dense_gradient,
     _block_deltas,
     _choose_grad_mode,
     _fft_dtype,
@@ -141,11 +142,13 @@ class FourierFTLinear(nn.Module):
         )
 
     def _dense_route(self, dtype: torch.dtype) -> bool:
-        """Whether a forward now takes the dense coefficient gradient through differentiable deltas."""
+        """Whether a forward now takes the dense coefficient gradient through differentiable deltas, batched over the
+        bank's group (:func:`~fftprompt.fourierft.functional._batches_dense_gradient`)."""
         return (
             torch.is_grad_enabled()
             and any(p.requires_grad for p in self._coefficient_list())
             and self._grad_mode(dtype) == "dense"
+            and _batches_dense_gradient(self.base_layer.weight.device)
         )
 
     def _merged_key(self, dtype: torch.dtype) -> tuple[Any, ...]:
@@ -209,22 +212,24 @@ class FourierFTLinear(nn.Module):
         if not requires_grad:
             return F.linear(x.to(dtype), self._merged_weight(dtype, compiling), self._bias(dtype, compiling))
         self._cache = None  # an evaluation cache would otherwise hold a weight copy through training
-        dense = trains_coefficients and self._grad_mode(dtype) == "dense"
+        mode = self._grad_mode(dtype)
+        batched = trains_coefficients and mode == "dense" and _batches_dense_gradient(weight.device)
         settings = (self.block_rows, self.in_features, self.config.scaling)
         if compiling:  # traced: every layer synthesises its own deltas inside the graph
             stacked = _stack(coefficients)
-            if dense:
+            if batched:
                 deltas = _FourierFTDeltas.apply(stacked, self._half_index, self._dense_index, *settings)
             else:
                 deltas = _synthesise_deltas(stacked.detach(), self._half_index, *settings)
         else:
-            deltas = self._bank.deltas(self, dtype, differentiable=dense)
+            deltas = self._bank.deltas(self, dtype, differentiable=batched)
         return _FourierFTLinearFunction.apply(
             x,
             weight,
             self._bias(dtype, compiling),
             deltas,
-            _stack(coefficients) if trains_coefficients and not dense else None,
+            _stack(coefficients) if trains_coefficients and not batched else None,
+            self._dense_index,
             self._fft_crow,
             self._fft_col,
             self._fft_inverse,
@@ -232,6 +237,7 @@ class FourierFTLinear(nn.Module):
             self.block_rows,
             self.config.scaling,
             dtype,
+            mode,
         )
 
     def _merged_weight(self, dtype: torch.dtype, compiling: bool) -> Tensor:
