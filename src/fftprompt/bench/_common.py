@@ -139,7 +139,16 @@ def compile_kwargs(spec: str) -> dict[str, Any]:
 
 
 def compile_model(model: Callable[..., T], spec: str) -> Callable[..., T]:
-    """``torch.compile(model, **compile_kwargs(spec))``."""
+    """``torch.compile(model, **compile_kwargs(spec))``.
+
+    The models of one benchmark share their ``forward`` code (every ``PromptedViT``), and ``torch.compile`` keeps a
+    limited number of compiled versions per code object (8 by default) before it silently runs the rest eagerly:
+    the limit is raised to 64 so that every compiled row is compiled.
+    """
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 64 if "accumulated" not in name else 512))
     return torch.compile(model, **compile_kwargs(spec))
 
 
