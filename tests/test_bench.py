@@ -8,11 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TINY_MODEL
 from fftprompt.backbone import create_backbone
 from fftprompt.bench import _COMMANDS
 from fftprompt.bench import main as bench_main
 from fftprompt.bench._common import (
     autocast,
+    compile_kwargs,
     cpu_step_peak_bytes,
     machine,
     state_bytes,
@@ -25,7 +27,9 @@ from fftprompt.bench.methods import (
     create_method_model,
     peft_available,
 )
+from fftprompt.bench.train import write_jpeg_folder
 from fftprompt.fourierft import FourierFTConfig, inject_fourierft
+from fftprompt.fourierft import functional as fourierft_functional
 
 # a 2-block ViT, img 32, patch 8, width 32
 TINY = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -237,3 +241,68 @@ def test_other_bench_commands_report_the_shared_machine_description(command, opt
         # the profiled step allocates activations and gradients on top of what lives between steps
         assert all(r["peak_mb"] > r["state_mb"] > 0 for r in rows.values())
         assert rows["fourierft"]["trainable_params"] == rows["peft_fourierft"]["trainable_params"]
+
+
+# -- compiled rows, operator counts, training throughput ---------------------------------------------------------
+
+
+def test_compile_option_values():
+    assert compile_kwargs("reduce-overhead") == {"mode": "reduce-overhead", "dynamic": False}
+    assert compile_kwargs("backend:cudagraphs") == {"backend": "cudagraphs", "dynamic": False}
+    for bad in ("", "backend:"):
+        with pytest.raises(ValueError, match="inductor mode"):
+            compile_kwargs(bad)
+
+
+@pytest.mark.slow
+def test_bench_methods_compiled_rows_are_compared_among_themselves(tmp_path):
+    path = tmp_path / "r.json"
+    args = [*TINY_ARGS, "--methods", "vpt_shallow,fft_shallow", "--no-memory", "--compile", "backend:aot_eager"]
+    assert bench_main(["methods", *args, "--compile-methods", "fft_shallow,vpt_shallow", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    rows = {r["method"]: r for r in report["results"]}
+    assert list(rows) == ["vpt_shallow", "fft_shallow", "vpt_shallow+compiled", "fft_shallow+compiled"]
+    assert rows["fft_shallow+compiled"]["label"] == rows["fft_shallow"]["label"] + " (compiled, backend:aot_eager)"
+    assert rows["fft_shallow+compiled"]["trainable_params"] == rows["fft_shallow"]["trainable_params"]
+    ratio = rows["fft_shallow+compiled"]["train_step_ms"] / rows["vpt_shallow+compiled"]["train_step_ms"]
+    assert report["ratios"]["train step fft_shallow+compiled/vpt_shallow+compiled"] == pytest.approx(ratio)
+    assert "train step fft_shallow/vpt_shallow+compiled" not in report["ratios"]
+
+
+@pytest.mark.slow
+def test_bench_ops_counts_one_inverse_fft_per_layer_shape(tmp_path):
+    path = tmp_path / "ops.json"
+    tiny = [arg for key, value in TINY.items() for arg in ("--backbone-arg", f"{key}={value}")]
+    argv = ["ops", "--backbone", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2", *tiny]
+    argv += ["--methods", "fourierft,vpt_shallow,features", "--n-frequency", "50", "--threads", "1", "--warmup", "1"]
+    assert bench_main([*argv, "--grad-mode", "dense", "--accelerator-batching", "--json", str(path)]) == 0
+    rows = {r["method"]: r for r in json.loads(path.read_text())["results"]}
+    # qkv (96x32), proj (32x32), fc1 (128x32), fc2 (32x128): one irfft2 each in the forward, one rfft2 each backward
+    assert rows["fourierft"]["phases"]["forward"]["fft"] == 4
+    assert rows["fourierft"]["phases"]["backward"]["fft"] == 4
+    assert not fourierft_functional._CPU_BATCHES_DENSE_GRADIENT  # restored after the run
+    assert rows["vpt_shallow"]["total"]["fft"] == 0
+    assert rows["features"]["total"]["fft"] == 2  # fft2 of all patches, irfft2 of the symmetry correlations
+    assert set(rows["features"]["phases"]) == {"forward"}
+    for row in rows.values():
+        assert row["total"]["ops"] > row["total"]["fft"] and row["graph_breaks"] is None
+
+
+@pytest.mark.slow
+def test_bench_train_times_lightning_against_the_raw_step(tmp_path):
+    path = tmp_path / "train.json"
+    overrides = [f"--override={o}" for o in TINY_MODEL]
+    argv = ["train", "--images", "24", "--image-px", "40", "--classes", "3", "--img-size", "32", "--batch-size", "4"]
+    argv += ["--workers", "0", "--epochs", "2", "--raw-steps", "2", "--threads", "1", "--data-dir", str(tmp_path)]
+    assert bench_main([*argv, *overrides, "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert len(list(tmp_path.glob("class_*/*.jpg"))) == 24
+    # 8 images per class, of which 1 (10%) for validation and 2 (20%) for testing: 15 training images, 4 batches
+    assert report["epochs"] == 2 and report["batches"] == 8
+    for key in ("raw_step_images_per_s", "loop_images_per_s", "end_to_end_images_per_s", "pipeline_images_per_s"):
+        assert report[key] > 0, key
+    assert report["end_to_end_images_per_s"] < report["loop_images_per_s"]
+    assert report["fit_seconds"] == pytest.approx(sum(report["fit_seconds_by_part"].values()))
+    assert report["loop_bound"]
+    with pytest.raises(ValueError, match="holds 24 generated JPEGs, not 30"):
+        write_jpeg_folder(tmp_path, 30, 40, 3)

@@ -19,7 +19,9 @@ from fftprompt.fourierft import (
     load_fourierft_state_dict,
     merge_fourierft,
 )
-from fftprompt.fourierft.functional import _choose_grad_mode
+from fftprompt.fourierft import functional as fourierft_functional
+from fftprompt.fourierft.bank import FourierFTBank
+from fftprompt.fourierft.functional import _choose_grad_mode, _fft_batch
 
 peft_fourierft = pytest.importorskip("peft.tuners.fourierft.layer")
 from peft import FourierFTConfig as PeftFourierFTConfig  # noqa: E402
@@ -199,6 +201,14 @@ def test_gradcheck_float64(grad_mode, blocks, d_out, d_in):
     assert torch.autograd.gradcheck(forward, tuple(t.requires_grad_() for t in inputs))
 
 
+def test_batched_dense_route_matches_peft_and_passes_gradcheck(accelerator_route):
+    # the accelerators' route (deltas in autograd, one rfft2 per bank group) run on the CPU
+    test_timm_qkv_matches_peft_on_qkv("dense")
+    test_q_v_blocks_equal_peft_on_separate_q_k_v_layers("dense")
+    for blocks, d_out, d_in in ((None, 12, 10), (("q", "v"), 24, 8), (("k",), 9, 7)):
+        test_gradcheck_float64("dense", blocks, d_out, d_in)
+
+
 def test_auto_grad_mode_picks_fft_for_large_cpu_layers_and_dense_otherwise():
     cpu, cuda, f32 = torch.device("cpu"), torch.device("cuda"), torch.float32
     assert _choose_grad_mode("auto", cpu, f32, 1, 2304, 768, 3000) == "fft"  # ViT-B qkv
@@ -332,6 +342,123 @@ def test_state_dict_round_trip_regenerates_locations():
     bad = dict(state) | {"blocks.0.mlp.fc1.fourierft_spectrum.full": torch.zeros(3)}
     with pytest.raises(ValueError, match="shape"):
         load_fourierft_state_dict(restored, bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the bank: deltas of equal shapes synthesised together
+
+
+def inverse_ffts(run, kernel: str = "aten::_fft_c2r") -> int:
+    """FFT kernels (``irfft2``: ``aten::_fft_c2r``; ``rfft2``: ``aten::_fft_r2c``) launched by ``run()``."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(event.name == kernel for event in prof.events())
+
+
+def one_bank_per_layer(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, FourierFTLinear):
+            FourierFTBank([module])
+    return model
+
+
+@pytest.fixture
+def accelerator_route(monkeypatch):
+    """The accelerators' route on the CPU: dense coefficient gradients deferred to one batched rfft2 per group."""
+    monkeypatch.setattr(fourierft_functional, "_CPU_BATCHES_DENSE_GRADIENT", True)
+
+
+@pytest.mark.parametrize(("grad_mode", "batched"), [("dense", True), ("dense", False), ("fft", False)])
+def test_bank_synthesises_each_shape_once_and_equals_layers_on_their_own(grad_mode, batched, monkeypatch):
+    monkeypatch.setattr(fourierft_functional, "_CPU_BATCHES_DENSE_GRADIENT", batched)
+    model = tiny_vit()
+    # 32x32: q and v blocks of both qkv layers and both proj layers (6 deltas); 128x32: both fc1 layers
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v", "proj", "fc1"), grad_mode=grad_mode))
+    alone = one_bank_per_layer(copy.deepcopy(model))
+    x = images()
+    outputs = {}
+    assert inverse_ffts(lambda: outputs.setdefault("bank", model(x))) == 2
+    assert inverse_ffts(lambda: outputs.setdefault("alone", alone(x))) == 6
+    torch.testing.assert_close(outputs["bank"], outputs["alone"], rtol=1e-5, atol=1e-6)
+    upstream = torch.randn_like(outputs["bank"])
+    backward = {key: lambda key=key: (outputs[key] * upstream).sum().backward() for key in outputs}
+    if grad_mode == "dense":  # batched: one rfft2 per shape gives every coefficient gradient; else one per layer
+        assert inverse_ffts(backward["bank"], "aten::_fft_r2c") == (2 if batched else 6)
+        assert inverse_ffts(backward["alone"], "aten::_fft_r2c") == 6
+    else:
+        backward["bank"]()
+        backward["alone"]()
+    for name, parameter in model.named_parameters():
+        if "fourierft" in name:
+            assert rel_err(parameter.grad, alone.get_parameter(name).grad) < 1e-5, name
+    layer = model.blocks[1].attn.qkv
+    assert not layer._bank._synthesis  # released once every layer took its deltas
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+def test_bank_synthesises_again_for_every_forward_and_after_every_step(grad_mode, accelerator_route):
+    model = tiny_vit()
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v", "fc2"), grad_mode=grad_mode))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    x = images()
+    model(x).square().sum().backward()
+    single = [p.grad.clone() for p in parameters]
+    # two forwards before one backward (gradient accumulation): each has its own deltas
+    first, second = model(x), model(images(seed=2))
+    model.zero_grad(set_to_none=True)
+    (first.square().sum() + model(x).square().sum()).backward()
+    for parameter, grad in zip(parameters, single, strict=True):
+        torch.testing.assert_close(parameter.grad, 2 * grad, rtol=1e-5, atol=1e-6)
+    torch.optim.SGD(parameters, lr=1.0).step()
+    with torch.no_grad():
+        after = model(x)
+        fresh = one_bank_per_layer(copy.deepcopy(model))(x)
+    assert not torch.allclose(after, first)
+    torch.testing.assert_close(after, fresh, rtol=1e-5, atol=1e-6)
+    assert second.shape == first.shape
+
+
+class _TwoLarge(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(768, 2304), nn.Linear(768, 2304)  # a ViT-B qkv shape: 7 MiB half spectra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(x)
+
+
+def test_cpu_batches_of_deltas_stay_cache_sized(accelerator_route):
+    cpu, cuda, mib = torch.device("cpu"), torch.device("cuda"), 2**20
+    assert _fft_batch(12, 7 * mib, cpu) == 1 and _fft_batch(12, mib, cpu) == 8 and _fft_batch(12, 7 * mib, cuda) == 12
+    torch.manual_seed(0)
+    model = _TwoLarge().requires_grad_(False)
+    inject_fourierft(model, FourierFTConfig(n_frequency=100, targets=("a", "b"), grad_mode="dense"))
+    x = torch.randn(3, 768)
+    out = {}
+    assert inverse_ffts(lambda: out.setdefault("bank", model(x))) == 2  # one group, two cache-sized batches
+    torch.testing.assert_close(out["bank"], one_bank_per_layer(copy.deepcopy(model))(x), rtol=1e-5, atol=1e-5)
+    assert inverse_ffts(lambda: out["bank"].sum().backward(), "aten::_fft_r2c") == 2
+
+
+def test_bank_without_gradients_synthesises_only_stale_layers_and_holds_nothing():
+    model = tiny_vit()
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("qkv", "fc1")))
+    x = images()
+    with torch.no_grad():
+        assert inverse_ffts(lambda: model(x)) == 2  # (96, 32) and (128, 32)
+        assert inverse_ffts(lambda: model(x)) == 0  # merged weights cached
+        model.blocks[0].mlp.fc1.fourierft_spectrum["full"].mul_(2.0)
+        stale = model(x)
+        assert inverse_ffts(lambda: model(x)) == 0
+    bank = model.blocks[0].mlp.fc1._bank
+    assert not bank._synthesis
+    torch.testing.assert_close(stale, one_bank_per_layer(copy.deepcopy(model))(x), rtol=1e-5, atol=1e-6)
+    # a forward in progress (one layer of a group ran with gradients) is neither copied nor kept by the copy
+    model.blocks[0].mlp.fc1(torch.randn(3, 32))
+    assert bank._synthesis
+    copied = copy.deepcopy(model)
+    assert not copied.blocks[0].mlp.fc1._bank._synthesis
+    assert copied.blocks[0].mlp.fc1._bank is copied.blocks[1].mlp.fc1._bank is not bank
 
 
 # ---------------------------------------------------------------------------------------------------------------------

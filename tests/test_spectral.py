@@ -13,13 +13,17 @@ from fftprompt.spectral import (
     FEATURE_GROUPS,
     SYMMETRY_NAMES,
     FrequencyFeatures,
+    dominant_orientation,
     global_symmetry,
     log_magnitude,
     orientation_bin_index,
+    orientation_energy,
     patch_spectrum,
     patchify,
     phase,
+    power_spectrum,
     radial_bin_index,
+    radial_energy,
     symmetry_map,
     unpatchify,
 )
@@ -291,6 +295,40 @@ def test_cross_patch_symmetry_of_mirrored_images(name: str) -> None:
     random = FrequencyFeatures(16)(torch.randn(2, 3, 64, 96))
     assert random.cross_patch.mean() < 0.1
     assert random.cross_patch.max() < 0.3
+
+
+def test_cross_patch_symmetry_matches_a_loop_over_patch_pairs() -> None:
+    torch.manual_seed(10)
+    x = torch.randn(2, 3, 48, 64)
+    x[0, :, :16, :16] = 0.5  # an empty (constant) patch: its pairs score 0
+    maps = FrequencyFeatures(16)(x).cross_patch.numpy()
+    patches = patchify(x, 16).double().numpy()
+    patches = patches - patches.mean(axis=(-2, -1), keepdims=True)
+    _, _, h, w, _, _ = patches.shape
+    for b in range(2):
+        for i in range(h):
+            for j in range(w):
+                a = patches[b, :, i, j]
+                partners = (
+                    np.flip(patches[b, :, i, w - 1 - j], -1),
+                    np.flip(patches[b, :, h - 1 - i, j], -2),
+                    np.flip(patches[b, :, h - 1 - i, w - 1 - j], (-2, -1)),
+                )
+                for k, partner in enumerate(partners):
+                    norm = np.sqrt(np.sum(a * a) * np.sum(partner * partner))
+                    expected = 0.0 if norm < 1e-6 else np.clip(np.sum(a * partner) / norm, 0.0, 1.0)
+                    assert maps[b, k, i, j] == pytest.approx(expected, abs=1e-5), (b, k, i, j)
+
+
+def test_module_projects_orientation_and_radial_energy_at_once_like_the_functions() -> None:
+    torch.manual_seed(11)
+    x = torch.randn(2, 3, 32, 48)
+    features = FrequencyFeatures(16, orientation_bins=6, radial_bins=3)
+    maps = features(x)
+    power = power_spectrum(patch_spectrum(x, 16))
+    torch.testing.assert_close(maps.orientation, orientation_energy(power, features.orientation_index, 6))
+    torch.testing.assert_close(maps.radial, radial_energy(power, features.radial_index, 3))
+    torch.testing.assert_close(maps.dominant_orientation, dominant_orientation(power, features.doubled_angle))
 
 
 # ------------------------------------------------------------------------------------------------ module

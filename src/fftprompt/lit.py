@@ -66,6 +66,8 @@ PARAM_GROUPS = ("prompt", "adapter", "head")
 FINGERPRINT_KEY = "fftprompt_frozen_fingerprint"  # checkpoint entry: frozen_fingerprint of the backbone
 CLASS_NAMES_KEY = "fftprompt_class_names"  # checkpoint entry: the model's class names, when known
 _SCHEDULES = ("cosine", "constant")
+# torch.compile modes; "reduce-overhead" replays CUDA graphs (static shapes), which removes the kernel-launch cost
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class BatchAugment(Protocol):
@@ -193,6 +195,8 @@ class _PromptTuningModule(L.LightningModule):
         min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
         augment: BatchAugment | None = None,
+        compile_mode: str | None = None,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -220,8 +224,17 @@ class _PromptTuningModule(L.LightningModule):
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if value is not None and not (number and math.isfinite(value) and value >= 0):
                 raise ValueError(f"task.module.{name}={value!r}: expected a finite number >= 0")
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode={compile_mode!r}; expected null (eager) or one of {COMPILE_MODES}")
         self.model = model
         self.num_classes = num_classes
+        self.compile_mode = compile_mode
+        # the compiled forward is a function, not a submodule: the state dict and checkpoints stay the model's
+        self._compiled_forward: Callable[[Tensor], Tensor] | None = (
+            None
+            if compile_mode is None
+            else torch.compile(model.forward, mode=compile_mode, backend=compile_backend, dynamic=False)
+        )
         self.optimizer_factory = optimizer if optimizer is not None else partial(torch.optim.AdamW)
         self.lr = lr
         self.weight_decay = weight_decay
@@ -276,7 +289,9 @@ class _PromptTuningModule(L.LightningModule):
         return images, target
 
     def forward(self, images: Tensor) -> Tensor:
-        """(B, C, H, W) -> logits (B, K) or (B, K, H, W)."""
+        """(B, C, H, W) -> logits (B, K) or (B, K, H, W); under ``torch.compile`` when ``compile_mode`` is set."""
+        if self._compiled_forward is not None:
+            return self._compiled_forward(images)
         return self.model(images)
 
     def _step(self, batch: tuple[Tensor, Tensor], split: Literal["train", "val", "test"]) -> tuple[Tensor, Tensor]:
@@ -477,6 +492,10 @@ class ClassificationModule(_PromptTuningModule):
         label_smoothing: cross-entropy label smoothing.
         augment: batch augmentation applied on the device after the transfer (:mod:`fftprompt.augment`; the
             ``augment`` config group), or None.
+        compile_mode: ``None`` runs the model eagerly; a ``torch.compile`` mode (:data:`COMPILE_MODES`) runs its
+            forward (features, prompts, FourierFT layers, head) compiled, with static shapes: ``"reduce-overhead"``
+            adds CUDA graphs on GPUs. The first steps pay the compilation; a last smaller batch compiles once more.
+        compile_backend: ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` traces without generating code).
     """
 
     def __init__(self, model: PromptedViT, num_classes: int, **kwargs: Any) -> None:

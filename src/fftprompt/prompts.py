@@ -262,7 +262,7 @@ class FrequencyPrompt(PromptSource):
         self.use_patch_tokens = use_patch_tokens
         self.positional = positional
         self.crop = dims.patch_size if spectrum_crop is None else min(spectrum_crop, dims.patch_size)
-        self.last_attention: Tensor | None = None
+        self._last_attention: Tensor | None = None  # (B, heads, P, h * w), averaged over heads when read
         self._position_cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
 
         descriptor_dim = dims.feature_channels
@@ -292,6 +292,11 @@ class FrequencyPrompt(PromptSource):
         self.layer_scale = nn.Parameter(torch.ones(dims.num_layers, 1, dims.embed_dim)) if deep else None
         self.prompt_dropout = nn.Dropout(dropout)
 
+    @property
+    def last_attention(self) -> Tensor | None:
+        """``(B, P, h * w)`` head-averaged cross-attention weights of the last call (detached), or None before it."""
+        return None if self._last_attention is None else self._last_attention.mean(dim=1)
+
     def spectrum_descriptors(self, maps: FrequencyMaps) -> Tensor:
         """Cropped patch spectra as flat per-patch vectors.
 
@@ -305,11 +310,12 @@ class FrequencyPrompt(PromptSource):
         p = log_magnitude.shape[-1]
         start = p // 2 - self.crop // 2
         window = slice(start, start + self.crop)
-        log_magnitude = log_magnitude[..., window, window]
-        phase = phase[..., window, window]
-        stacked = torch.stack([log_magnitude, torch.cos(phase), torch.sin(phase)], dim=1)  # (B, 3, C, h, w, k, k)
-        batch, _, _, h, w, _, _ = stacked.shape
-        return stacked.permute(0, 3, 4, 1, 2, 5, 6).reshape(batch, h, w, -1)
+        # (B, h, w, C, k, k) views, stacked straight into the descriptor layout (B, h, w, 3, C, k, k): no extra copy
+        log_magnitude = log_magnitude[..., window, window].permute(0, 2, 3, 1, 4, 5)
+        phase = phase[..., window, window].permute(0, 2, 3, 1, 4, 5)
+        stacked = torch.stack([log_magnitude, torch.cos(phase), torch.sin(phase)], dim=3)
+        batch, h, w = stacked.shape[:3]
+        return stacked.reshape(batch, h, w, -1)
 
     def forward(self, images: Tensor, maps: FrequencyMaps | None, patch_tokens: Tensor) -> Tensor:
         """``-> (B, P, D)`` or ``(L, B, P, D)``; see :meth:`forward_from_descriptors`."""
@@ -366,7 +372,7 @@ class FrequencyPrompt(PromptSource):
         values = values.reshape(batch, h * w, self.num_heads, head_dim).transpose(1, 2)
         queries = self.queries.to(keys.dtype).reshape(self.num_tokens, self.num_heads, head_dim).transpose(0, 1)
         attention = torch.softmax(queries @ keys.transpose(-2, -1) * head_dim**-0.5, dim=-1)  # (B, heads, P, N)
-        self.last_attention = attention.detach().mean(dim=1)
+        self._last_attention = attention.detach()
         attended = (attention @ values).transpose(1, 2).reshape(batch, self.num_tokens, -1)  # (B, P, hidden)
         dynamic = self.out_proj(attended)  # (B, P, D)
 

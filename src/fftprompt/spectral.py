@@ -23,6 +23,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -245,10 +246,10 @@ def symmetry_scores(spectrum: Tensor, gather_index: Tensor | None = None) -> Ten
     correlation = torch.fft.irfft2(cross, s=(n, n))  # (..., 6, n, n), real
     peak = correlation.amax(dim=(-2, -1))
     # Parseval: <q, q> = sum |Q|^2 / n^2
-    energy = (spectrum.real.square() + spectrum.imag.square()).sum(dim=(-2, -1)) / (n * n)
+    energy = torch.view_as_real(spectrum).square().sum(dim=(-3, -2, -1)) / (n * n)
     empty = energy <= ENERGY_EPS * n * n
     scores = (peak / energy.clamp_min(1e-30).unsqueeze(-1)).clamp(0.0, 1.0)
-    return scores.masked_fill(empty.unsqueeze(-1), 0.0)
+    return torch.where(empty.unsqueeze(-1), 0.0, scores)
 
 
 def symmetry_map(spectrum: Tensor, gather_index: Tensor | None = None) -> Tensor:
@@ -356,7 +357,7 @@ def _weighted_fractions(power: Tensor, weights: Tensor) -> Tensor:
     # Parseval: sum |F|^2 = n^2 sum q^2, so the mean square of the patch is total / n^4
     empty = total <= ENERGY_EPS * n**4
     fractions = projected / total.clamp_min(1e-30).unsqueeze(-1)
-    return fractions.masked_fill(empty.unsqueeze(-1), 0.0).permute(0, 3, 1, 2)
+    return torch.where(empty.unsqueeze(-1), 0.0, fractions).permute(0, 3, 1, 2)
 
 
 def _one_hot_bins(bin_index: Tensor, num_bins: int) -> Tensor:
@@ -419,7 +420,8 @@ def cross_patch_symmetry(patches: Tensor) -> Tensor:
     (``cross_lr``), the up-down flip of patch ``(h-1-i, j)`` (``cross_ud``) and the 180-degree rotation of patch
     ``(h-1-i, w-1-j)`` (``cross_rot180``). So ``cross_lr`` is 1 everywhere for an image mirrored about its vertical
     centre line. It runs in the pixel domain on unwindowed patches: a zero-shift correlation has no leakage to
-    suppress, and the periodic window is not symmetric under the image flip ``n -> p-1-n``.
+    suppress, and the periodic window is not symmetric under the image flip ``n -> p-1-n``. The normalisation of the
+    three maps runs batched.
 
     Args:
         patches: zero-mean patches ``(B, C, h, w, p, p)``.
@@ -427,19 +429,32 @@ def cross_patch_symmetry(patches: Tensor) -> Tensor:
     Returns:
         ``(B, 3, h, w)`` in :data:`CROSS_PATCH_NAMES` order; 0 where either patch is empty.
     """
-    p = patches.shape[-1]
+    batch, channels, h, w, p, _ = patches.shape
     energy = patches.square().sum(dim=(1, -2, -1))  # (B, h, w)
-    empty = energy <= ENERGY_EPS * p * p * patches.shape[1]
-    maps = []
-    # (grid dims, in-patch dims) to flip; grid dims 2, 3 of patches are 1, 2 of the energy map
-    for grid_dims, pixel_dims in (((3,), (-1,)), ((2,), (-2,)), ((2, 3), (-2, -1))):
-        partner = patches.flip(grid_dims + pixel_dims)
-        dot = (patches * partner).sum(dim=(1, -2, -1))
-        energy_dims = tuple(d - 1 for d in grid_dims)
-        norm = torch.sqrt(energy * energy.flip(energy_dims)).clamp_min(1e-30)
-        either_empty = empty | empty.flip(energy_dims)
-        maps.append((dot / norm).clamp(0.0, 1.0).masked_fill(either_empty, 0.0))
-    return torch.stack(maps, dim=1)
+    empty = energy <= ENERGY_EPS * p * p * channels
+    # a flipped copy of the patches holds every patch's partner at its own place (flips are fast strided copies)
+    dot = torch.stack(
+        [(patches * patches.flip(grid + pixel)).sum(dim=(1, -2, -1)) for grid, pixel in _CROSS_PATCH_FLIPS], dim=1
+    )  # (B, 3, h, w)
+    # the partners' energies and emptiness: one small gather over the grid
+    index = _cross_patch_index.__wrapped__ if torch.compiler.is_compiling() else _cross_patch_index
+    partner = index(h, w, patches.device)
+    partner_energy = energy.reshape(batch, h * w)[:, partner].reshape(batch, 3, h, w)
+    either_empty = empty.unsqueeze(1) | empty.reshape(batch, h * w)[:, partner].reshape(batch, 3, h, w)
+    norm = torch.sqrt(energy.unsqueeze(1) * partner_energy).clamp_min(1e-30)
+    return torch.where(either_empty, 0.0, (dot / norm).clamp(0.0, 1.0))
+
+
+# (grid dims, in-patch dims) of (B, C, h, w, p, p) patches flipped for cross_lr, cross_ud, cross_rot180
+_CROSS_PATCH_FLIPS = (((3,), (-1,)), ((2,), (-2,)), ((2, 3), (-2, -1)))
+
+
+@functools.lru_cache(maxsize=32)
+def _cross_patch_index(h: int, w: int, device: torch.device) -> Tensor:
+    """``(3, h w)``: flat grid index of each patch's partner, :data:`CROSS_PATCH_NAMES` order (built once per grid,
+    never written; traced by ``torch.compile``, it is built inside the graph instead)."""
+    grid = torch.arange(h * w, device=device).reshape(h, w)
+    return torch.stack([grid.flip([d - 2 for d in dims]).reshape(-1) for dims, _ in _CROSS_PATCH_FLIPS])
 
 
 # --------------------------------------------------------------------------------------------- containers
@@ -565,6 +580,15 @@ class FrequencyFeatures(nn.Module):
         self.register_buffer("orientation_index", orientation_bin_index(patch_size, orientation_bins), persistent=False)
         self.register_buffer("radial_index", radial_bin_index(patch_size, radial_bins), persistent=False)
         self.register_buffer("doubled_angle", doubled_angle_weights(patch_size), persistent=False)
+        # dominant orientation, orientation bins and radial bands as one projection of the power spectrum
+        spectral_weights = torch.cat(
+            [
+                self.doubled_angle,
+                _one_hot_bins(self.orientation_index, orientation_bins),
+                _one_hot_bins(self.radial_index, radial_bins),
+            ]
+        )
+        self.register_buffer("spectral_weights", spectral_weights, persistent=False)
 
         self.channel_names: tuple[str, ...] = ()
         self.channel_groups: dict[str, list[int]] = {}
@@ -594,13 +618,17 @@ class FrequencyFeatures(nn.Module):
             spectrum = _centred_fft(patches, self.analysis_window)
             magnitude = spectrum.abs()
             power = magnitude.square().mean(dim=1)
+            # dominant_orientation, orientation_energy and radial_energy in one projection
+            dominant, orientation, radial = _weighted_fractions(power, self.spectral_weights).split(
+                [2, self.orientation_bins, self.radial_bins], dim=1
+            )
             return FrequencyMaps(
                 log_magnitude=torch.log1p(magnitude),
                 phase=phase(spectrum),
                 symmetry=symmetry_map(spectrum, self.symmetry_index),
-                orientation=orientation_energy(power, self.orientation_index, self.orientation_bins),
-                dominant_orientation=dominant_orientation(power, self.doubled_angle),
-                radial=radial_energy(power, self.radial_index, self.radial_bins),
+                orientation=orientation,
+                dominant_orientation=dominant,
+                radial=radial,
                 cross_patch=cross_patch_symmetry(patches),
                 global_symmetry=global_symmetry(x, self.window_name) if self.global_symmetry else None,
                 groups=self.groups,

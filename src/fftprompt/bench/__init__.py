@@ -17,6 +17,8 @@ _COMMANDS = {
     "prompts": "Train step of frequency-conditioned prompts vs VPT prompts.",
     "methods": "Every method side by side: trainable params, train step, inference, peak memory.",
     "augment": "What the frequency-domain augmentations (fda, amp_mix, band) add to a train step.",
+    "train": "End-to-end fftprompt-train throughput (Lightning, JPEG decoding, workers) vs the raw step.",
+    "ops": "Operator, copy, FFT and kernel-launch counts of one train step per method (torch.profiler).",
 }
 
 

@@ -98,6 +98,60 @@ def wall_and_cpu_ms(step: Callable[[], Any]) -> tuple[float, float]:
     return (time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3
 
 
+def backbone_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``["depth=2", "embed_dim=32"]`` -> ``{"depth": 2, "embed_dim": 32}`` (ints, floats, booleans, else strings)."""
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--backbone-arg {item!r}; expected KEY=VALUE such as depth=2")
+        value: Any = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(text)
+                    break
+                except ValueError:
+                    continue
+        kwargs[key] = value
+    return kwargs
+
+
+COMPILE_HELP = (
+    "also measure every method under torch.compile: an inductor mode (default, reduce-overhead: + CUDA graphs, "
+    "max-autotune, ...) or backend:NAME (backend:cudagraphs: CUDA graphs of the eager kernels, compiles in seconds; "
+    "backend:aot_eager: tracing only)"
+)
+
+
+def compile_kwargs(spec: str) -> dict[str, Any]:
+    """``torch.compile`` arguments of a ``--compile`` value (see :data:`COMPILE_HELP`); static shapes always.
+
+    Raises:
+        ValueError: an empty mode or backend name.
+    """
+    kind, _, name = spec.partition(":") if spec.startswith("backend:") else ("mode", "", spec)
+    if not (name if kind == "backend" else spec):
+        raise ValueError(f"--compile {spec!r}; expected an inductor mode such as reduce-overhead or backend:NAME")
+    return {"backend": name, "dynamic": False} if kind == "backend" else {"mode": spec, "dynamic": False}
+
+
+def compile_model(model: Callable[..., T], spec: str) -> Callable[..., T]:
+    """``torch.compile(model, **compile_kwargs(spec))``.
+
+    The models of one benchmark share their ``forward`` code (every ``PromptedViT``), and ``torch.compile`` keeps a
+    limited number of compiled versions per code object (8 by default) before it silently runs the rest eagerly:
+    the limit is raised to 64 so that every compiled row is compiled.
+    """
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 64 if "accumulated" not in name else 512))
+    return torch.compile(model, **compile_kwargs(spec))
+
+
 def autocast(device: torch.device | str, dtype: str) -> contextlib.AbstractContextManager[Any]:
     """``torch.autocast`` in ``dtype`` (a key of :data:`DTYPES`), or a no-op context for float32."""
     if dtype not in DTYPES:

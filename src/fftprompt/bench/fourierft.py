@@ -8,6 +8,7 @@ Methods, all with a trainable linear head on the same frozen backbone and the sa
 - ``fourierft``: ours (:mod:`fftprompt.fourierft`) on the same layers with the same ``n_frequency`` and seed.
 
 The PEFT methods receive the exact module paths our injection adapted, so every method adapts the same layers.
+With ``--compile SPEC`` every method is measured a second time under ``torch.compile`` (``<method>+compiled``).
 A train step is ``zero_grad(set_to_none=True)``, forward, cross-entropy, backward and an AdamW step. Steps run
 round-robin over the methods (one step of each in turn) so that load from other processes hits all methods alike;
 times are medians after warm-up (CUDA events on GPUs). On CPUs the CPU time of the process per step is reported too:
@@ -33,7 +34,11 @@ from torch import Tensor, nn
 
 from fftprompt.backbone import create_backbone
 from fftprompt.bench._common import (
+    COMPILE_HELP,
+    backbone_kwargs,
     check_options,
+    compile_kwargs,
+    compile_model,
     cpu_step_peak_bytes,
     cuda_step_peak_bytes,
     machine,
@@ -48,6 +53,7 @@ from fftprompt.bench._common import (
 from fftprompt.fourierft import VIT_B_N_FREQUENCY, FourierFTConfig, GradMode, inject_fourierft
 
 METHODS = ("linear_probe", "lora", "peft_fourierft", "fourierft")
+COMPILED = "+compiled"  # result-name suffix of a method measured under torch.compile (--compile)
 _DTYPE_CHOICES = ("bfloat16", "float32")
 
 
@@ -82,7 +88,9 @@ def _build_methods(args: argparse.Namespace) -> tuple[dict[str, nn.Module], list
     from peft import LoraConfig, inject_adapter_in_model
 
     torch.manual_seed(0)
-    backbone = create_backbone(args.model, pretrained=False, img_size=args.img_size).model
+    backbone = create_backbone(
+        args.model, pretrained=False, img_size=args.img_size, **backbone_kwargs(args.backbone_arg)
+    ).model
     base = _Classifier(backbone, backbone.embed_dim, args.num_classes)
     base.requires_grad_(False)
     config = FourierFTConfig(
@@ -126,9 +134,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for name, model in models.items()
     }
 
-    steps = {
-        name: train_step(model, optimizers[name], images, labels, device, args.dtype) for name, model in models.items()
-    }
+    runs: dict[str, Any] = dict(models)
+    if args.compile:  # the same models under torch.compile, measured in the same rounds
+        runs |= {name + COMPILED: compile_model(model, args.compile) for name, model in models.items()}
+        optimizers |= {
+            name + COMPILED: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+            for name, model in models.items()
+        }
+    steps = {name: train_step(run, optimizers[name], images, labels, device, args.dtype) for name, run in runs.items()}
 
     def measure(step: Callable[[], None]) -> tuple[float, float | None]:
         # CPU time only on CPUs: on GPUs the process mostly waits for the device
@@ -139,7 +152,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     cpu = {name: [cpu_ms for _, cpu_ms in pairs if cpu_ms is not None] for name, pairs in measured.items()}
 
     results = {}
-    for name, model in models.items():
+    for name in runs:
+        model = models[name.removesuffix(COMPILED)]
         state = state_bytes(model, optimizers[name])
         optimizers[name].zero_grad(set_to_none=True)  # frees inside the profiled step would be of unknown blocks
         if device.type == "cuda":
@@ -158,14 +172,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             state_mb=state / 2**20,
         )
     ratios = {}
-    if "fourierft" in results:
-        ours = results["fourierft"]
+    for suffix in ("", COMPILED):  # eager against eager, compiled against compiled
+        if "fourierft" + suffix not in results:
+            continue
+        ours = results["fourierft" + suffix]
         for other in ("peft_fourierft", "lora"):
-            if other in results:
-                ratios[f"time_fourierft/{other}"] = ours.step_ms / results[other].step_ms
+            if other + suffix in results:
+                theirs = results[other + suffix]
+                ratios[f"time_fourierft{suffix}/{other}{suffix}"] = ours.step_ms / theirs.step_ms
                 if ours.step_cpu_ms is not None:
-                    ratios[f"cpu_time_fourierft/{other}"] = ours.step_cpu_ms / results[other].step_cpu_ms
-                ratios[f"memory_fourierft/{other}"] = ours.peak_mb / results[other].peak_mb
+                    ratios[f"cpu_time_fourierft{suffix}/{other}{suffix}"] = ours.step_cpu_ms / theirs.step_cpu_ms
+                ratios[f"memory_fourierft{suffix}/{other}{suffix}"] = ours.peak_mb / theirs.peak_mb
     return {
         "machine": machine(device),
         "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"adapted_layers": len(adapted)},
@@ -200,6 +217,13 @@ def format_table(report: dict[str, Any]) -> str:
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fftprompt-bench fourierft", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="vit_small_patch16_224", help="timm ViT name (built without weights)")
+    parser.add_argument(
+        "--backbone-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm.create_model argument, repeatable (e.g. --backbone-arg depth=2)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=10)
@@ -217,9 +241,15 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--grad-mode", choices=get_args(GradMode), default="auto", help="coefficient gradient of ours (see fourierft)"
     )
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    parser.add_argument("--compile", default=None, metavar="MODE", help=COMPILE_HELP)
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the CPU memory profile")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
     args = parser.parse_args(list(argv))
+    if args.compile is not None:
+        try:
+            compile_kwargs(args.compile)
+        except ValueError as error:
+            parser.error(str(error))
     args.targets = [t for t in args.targets.split(",") if t]
     args.methods = split_choices(parser, "--methods", args.methods, METHODS)
     blocks = [t for t in args.targets if t in ("q", "k", "v")]
@@ -227,6 +257,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--targets {blocks}: PEFT cannot adapt row blocks of a fused qkv; use whole layers such as qkv")
     positive = ("batch_size", "img_size", "steps", "threads", "n_frequency", "lora_rank", "num_classes")
     check_options(parser, args, positive)
+    try:
+        backbone_kwargs(args.backbone_arg)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

@@ -28,6 +28,10 @@ Measurements (random images and labels, ``--batch-size`` at ``--img-size``):
   autocast in ``--dtype`` when it is not float32 (parameters and optimiser state stay float32);
 - inference: forward under ``torch.no_grad`` in ``eval()`` (autocast likewise), reported per image.
 
+With ``--compile SPEC`` the methods of ``--compile-methods`` get a second row, ``<method>+compiled``: the same model
+under ``torch.compile`` (an inductor mode, or ``backend:NAME``), measured in the same rounds; ratios are then given
+eager against eager and compiled against compiled.
+
 Steps run round-robin over the methods (alternating order every round) so that load from other processes hits all
 methods alike; times are medians of ``--steps`` repetitions after ``--warmup`` untimed ones (CUDA events on GPUs).
 Peak memory of a train step: see :mod:`fftprompt.bench._common` (GPU: ``torch.cuda.max_memory_allocated``; CPU:
@@ -54,8 +58,12 @@ from torch import nn
 
 from fftprompt.backbone import Backbone, create_backbone
 from fftprompt.bench._common import (
+    COMPILE_HELP,
     autocast,
+    backbone_kwargs,
     check_options,
+    compile_kwargs,
+    compile_model,
     cpu_step_peak_bytes,
     cuda_step_peak_bytes,
     machine,
@@ -101,6 +109,7 @@ RATIOS = (
     ("fft_shallow", "vpt_shallow"),
     ("fft_deep", "vpt_deep"),
 )
+COMPILED = "+compiled"  # row-name suffix of a method measured under torch.compile (--compile)
 FFT_OVER_VPT_GOAL = 1.15  # fft prompts' train step at most 1.15x VPT's (docs/benchmarks.md, "Prompts")
 _DTYPE_CHOICES = ("float32", "bfloat16")
 
@@ -224,36 +233,15 @@ def skip_reason(method: str, targets: Sequence[str]) -> str | None:
     return None
 
 
-def _backbone_kwargs(items: Sequence[str]) -> dict[str, Any]:
-    """``["depth=2", "embed_dim=32"]`` -> ``{"depth": 2, "embed_dim": 32}`` (ints, floats, booleans, else strings)."""
-    kwargs: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--backbone-arg {item!r}; expected KEY=VALUE such as depth=2")
-        value: Any = text
-        if text.lower() in ("true", "false"):
-            value = text.lower() == "true"
-        else:
-            for cast in (int, float):
-                try:
-                    value = cast(text)
-                    break
-                except ValueError:
-                    continue
-        kwargs[key] = value
-    return kwargs
-
-
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Builds and measures every requested method; returns machine, settings, per-method rows and ratios."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    backbone_kwargs = _backbone_kwargs(args.backbone_arg)
+    extra = backbone_kwargs(args.backbone_arg)
 
     def fresh_backbone() -> Backbone:
         torch.manual_seed(0)  # the same frozen weights for every method
-        return create_backbone(args.backbone, pretrained=False, img_size=args.img_size, **backbone_kwargs)
+        return create_backbone(args.backbone, pretrained=False, img_size=args.img_size, **extra)
 
     models: dict[str, PromptedViT] = {}
     skipped: dict[str, str] = {}
@@ -278,16 +266,24 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(2)
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=generator).to(device)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
+    # what each row runs: the model itself, or (name + COMPILED) the same model under torch.compile
+    runs: dict[str, Callable[..., Any]] = dict(models)
+    if args.compile:
+        for method in models:
+            if method in args.compile_methods:
+                runs[method + COMPILED] = compile_model(models[method], args.compile)
     optimizers = {
-        name: torch.optim.AdamW([p for group in m.trainable_parameters().values() for p in group], lr=1e-4)
-        for name, m in models.items()
+        name: torch.optim.AdamW(
+            [p for group in models[_base(name)].trainable_parameters().values() for p in group], lr=1e-4
+        )
+        for name in runs
     }
 
     def train(name: str) -> Callable[[], None]:
-        return train_step(models[name], optimizers[name], images, labels, device, args.dtype)
+        return train_step(runs[name], optimizers[name], images, labels, device, args.dtype)
 
     def inference_step(name: str) -> Callable[[], None]:
-        model = models[name]
+        model = runs[name]
 
         def step() -> None:
             with torch.no_grad(), autocast(device, args.dtype):
@@ -301,17 +297,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     def timed(step: Callable[[], None]) -> float:
         return time_ms(step, device)
 
-    train_times = round_robin({name: train(name) for name in models}, args.warmup, args.steps, timed)
+    train_times = round_robin({name: train(name) for name in runs}, args.warmup, args.steps, timed)
     for model in models.values():
         model.eval()
-    infer_times = round_robin({name: inference_step(name) for name in models}, args.warmup, args.steps, timed)
+    infer_times = round_robin({name: inference_step(name) for name in runs}, args.warmup, args.steps, timed)
 
     rows: list[dict[str, Any]] = []
-    for method in args.methods:
+    for method in [*args.methods, *(name for name in runs if name.endswith(COMPILED))]:
         if method in skipped:
             rows.append({"method": method, "label": _label(method, args), "skipped": skipped[method]})
             continue
-        model = models[method]
+        model = models[_base(method)]
         model.train()
         state = state_bytes(model, optimizers[method])
         if device.type == "cuda":
@@ -353,7 +349,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     """
     by_method = {r["method"]: r for r in rows if "skipped" not in r}
     result: dict[str, float] = {}
-    for numerator, denominator in RATIOS:
+    # eager against eager, compiled against compiled
+    pairs = [(n + suffix, d + suffix) for suffix in ("", COMPILED) for n, d in RATIOS]
+    for numerator, denominator in pairs:
         if numerator not in by_method or denominator not in by_method:
             continue
         top, bottom = by_method[numerator], by_method[denominator]
@@ -369,10 +367,17 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     return result
 
 
+def _base(name: str) -> str:
+    """The method of a row name (``fourierft+compiled`` -> ``fourierft``)."""
+    return name.removesuffix(COMPILED)
+
+
 def _label(method: str, args: argparse.Namespace) -> str:
+    suffix = f" (compiled, {args.compile})" if method.endswith(COMPILED) else ""
+    method = _base(method)
     if method == "lora":
-        return f"LoRA r{args.lora_rank} (PEFT)"
-    return LABELS[method]
+        return f"LoRA r{args.lora_rank} (PEFT){suffix}"
+    return LABELS[method] + suffix
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -439,11 +444,23 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         help="comma-separated FourierFT targets; LoRA and PEFT FourierFT adapt the same (whole) layers",
     )
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--compile", default=None, metavar="MODE", help=COMPILE_HELP)
+    parser.add_argument(
+        "--compile-methods",
+        default="fourierft,fourierft_peft,lora,vpt_shallow,fft_shallow,full_finetune",
+        help="comma-separated methods that also get a compiled row (with --compile)",
+    )
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the CPU memory profile")
     parser.add_argument("--out-dir", default=None, help="also write methods.json and methods.md into this folder")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
     args = parser.parse_args(list(argv))
     args.methods = split_choices(parser, "--methods", args.methods, list(METHODS))
+    args.compile_methods = split_choices(parser, "--compile-methods", args.compile_methods, list(METHODS))
+    if args.compile is not None:
+        try:
+            compile_kwargs(args.compile)
+        except ValueError as error:
+            parser.error(str(error))
     args.fourierft_targets = [t for t in args.fourierft_targets.split(",") if t]
     if not args.fourierft_targets:
         parser.error("--fourierft-targets is empty; expected e.g. qkv or q,v")
@@ -452,7 +469,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     if args.num_classes < 2:
         parser.error("--num-classes must be >= 2")
     try:
-        _backbone_kwargs(args.backbone_arg)
+        backbone_kwargs(args.backbone_arg)
     except ValueError as error:
         parser.error(str(error))
     return args

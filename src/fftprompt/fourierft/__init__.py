@@ -9,9 +9,12 @@ Modules, in PEFT's shape:
 - :mod:`~fftprompt.fourierft.indices`: the entry locations and the index tensors derived from them;
 - :mod:`~fftprompt.fourierft.functional`: deltas, the merged weight, the exact coefficient gradients, autograd;
 - :mod:`~fftprompt.fourierft.layer`: :class:`FourierFTLinear` (``get_delta_weight``, ``merge``, ``unmerge``);
+- :mod:`~fftprompt.fourierft.bank`: :class:`FourierFTBank`, the deltas of all layers of one shape in one batched
+  inverse FFT per forward (and their dense coefficient gradients in one batched FFT);
 - :mod:`~fftprompt.fourierft.model`: inject into and merge out of whole models, coefficient state dicts.
 """
 
+from fftprompt.fourierft.bank import FourierFTBank
 from fftprompt.fourierft.config import QKV_BLOCKS, REGEX_PREFIX, VIT_B_N_FREQUENCY, FourierFTConfig, GradMode, Init
 from fftprompt.fourierft.indices import fourierft_locations
 from fftprompt.fourierft.layer import FourierFTLinear
@@ -27,6 +30,7 @@ __all__ = [
     "QKV_BLOCKS",
     "REGEX_PREFIX",
     "VIT_B_N_FREQUENCY",
+    "FourierFTBank",
     "FourierFTConfig",
     "FourierFTLinear",
     "GradMode",

@@ -15,6 +15,12 @@ one product and the coefficient gradient, exactly, in the cheaper of two ways:
   gradients (conjugate symmetry gives the upper half) and a sampled product at the ``n`` entries:
   ``O(T (d log d + n))`` instead of ``O(T d_out d_in)``.
 
+The deltas of several blocks (of one or several layers, see :class:`~fftprompt.fourierft.bank.FourierFTBank`) come
+from one batched ``irfft2`` (:func:`_synthesise_deltas`); in the ``"dense"`` route :class:`_FourierFTDeltas` carries
+the synthesis in autograd, so that the weight gradients of all those layers reach one batched ``rfft2`` and gather.
+The merged weight is written in the compute dtype by the addition itself (:func:`_merge_weight`): no separate
+conversion per layer.
+
 ``grad_mode="auto"`` picks ``"dense"`` on accelerators (their matrix units make the dense product cheap) and compares
 the two costs on CPUs. No gradient of the frozen weight is ever formed unless that weight requires one.
 """
@@ -42,6 +48,15 @@ _FFT_ENTRY_COST = 26.0
 _BF16_MATMUL_COST = 0.25
 # tokens per chunk of the FFT-path gradient: the chunk's transposed spectra stay in the CPU caches
 _FFT_CHUNK_TOKENS = 512
+# largest batched FFT of the deltas on CPUs (complex half spectra): one ViT-B qkv matrix (2304 x 385 x 8 B = 7 MiB);
+# 12 of them in one call ran 2.3x slower than one after another (docs/benchmarks.md)
+_CPU_FFT_BATCH_BYTES = 8 * 2**20
+# CPUs form the dense coefficient gradient in each layer's backward (see _batches_dense_gradient); tests and
+# fftprompt-bench ops --accelerator-batching set this to run the accelerators' batched route on a CPU
+_CPU_BATCHES_DENSE_GRADIENT = False
+
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def _fft_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -71,47 +86,96 @@ def _block_deltas(
     return torch.fft.ifft2(spectrum).real * scaling
 
 
-def _effective_weight(
-    weight: Tensor,
-    coefficients: Tensor,
-    half_index: Tensor,
-    block_ids: tuple[int, ...],
-    block_rows: int,
-    scaling: float,
-    dtype: torch.dtype,
+def _batches_dense_gradient(device: torch.device) -> bool:
+    """Whether the dense coefficient gradient is deferred to :class:`_FourierFTDeltas` (one batched ``rfft2`` for a
+    bank group, fewer launches) rather than formed in each layer's backward while its weight gradient is in cache:
+    on accelerators, not on CPUs (where the deferred gradients ran 1-3% slower, docs/benchmarks.md)."""
+    return device.type != "cpu" or _CPU_BATCHES_DENSE_GRADIENT
+
+
+def _fft_batch(count: int, item_bytes: int, device: torch.device) -> int:
+    """How many of ``count`` transforms of ``item_bytes`` each go into one batched FFT call: all of them on
+    accelerators (one launch), as many as fit :data:`_CPU_FFT_BATCH_BYTES` on CPUs (at least one), where a batch
+    beyond the caches runs slower than its parts one after another."""
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return count
+    return max(1, min(count, _CPU_FFT_BATCH_BYTES // max(item_bytes, 1)))
+
+
+def _synthesise_deltas(coefficients: Tensor, half_index: Tensor, block_rows: int, d_in: int, scaling: float) -> Tensor:
+    """``dW = scaling * Re(ifft2(S))`` of ``G`` blocks sharing their locations, in batched ``irfft2`` calls (one on
+    accelerators; cache-sized batches on CPUs, see :func:`_fft_batch`).
+
+    The factor ``scaling / 2`` is applied to the coefficients as they are placed in the Hermitian half spectrum (see
+    :func:`~fftprompt.fourierft.indices._half_spectrum_index`), which is built complex so that ``irfft2`` reads it
+    without a conversion.
+
+    Args:
+        coefficients: ``(G, n)`` coefficients, one row per block (of one or several layers).
+        half_index: ``(2, m)`` from :func:`~fftprompt.fourierft.indices._half_spectrum_index`.
+        block_rows: Rows ``d`` of one block.
+        d_in: Columns of one block.
+        scaling: Delta factor.
+
+    Returns:
+        ``(G, d, d_in)`` deltas in the FFT dtype.
+    """
+    width = d_in // 2 + 1
+    with torch.autocast(coefficients.device.type, enabled=False):
+        fft_dtype = _fft_dtype(coefficients.dtype)
+        complex_dtype = _COMPLEX[fft_dtype]
+        values = coefficients.to(fft_dtype)[:, half_index[1]]
+        count = coefficients.shape[0]
+        batch = _fft_batch(count, block_rows * width * complex_dtype.itemsize, coefficients.device)
+        if batch == count:
+            half = values.new_zeros((count, block_rows * width), dtype=complex_dtype)
+            torch.view_as_real(half)[..., 0].index_add_(1, half_index[0], values, alpha=0.5 * scaling)
+            return torch.fft.irfft2(half.view(-1, block_rows, width), s=(block_rows, d_in))
+        deltas = values.new_empty((count, block_rows, d_in))
+        for start in range(0, count, batch):
+            part = values[start : start + batch]
+            half = part.new_zeros((part.shape[0], block_rows * width), dtype=complex_dtype)
+            torch.view_as_real(half)[..., 0].index_add_(1, half_index[0], part, alpha=0.5 * scaling)
+            torch.fft.irfft2(half.view(-1, block_rows, width), s=(block_rows, d_in), out=deltas[start : start + batch])
+        return deltas
+
+
+def _merge_weight(
+    weight: Tensor, deltas: Tensor, block_ids: tuple[int, ...], block_rows: int, dtype: torch.dtype
 ) -> Tensor:
-    """``W + dW`` with the block deltas added to their row blocks, summed in the FFT dtype, returned in ``dtype``.
+    """``W + dW`` with each block delta added to its row block, summed in the FFT dtype and stored in ``dtype`` by
+    the same operation (no separate conversion).
 
     Args:
         weight: ``(d_out, d_in)`` frozen weight.
-        coefficients: ``(nb, n)``, one row per adapted block.
-        half_index: ``(2, m)`` from :func:`~fftprompt.fourierft.indices._half_spectrum_index`.
+        deltas: ``(nb, d, d_in)`` deltas of the adapted blocks (:func:`_synthesise_deltas`).
         block_ids: Index of each adapted block among the ``d_out / block_rows`` row blocks.
         block_rows: Rows ``d`` of one block.
-        scaling: Delta factor.
         dtype: Dtype of the result (the layer's compute dtype).
 
     Returns:
         ``(d_out, d_in)``.
     """
-    d_in = weight.shape[1]
+    d_out, d_in = weight.shape
     with torch.autocast(weight.device.type, enabled=False):
-        fft_dtype = _fft_dtype(coefficients.dtype)
-        half = coefficients.new_zeros((coefficients.shape[0], block_rows * (d_in // 2 + 1)), dtype=fft_dtype)
-        half.index_add_(1, half_index[0], coefficients.to(fft_dtype)[:, half_index[1]], alpha=0.5)
-        unscaled = torch.fft.irfft2(half.view(-1, block_rows, d_in // 2 + 1), s=(block_rows, d_in))
-        if block_rows == weight.shape[0]:
-            merged = torch.add(weight.to(fft_dtype), unscaled[0], alpha=scaling)
-        else:
-            merged = weight.to(fft_dtype, copy=True)
-            for index, block in enumerate(block_ids):
-                merged[block * block_rows : (block + 1) * block_rows].add_(unscaled[index], alpha=scaling)
-    return merged.to(dtype)
+        if torch.compiler.is_compiling():  # traced: the compiler fuses the sums and the conversion itself
+            full = weight.to(deltas.dtype).reshape(-1, block_rows, d_in)
+            blocks = [full[b] + deltas[block_ids.index(b)] if b in block_ids else full[b] for b in range(len(full))]
+            return torch.cat(blocks).to(dtype) if len(blocks) > 1 else blocks[0].to(dtype)
+        merged = weight.new_empty((d_out, d_in), dtype=dtype)
+        for block in range(d_out // block_rows):
+            rows = slice(block * block_rows, (block + 1) * block_rows)
+            if block in block_ids:
+                torch.add(weight[rows], deltas[block_ids.index(block)], out=merged[rows])
+            else:
+                merged[rows].copy_(weight[rows])
+    return merged
 
 
 def _dense_coefficient_grad(weight_grad: Tensor, dense_index: Tensor, scaling: float, dtype: torch.dtype) -> Tensor:
     """Coefficient gradient from the dense gradient ``G`` of ``dW``: ``scaling * Re(ifft2(G))[u, v]``, which for real
-    ``G`` is ``scaling / (d d_in) * Re(rfft2(G))`` at :func:`~fftprompt.fourierft.indices._dense_gather_index`.
+    ``G`` is ``scaling / (d d_in) * Re(rfft2(G))`` at :func:`~fftprompt.fourierft.indices._dense_gather_index`, in
+    batched ``rfft2`` calls (:func:`_fft_batch`).
 
     Args:
         weight_grad: ``(nb, d, d_in)`` gradient with respect to each block of ``dW``.
@@ -123,8 +187,15 @@ def _dense_coefficient_grad(weight_grad: Tensor, dense_index: Tensor, scaling: f
         ``(nb, n)``.
     """
     num_blocks, block_rows, d_in = weight_grad.shape
-    spectrum = torch.fft.rfft2(weight_grad.to(_fft_dtype(weight_grad.dtype))).reshape(num_blocks, -1)
-    return (spectrum[:, dense_index].real * (scaling / (block_rows * d_in))).to(dtype)
+    fft_dtype = _fft_dtype(weight_grad.dtype)
+    item_bytes = block_rows * (d_in // 2 + 1) * _COMPLEX[fft_dtype].itemsize
+    batch = _fft_batch(num_blocks, item_bytes, weight_grad.device)
+    parts = []
+    for start in range(0, num_blocks, batch):
+        spectrum = torch.fft.rfft2(weight_grad[start : start + batch].to(fft_dtype))
+        parts.append(spectrum.reshape(spectrum.shape[0], -1)[:, dense_index].real)
+    gathered = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return (gathered * (scaling / (block_rows * d_in))).to(dtype)
 
 
 @torch.library.custom_op("fftprompt::fourierft_spectral_products", mutates_args=())
@@ -223,8 +294,48 @@ def _choose_grad_mode(
     return "fft" if fft < dense else "dense"
 
 
+class _FourierFTDeltas(torch.autograd.Function):
+    """``(G, n)`` coefficients ``-> (G, d, d_in)`` deltas (:func:`_synthesise_deltas`), with the dense coefficient
+    gradient of all ``G`` blocks in one batched ``rfft2`` and one gather (:func:`_dense_coefficient_grad`).
+
+    Nothing is saved for the backward (the synthesis is linear), so the deltas of one forward may feed several layers
+    (a :class:`~fftprompt.fourierft.bank.FourierFTBank` group) whose weight gradients autograd gathers into one
+    ``(G, d, d_in)`` tensor.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        coefficients: Tensor,
+        half_index: Tensor,
+        dense_index: Tensor,
+        block_rows: int,
+        d_in: int,
+        scaling: float,
+    ) -> Tensor:
+        ctx.dense_index, ctx.scaling, ctx.coefficient_dtype = dense_index, scaling, coefficients.dtype
+        return _synthesise_deltas(coefficients, half_index, block_rows, d_in, scaling)
+
+    @staticmethod
+    def backward(ctx: Any, grad_deltas: Tensor) -> tuple[Tensor | None, ...]:
+        grad = _dense_coefficient_grad(grad_deltas, ctx.dense_index, ctx.scaling, ctx.coefficient_dtype)
+        return (grad,) + (None,) * 5
+
+
 class _FourierFTLinearFunction(torch.autograd.Function):
-    """``y = x (W + dW(c))^T + b`` with an exact, cheap coefficient gradient (see the module docstring)."""
+    """``y = x (W + dW)^T + b`` with the block deltas ``dW`` added to the frozen weight before the one product.
+
+    The coefficient gradient takes one of three routes (see the module docstring):
+
+    - batched dense (accelerators): ``deltas`` come from :class:`_FourierFTDeltas` and require a gradient; the
+      backward returns the weight gradient of the adapted blocks ``g^T x`` as their gradient (the FFT and gather
+      follow, batched over the bank's group, in :class:`_FourierFTDeltas`), and ``coefficients`` is None;
+    - ``mode="dense"`` (CPUs): ``deltas`` carry no gradient; the backward forms ``g^T x`` and its FFT at once, while
+      it is in cache, and returns the gradient of ``coefficients``;
+    - ``mode="fft"``: likewise, from FFTs of the inputs and output gradients.
+
+    No gradient of the frozen weight is formed unless the weight requires one.
+    """
 
     @staticmethod
     def forward(
@@ -232,8 +343,8 @@ class _FourierFTLinearFunction(torch.autograd.Function):
         x: Tensor,
         weight: Tensor,
         bias: Tensor | None,
-        coefficients: Tensor,
-        half_index: Tensor,
+        deltas: Tensor,
+        coefficients: Tensor | None,
         dense_index: Tensor,
         crow: Tensor,
         col: Tensor,
@@ -242,56 +353,74 @@ class _FourierFTLinearFunction(torch.autograd.Function):
         block_rows: int,
         scaling: float,
         dtype: torch.dtype,
-        grad_mode: GradMode,
+        mode: Literal["dense", "fft"],
     ) -> Tensor:
-        merged = _effective_weight(weight, coefficients, half_index, block_ids, block_rows, scaling, dtype)
+        merged = _merge_weight(weight, deltas, block_ids, block_rows, dtype)
         x_cast = x.to(dtype)
         out = F.linear(x_cast, merged, None if bias is None else bias.to(dtype))
-        ctx.mode = _choose_grad_mode(
-            grad_mode, x.device, dtype, len(block_ids), block_rows, x.shape[-1], dense_index.shape[0]
-        )
-        ctx.block_ids, ctx.block_rows, ctx.scaling = block_ids, block_rows, scaling
-        ctx.x_shape, ctx.x_dtype, ctx.weight_dtype, ctx.coefficient_dtype = (
+        ctx.block_ids, ctx.block_rows, ctx.scaling, ctx.mode = block_ids, block_rows, scaling, mode
+        ctx.x_shape, ctx.x_dtype, ctx.weight_dtype, ctx.bias_dtype = (
             x.shape,
             x.dtype,
             weight.dtype,
-            coefficients.dtype,
+            None if bias is None else bias.dtype,
         )
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        needs_x = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]
-        ctx.save_for_backward(x_cast if needs_x else None, merged, dense_index, crow, col, inverse)
+        ctx.deltas_dtype = deltas.dtype
+        ctx.coefficient_dtype = None if coefficients is None else coefficients.dtype
+        keep_inputs = any(ctx.needs_input_grad[i] for i in (1, 3, 4))
+        # W + dW only serves the input gradient: the first adapted layer often needs none
+        ctx.save_for_backward(
+            x_cast if keep_inputs else None,
+            merged if ctx.needs_input_grad[0] else None,
+            dense_index,
+            crow,
+            col,
+            inverse,
+        )
+        ctx.d_out = merged.shape[0]
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, merged, dense_index, crow, col, inverse = ctx.saved_tensors
-        needs_x, needs_weight, needs_bias, needs_coefficients = ctx.needs_input_grad[:4]
-        d_out, d_in = merged.shape
-        grad = grad_out.reshape(-1, d_out).to(merged.dtype)
-        grad_x = grad_weight = grad_bias = grad_coefficients = None
+        needs_x, needs_weight, needs_bias, needs_deltas, needs_coefficients = ctx.needs_input_grad[:5]
+        d_out = ctx.d_out
+        grad = grad_out.reshape(-1, d_out)
+        grad_x = grad_weight = grad_bias = grad_deltas = grad_coefficients = None
         if needs_x:
-            grad_x = (grad @ merged).reshape(ctx.x_shape).to(ctx.x_dtype)
+            grad_x = (grad.to(merged.dtype) @ merged).reshape(ctx.x_shape).to(ctx.x_dtype)
         if needs_bias:
             grad_bias = grad.sum(0).to(ctx.bias_dtype)
-        if needs_weight or needs_coefficients:
-            inputs = x.reshape(-1, d_in)
+        if needs_weight or needs_deltas or needs_coefficients:
+            inputs = x.reshape(-1, x.shape[-1])
+            grad = grad.to(inputs.dtype)
             block_ids, block_rows = ctx.block_ids, ctx.block_rows
+            num_row_blocks = d_out // block_rows
             if needs_weight:
                 grad_weight = (grad.t() @ inputs).to(ctx.weight_dtype)
-            if needs_coefficients:
-                num_row_blocks = d_out // block_rows
-                if len(block_ids) == num_row_blocks:
-                    block_grad = grad.reshape(-1, num_row_blocks, block_rows)
-                else:
-                    block_grad = grad.reshape(-1, num_row_blocks, block_rows)[:, list(block_ids)]
-                if ctx.mode == "fft":
-                    grad_coefficients = _fft_coefficient_grad(
-                        block_grad, inputs, crow, col, inverse, ctx.scaling, ctx.coefficient_dtype
+            dense = None
+            if needs_deltas or (needs_coefficients and ctx.mode == "dense"):
+                if grad_weight is not None:
+                    dense = grad_weight.reshape(num_row_blocks, block_rows, -1)[list(block_ids)]
+                elif len(block_ids) == num_row_blocks:
+                    dense = (grad.t() @ inputs).reshape(num_row_blocks, block_rows, -1)
+                elif torch.compiler.is_compiling():
+                    dense = torch.stack(
+                        [grad[:, b * block_rows : (b + 1) * block_rows].t() @ inputs for b in block_ids]
                     )
-                else:
-                    if grad_weight is not None:
-                        dense = grad_weight.reshape(num_row_blocks, block_rows, d_in)[list(block_ids)]
-                    else:
-                        dense = (block_grad.reshape(block_grad.shape[0], -1).t() @ inputs).reshape(-1, block_rows, d_in)
-                    grad_coefficients = _dense_coefficient_grad(dense, dense_index, ctx.scaling, ctx.coefficient_dtype)
-        return (grad_x, grad_weight, grad_bias, grad_coefficients) + (None,) * 10
+                else:  # one product per adapted block, straight from strided views of the output gradient
+                    dense = inputs.new_empty((len(block_ids), block_rows, inputs.shape[1]))
+                    for index, b in enumerate(block_ids):
+                        torch.mm(grad[:, b * block_rows : (b + 1) * block_rows].t(), inputs, out=dense[index])
+            if needs_deltas:
+                grad_deltas = dense.to(ctx.deltas_dtype)
+            if needs_coefficients and ctx.mode == "dense":
+                grad_coefficients = _dense_coefficient_grad(dense, dense_index, ctx.scaling, ctx.coefficient_dtype)
+            elif needs_coefficients:
+                block_grad = grad.reshape(-1, num_row_blocks, block_rows)
+                if len(block_ids) != num_row_blocks:
+                    block_grad = block_grad[:, list(block_ids)]
+                grad_coefficients = _fft_coefficient_grad(
+                    block_grad, inputs, crow, col, inverse, ctx.scaling, ctx.coefficient_dtype
+                )
+        return (grad_x, grad_weight, grad_bias, grad_deltas, grad_coefficients) + (None,) * 9

@@ -1,8 +1,10 @@
 """The FourierFT layer: a frozen ``nn.Linear`` plus a spectral weight delta, in PEFT's layer contract.
 
-The forward is one matrix product with ``W + dW`` (see :mod:`fftprompt.fourierft.functional`). Without gradients
-(evaluation, ``torch.no_grad``) ``W + dW`` is computed once and cached until a coefficient or the weight changes
-(tracked by the tensors' version counters).
+The forward is one matrix product with ``W + dW`` (see :mod:`fftprompt.fourierft.functional`); the deltas come from
+the layer's :class:`~fftprompt.fourierft.bank.FourierFTBank`, which synthesises those of all layers of one shape
+together. Without gradients (evaluation, ``torch.no_grad``) ``W + dW`` is computed once and cached until a coefficient
+or the weight changes (tracked by the tensors' version counters); a frozen bias is converted to the compute dtype
+once, likewise.
 """
 
 from __future__ import annotations
@@ -15,8 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fftprompt.fourierft.bank import FourierFTBank, _version_key
 from fftprompt.fourierft.config import QKV_BLOCKS, FourierFTConfig
-from fftprompt.fourierft.functional import _block_deltas, _effective_weight, _fft_dtype, _FourierFTLinearFunction
+from fftprompt.fourierft.functional import (
+    _batches_dense_gradient,
+    _block_deltas,
+    _choose_grad_mode,
+    _fft_dtype,
+    _FourierFTDeltas,
+    _FourierFTLinearFunction,
+    _merge_weight,
+    _synthesise_deltas,
+)
 from fftprompt.fourierft.indices import _layer_indices
 
 __all__ = ["FULL_LAYER", "FourierFTLinear"]
@@ -101,11 +113,51 @@ class FourierFTLinear(nn.Module):
         # derived from the seed, shared by the layers of equal shape: moved with the module, never saved
         for key, index in indices.items():
             self.register_buffer(key, index.to(device), persistent=False)
-        self._cache: tuple[tuple[Any, ...], Tensor] | None = None
+        self._cache: tuple[tuple[Any, ...], Tensor] | None = None  # merged weight without gradients
+        self._bias_cache: tuple[tuple[Any, ...], Tensor] | None = None  # frozen bias in the compute dtype
+        self._bank = FourierFTBank([self])  # inject_fourierft moves the layer into its model's bank
+
+    def _coefficient_list(self) -> list[Tensor]:
+        """The ``nb`` coefficient vectors ``(n,)``, blocks in q, k, v order."""
+        return [self.fourierft_spectrum[key] for key in self.block_names]
 
     def _coefficients(self) -> Tensor:
         """``(nb, n)`` coefficients, blocks in q, k, v order."""
-        return _stack([self.fourierft_spectrum[key] for key in self.block_names])
+        return _stack(self._coefficient_list())
+
+    def _shape_key(self) -> tuple[Any, ...]:
+        """Layers with equal keys share their entry locations (and a :class:`FourierFTBank` group)."""
+        config = self.config
+        return (self.block_rows, self.in_features, config.n_frequency, config.seed, config.scaling)
+
+    def _grad_mode(self, dtype: torch.dtype) -> str:
+        return _choose_grad_mode(
+            self.config.grad_mode,
+            self.base_layer.weight.device,
+            dtype,
+            len(self.block_ids),
+            self.block_rows,
+            self.in_features,
+            self.config.n_frequency,
+        )
+
+    def _dense_route(self, dtype: torch.dtype) -> bool:
+        """Whether a forward now takes the dense coefficient gradient through differentiable deltas, batched over the
+        bank's group (:func:`~fftprompt.fourierft.functional._batches_dense_gradient`)."""
+        return (
+            torch.is_grad_enabled()
+            and any(p.requires_grad for p in self._coefficient_list())
+            and self._grad_mode(dtype) == "dense"
+            and _batches_dense_gradient(self.base_layer.weight.device)
+        )
+
+    def _merged_key(self, dtype: torch.dtype) -> tuple[Any, ...]:
+        weight = self.base_layer.weight
+        return (_version_key(self._coefficient_list()), weight._version, weight.data_ptr(), dtype)
+
+    def _has_merged_weight(self, dtype: torch.dtype) -> bool:
+        """Whether the cached ``W + dW`` (kept without gradients) is current for ``dtype``."""
+        return self._cache is not None and self._cache[0] == self._merged_key(dtype)
 
     def get_delta_weight(self) -> Tensor:
         """The weight change ``(d_out, d_in)``, zero outside the adapted row blocks, in float32 (float64 for float64
@@ -151,50 +203,68 @@ class FourierFTLinear(nn.Module):
         weight, bias = self.base_layer.weight, self.base_layer.bias
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
-        parameters = [self.fourierft_spectrum[key] for key in self.block_names]
+        coefficients = self._coefficient_list()
+        trains_coefficients = any(p.requires_grad for p in coefficients)
+        compiling = torch.compiler.is_compiling()
         requires_grad = torch.is_grad_enabled() and (
-            x.requires_grad
-            or weight.requires_grad
-            or (bias is not None and bias.requires_grad)
-            or any(p.requires_grad for p in parameters)
+            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad) or trains_coefficients
         )
-        if requires_grad:
-            self._cache = None  # an evaluation cache would otherwise hold a weight copy through training
-            return _FourierFTLinearFunction.apply(
-                x,
-                weight,
-                bias,
-                _stack(parameters),
-                self._half_index,
-                self._dense_index,
-                self._fft_crow,
-                self._fft_col,
-                self._fft_inverse,
-                self.block_ids,
-                self.block_rows,
-                self.config.scaling,
-                dtype,
-                self.config.grad_mode,
-            )
-        if torch.compiler.is_compiling():
-            merged = self._effective_weight(parameters, dtype)
+        if not requires_grad:
+            return F.linear(x.to(dtype), self._merged_weight(dtype, compiling), self._bias(dtype, compiling))
+        self._cache = None  # an evaluation cache would otherwise hold a weight copy through training
+        mode = self._grad_mode(dtype)
+        batched = trains_coefficients and mode == "dense" and _batches_dense_gradient(weight.device)
+        settings = (self.block_rows, self.in_features, self.config.scaling)
+        if compiling:  # traced: every layer synthesises its own deltas inside the graph
+            stacked = _stack(coefficients)
+            if batched:
+                deltas = _FourierFTDeltas.apply(stacked, self._half_index, self._dense_index, *settings)
+            else:
+                deltas = _synthesise_deltas(stacked.detach(), self._half_index, *settings)
         else:
-            key = (tuple((p._version, p.data_ptr()) for p in parameters), weight._version, weight.data_ptr(), dtype)
-            if self._cache is None or self._cache[0] != key:
-                self._cache = (key, self._effective_weight(parameters, dtype))
-            merged = self._cache[1]
-        return F.linear(x.to(dtype), merged, None if bias is None else bias.to(dtype))
-
-    def _effective_weight(self, parameters: list[Tensor], dtype: torch.dtype) -> Tensor:
-        return _effective_weight(
-            self.base_layer.weight,
-            _stack(parameters),
-            self._half_index,
+            deltas = self._bank.deltas(self, dtype, differentiable=batched)
+        return _FourierFTLinearFunction.apply(
+            x,
+            weight,
+            self._bias(dtype, compiling),
+            deltas,
+            _stack(coefficients) if trains_coefficients and not batched else None,
+            self._dense_index,
+            self._fft_crow,
+            self._fft_col,
+            self._fft_inverse,
             self.block_ids,
             self.block_rows,
             self.config.scaling,
             dtype,
+            mode,
         )
+
+    def _merged_weight(self, dtype: torch.dtype, compiling: bool) -> Tensor:
+        """``W + dW`` in ``dtype`` without gradients, cached until a coefficient or the weight changes."""
+        if compiling:
+            deltas = _synthesise_deltas(
+                self._coefficients(), self._half_index, self.block_rows, self.in_features, self.config.scaling
+            )
+            return _merge_weight(self.base_layer.weight, deltas, self.block_ids, self.block_rows, dtype)
+        key = self._merged_key(dtype)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = None  # release the stale copy before building the new one
+            deltas = self._bank.deltas(self, dtype, differentiable=False)
+            self._cache = (key, _merge_weight(self.base_layer.weight, deltas, self.block_ids, self.block_rows, dtype))
+        return self._cache[1]
+
+    def _bias(self, dtype: torch.dtype, compiling: bool) -> Tensor | None:
+        """The bias in ``dtype``: a frozen one is converted once and cached, a trainable one is passed as it is."""
+        bias = self.base_layer.bias
+        if bias is None or bias.dtype == dtype:
+            return bias
+        if bias.requires_grad or compiling:
+            return bias.to(dtype)
+        key = (bias._version, bias.data_ptr(), dtype)
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            self._bias_cache = (key, bias.detach().to(dtype))
+        return self._bias_cache[1]
 
     def extra_repr(self) -> str:
         blocks = "" if self.block_names == (FULL_LAYER,) else f", blocks={self.block_names}"

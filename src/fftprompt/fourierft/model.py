@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from fftprompt.fourierft.bank import FourierFTBank
 from fftprompt.fourierft.config import QKV_BLOCKS, REGEX_PREFIX, FourierFTConfig
 from fftprompt.fourierft.layer import FULL_LAYER, FourierFTLinear
 
@@ -108,6 +109,7 @@ def inject_fourierft(model: nn.Module, config: FourierFTConfig) -> list[str]:
     }
     for name, wrapper in wrappers.items():
         _set_submodule(model, name, wrapper)
+    FourierFTBank(list(wrappers.values()))  # layers of one shape synthesise their deltas together
     return list(wrappers)
 
 
