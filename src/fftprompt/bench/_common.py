@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from fftprompt.backbone import Backbone, create_backbone
+
 T = TypeVar("T")
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -119,11 +121,59 @@ def backbone_kwargs(items: Sequence[str]) -> dict[str, Any]:
     return kwargs
 
 
+def benchmark_backbone(args: argparse.Namespace) -> Backbone:
+    """The ``--backbone`` ViT at ``--img-size`` with the ``--backbone-arg`` extras, built without weights."""
+    return create_backbone(
+        args.backbone, pretrained=False, img_size=args.img_size, **backbone_kwargs(args.backbone_arg)
+    )
+
+
 COMPILE_HELP = (
     "also measure every method under torch.compile: an inductor mode (default, reduce-overhead: + CUDA graphs, "
     "max-autotune, ...) or backend:NAME (backend:cudagraphs: CUDA graphs of the eager kernels, compiles in seconds; "
     "backend:aot_eager: tracing only)"
 )
+
+
+def add_backbone_options(parser: argparse.ArgumentParser, *, batch_size: int) -> None:
+    """``--backbone`` (a timm ViT built without weights, ViT-B/16 by default), ``--img-size``, ``--batch-size``."""
+    parser.add_argument("--backbone", default="vit_base_patch16_224", help="timm ViT name (built without weights)")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+
+
+def add_step_options(parser: argparse.ArgumentParser, *, steps: bool = True) -> None:
+    """The options of every command that runs train steps: ``--num-classes``, ``--device``, ``--dtype`` (autocast:
+    float32 or bfloat16), ``--steps`` (timed steps, when ``steps``), ``--warmup`` and ``--threads``."""
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="autocast dtype of a step")
+    if steps:
+        parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+
+
+def add_model_options(parser: argparse.ArgumentParser, compile_help: str = COMPILE_HELP) -> None:
+    """``--backbone-arg KEY=VALUE`` (repeatable) and ``--compile SPEC``; :func:`check_model_options` checks them."""
+    parser.add_argument(
+        "--backbone-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm.create_model argument, repeatable (e.g. --backbone-arg depth=2)",
+    )
+    parser.add_argument("--compile", default=None, metavar="SPEC", help=compile_help)
+
+
+def check_model_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors for a malformed ``--backbone-arg`` or ``--compile`` (see :func:`add_model_options`)."""
+    try:
+        backbone_kwargs(args.backbone_arg)
+        if args.compile is not None:
+            compile_kwargs(args.compile)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def compile_kwargs(spec: str) -> dict[str, Any]:

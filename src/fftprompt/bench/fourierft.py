@@ -34,10 +34,11 @@ from torch import Tensor, nn
 
 from fftprompt.backbone import create_backbone
 from fftprompt.bench._common import (
-    COMPILE_HELP,
+    add_model_options,
+    add_step_options,
     backbone_kwargs,
+    check_model_options,
     check_options,
-    compile_kwargs,
     compile_model,
     cpu_step_peak_bytes,
     cuda_step_peak_bytes,
@@ -54,7 +55,6 @@ from fftprompt.fourierft import VIT_B_N_FREQUENCY, FourierFTConfig, GradMode, in
 
 METHODS = ("linear_probe", "lora", "peft_fourierft", "fourierft")
 COMPILED = "+compiled"  # result-name suffix of a method measured under torch.compile (--compile)
-_DTYPE_CHOICES = ("bfloat16", "float32")
 
 
 class _Classifier(nn.Module):
@@ -217,21 +217,9 @@ def format_table(report: dict[str, Any]) -> str:
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fftprompt-bench fourierft", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="vit_small_patch16_224", help="timm ViT name (built without weights)")
-    parser.add_argument(
-        "--backbone-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra timm.create_model argument, repeatable (e.g. --backbone-arg depth=2)",
-    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=_DTYPE_CHOICES, default="float32", help="autocast dtype of the step")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    add_step_options(parser)
     parser.add_argument("--n-frequency", type=int, default=VIT_B_N_FREQUENCY)
     parser.add_argument(
         "--targets", default="qkv,proj,fc1,fc2", help="comma-separated whole-layer targets (PEFT adapts whole layers)"
@@ -241,15 +229,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--grad-mode", choices=get_args(GradMode), default="auto", help="coefficient gradient of ours (see fourierft)"
     )
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
-    parser.add_argument("--compile", default=None, metavar="MODE", help=COMPILE_HELP)
+    add_model_options(parser)
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the CPU memory profile")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
     args = parser.parse_args(list(argv))
-    if args.compile is not None:
-        try:
-            compile_kwargs(args.compile)
-        except ValueError as error:
-            parser.error(str(error))
     args.targets = [t for t in args.targets.split(",") if t]
     args.methods = split_choices(parser, "--methods", args.methods, METHODS)
     blocks = [t for t in args.targets if t in ("q", "k", "v")]
@@ -257,10 +240,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--targets {blocks}: PEFT cannot adapt row blocks of a fused qkv; use whole layers such as qkv")
     positive = ("batch_size", "img_size", "steps", "threads", "n_frequency", "lora_rank", "num_classes")
     check_options(parser, args, positive)
-    try:
-        backbone_kwargs(args.backbone_arg)
-    except ValueError as error:
-        parser.error(str(error))
+    check_model_options(parser, args)
     return args
 
 

@@ -58,11 +58,13 @@ from torch import nn
 
 from fftprompt.backbone import Backbone, create_backbone
 from fftprompt.bench._common import (
-    COMPILE_HELP,
+    add_backbone_options,
+    add_model_options,
+    add_step_options,
     autocast,
     backbone_kwargs,
+    check_model_options,
     check_options,
-    compile_kwargs,
     compile_model,
     cpu_step_peak_bytes,
     cuda_step_peak_bytes,
@@ -111,7 +113,6 @@ RATIOS = (
 )
 COMPILED = "+compiled"  # row-name suffix of a method measured under torch.compile (--compile)
 FFT_OVER_VPT_GOAL = 1.15  # fft prompts' train step at most 1.15x VPT's (docs/benchmarks.md, "Prompts")
-_DTYPE_CHOICES = ("float32", "bfloat16")
 
 
 def peft_available() -> bool:
@@ -416,22 +417,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fftprompt-bench methods", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="vit_base_patch16_224", help="timm ViT name (built without weights)")
-    parser.add_argument(
-        "--backbone-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra timm.create_model argument, repeatable (e.g. --backbone-arg depth=2)",
-    )
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=_DTYPE_CHOICES, default="float32", help="autocast dtype of the steps")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    add_backbone_options(parser, batch_size=32)
+    add_step_options(parser)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--num-tokens", type=int, default=10, help="prompts per prompted layer")
     parser.add_argument(
@@ -444,7 +431,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         help="comma-separated FourierFT targets; LoRA and PEFT FourierFT adapt the same (whole) layers",
     )
     parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--compile", default=None, metavar="MODE", help=COMPILE_HELP)
+    add_model_options(parser)
     parser.add_argument(
         "--compile-methods",
         default="fourierft,fourierft_peft,lora,vpt_shallow,fft_shallow,full_finetune",
@@ -456,11 +443,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(list(argv))
     args.methods = split_choices(parser, "--methods", args.methods, list(METHODS))
     args.compile_methods = split_choices(parser, "--compile-methods", args.compile_methods, list(METHODS))
-    if args.compile is not None:
-        try:
-            compile_kwargs(args.compile)
-        except ValueError as error:
-            parser.error(str(error))
+    check_model_options(parser, args)
     args.fourierft_targets = [t for t in args.fourierft_targets.split(",") if t]
     if not args.fourierft_targets:
         parser.error("--fourierft-targets is empty; expected e.g. qkv or q,v")
@@ -468,10 +451,6 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     check_options(parser, args, positive)
     if args.num_classes < 2:
         parser.error("--num-classes must be >= 2")
-    try:
-        backbone_kwargs(args.backbone_arg)
-    except ValueError as error:
-        parser.error(str(error))
     return args
 
 

@@ -33,13 +33,15 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from fftprompt.backbone import create_backbone
 from fftprompt.bench._common import (
     COMPILE_HELP,
+    add_backbone_options,
+    add_model_options,
+    add_step_options,
     autocast,
-    backbone_kwargs,
+    benchmark_backbone,
+    check_model_options,
     check_options,
-    compile_kwargs,
     compile_model,
     machine,
     run_command,
@@ -154,9 +156,7 @@ def _train_step(model: nn.Module, images: Tensor, labels: Tensor, device: torch.
 
 def _part_step(part: str, args: argparse.Namespace, images: Tensor, device: torch.device) -> tuple[Callable, Any]:
     """The step of a part measured alone, and the module whose forward it compiles."""
-    backbone = create_backbone(
-        args.backbone, pretrained=False, img_size=args.img_size, **backbone_kwargs(args.backbone_arg)
-    )
+    backbone = benchmark_backbone(args)
     features = FrequencyFeatures(patch_size=backbone.patch_size).to(device)
     if part == "features":
 
@@ -226,9 +226,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 graph_breaks = explained.graph_break_count
         else:
             torch.manual_seed(0)
-            backbone = create_backbone(
-                args.backbone, pretrained=False, img_size=args.img_size, **backbone_kwargs(args.backbone_arg)
-            )
+            backbone = benchmark_backbone(args)
             torch.manual_seed(1)
             model = create_method_model(
                 method,
@@ -295,21 +293,14 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fftprompt-bench ops", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="vit_base_patch16_224", help="timm ViT name (built without weights)")
-    parser.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-classes", type=int, default=10)
+    add_backbone_options(parser, batch_size=8)
+    add_step_options(parser, steps=False)
     parser.add_argument("--num-tokens", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the profiled one")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--methods", default="fourierft,fourierft_peft,lora,vpt_shallow,fft_shallow,features")
     parser.add_argument("--n-frequency", type=int, default=VIT_B_N_FREQUENCY)
     parser.add_argument("--fourierft-targets", default="qkv,proj,fc1,fc2")
     parser.add_argument("--grad-mode", choices=("auto", "dense", "fft"), default="auto", help="ours' gradient route")
-    parser.add_argument("--compile", default=None, metavar="MODE", help=COMPILE_HELP.replace("also measure", "measure"))
+    add_model_options(parser, COMPILE_HELP.replace("also measure", "measure"))
     parser.add_argument(
         "--accelerator-batching",
         action="store_true",
@@ -321,11 +312,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     args.methods = split_choices(parser, "--methods", args.methods, list(METHODS))
     args.fourierft_targets = [t for t in args.fourierft_targets.split(",") if t]
     check_options(parser, args, ("batch_size", "img_size", "threads", "n_frequency", "num_tokens"))
-    if args.compile is not None:
-        try:
-            compile_kwargs(args.compile)
-        except ValueError as error:
-            parser.error(str(error))
+    check_model_options(parser, args)
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the profiled step must not include first-call work)")
     return args

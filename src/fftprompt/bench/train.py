@@ -298,16 +298,13 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fftprompt-bench train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=None, help="folder of the generated JPEGs (default: a temporary one)")
     parser.add_argument("--images", type=int, default=2000, help="generated JPEG files")
     parser.add_argument("--image-px", type=int, default=512, help="side of the generated JPEGs")
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--data-dir", default=None, help="folder of the generated JPEGs (default: a temporary one)")
     parser.add_argument("--img-size", type=int, default=224, help="training resolution (data.image_size)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=8, help="data.num_workers")
-    parser.add_argument("--epochs", type=int, default=3, help="trainer.max_epochs (the first is warm-up)")
-    parser.add_argument("--raw-steps", type=int, default=10, help="timed raw steps (median reported)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument(
         "--override",
         action="append",
@@ -315,6 +312,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="fftprompt-train override, repeatable (e.g. --override trainer=gpu --override backbone=vit_base)",
     )
+    parser.add_argument("--epochs", type=int, default=3, help="trainer.max_epochs (the first is warm-up)")
+    parser.add_argument("--raw-steps", type=int, default=10, help="timed raw steps (median reported)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--json", nargs="?", const="-", default=None, help="write the report as JSON (to stdout: -)")
     args = parser.parse_args(list(argv))
     for name in ("images", "image_px", "classes", "img_size", "batch_size", "epochs", "raw_steps", "threads"):

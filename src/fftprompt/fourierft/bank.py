@@ -16,7 +16,7 @@ When a group is synthesised: at the first request of one of its layers, then aga
 (a new forward began) or when the layer's coefficients changed since (their version counters or storage; tensors
 changed through ``.data`` are not seen, as for every autograd cache). On accelerators the whole group is one batched
 FFT, launched at the first request; on CPUs a batch beyond the caches runs slower than its parts (docs/benchmarks.md),
-so the group is cut into cache-sized chunks (one ViT-B matrix each; many small ones), each synthesised when its first
+so the group is cut into cache-sized chunks (one ViT-S/B matrix each; many small ones), each synthesised when its first
 layer asks. Each layer's deltas are released once it took them, so between forwards the bank holds nothing. Without
 gradients, a layer keeps its merged weight (:class:`~fftprompt.fourierft.layer.FourierFTLinear`) and asks only when
 that is stale: only such layers join the group then. Under ``torch.compile`` layers synthesise their own deltas
@@ -105,7 +105,7 @@ class FourierFTBank:
                 coefficients = member._coefficient_list()
                 if (coefficients[0].device, coefficients[0].dtype) != key[1:3]:
                     continue
-                if member._dense_route(dtype) != differentiable:
+                if member._batched_dense(dtype) != differentiable:
                     continue
                 if not differentiable and not torch.is_grad_enabled() and member._has_merged_weight(dtype):
                     continue

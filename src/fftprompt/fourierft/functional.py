@@ -48,9 +48,10 @@ _FFT_ENTRY_COST = 26.0
 _BF16_MATMUL_COST = 0.25
 # tokens per chunk of the FFT-path gradient: the chunk's transposed spectra stay in the CPU caches
 _FFT_CHUNK_TOKENS = 512
-# largest batched FFT of the deltas on CPUs (complex half spectra): one ViT-B qkv matrix (2304 x 385 x 8 B = 7 MiB);
-# 12 of them in one call ran 2.3x slower than one after another (docs/benchmarks.md)
-_CPU_FFT_BATCH_BYTES = 8 * 2**20
+# largest batched FFT of the deltas on CPUs (complex half spectra), about a core's L2 cache: ViT-S/B matrices one at
+# a time (12 ViT-B qkv spectra, 7 MiB each, ran 2.3x slower in one call than one after another, docs/benchmarks.md),
+# all layers of a small model together
+_CPU_FFT_BATCH_BYTES = 2**20
 # CPUs form the dense coefficient gradient in each layer's backward (see _batches_dense_gradient); tests and
 # fftprompt-bench ops --accelerator-batching set this to run the accelerators' batched route on a CPU
 _CPU_BATCHES_DENSE_GRADIENT = False

@@ -141,7 +141,7 @@ class FourierFTLinear(nn.Module):
             self.config.n_frequency,
         )
 
-    def _dense_route(self, dtype: torch.dtype) -> bool:
+    def _batched_dense(self, dtype: torch.dtype) -> bool:
         """Whether a forward now takes the dense coefficient gradient through differentiable deltas, batched over the
         bank's group (:func:`~fftprompt.fourierft.functional._batches_dense_gradient`)."""
         return (
@@ -213,7 +213,7 @@ class FourierFTLinear(nn.Module):
             return F.linear(x.to(dtype), self._merged_weight(dtype, compiling), self._bias(dtype, compiling))
         self._cache = None  # an evaluation cache would otherwise hold a weight copy through training
         mode = self._grad_mode(dtype)
-        batched = trains_coefficients and mode == "dense" and _batches_dense_gradient(weight.device)
+        batched = self._batched_dense(dtype)
         settings = (self.block_rows, self.in_features, self.config.scaling)
         if compiling:  # traced: every layer synthesises its own deltas inside the graph
             stacked = _stack(coefficients)
