@@ -7,6 +7,7 @@ arguments, recorded in adapter checkpoints).
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -44,7 +45,7 @@ class ClassificationHead(nn.Module):
         return self.classifier(self.dropout(self.norm(pooled)))
 
 
-class _SegmentationDecoder(nn.Module):
+class _SegmentationDecoder(nn.Module, abc.ABC):
     """Shared part of the segmentation decoders: input checks, the recorded config, resizing to the output size.
 
     Subclasses define :meth:`_decode`.
@@ -87,9 +88,9 @@ class _SegmentationDecoder(nn.Module):
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
 
+    @abc.abstractmethod
     def _decode(self, inputs: Tensor) -> Tensor:
-        """``(B, D + C_f, h, w) -> (B, K, h', w')`` logits at the decoder's own resolution."""
-        raise NotImplementedError
+        """``(B, D + C_f, h, w) -> (B, K, h', w')`` logits at the decoder's own resolution (each decoder's own)."""
 
     def _inputs(self, grid: Tensor, maps: Tensor | None) -> Tensor:
         """Token grid ``(B, D, h, w)``, with the compact maps ``(B, C_f, h, w)`` appended when configured."""
