@@ -11,7 +11,9 @@ from hydra.utils import instantiate
 
 from fftprompt.ablate import ABLATIONS, METHODS, Variant, main, plan_ablation, plan_variants, run_ablation
 from fftprompt.ablate.cli import parse_args
-from fftprompt.ablate.runner import QUICK_OVERRIDES, RUN_OVERRIDES, worker_command
+from fftprompt.ablate.comparison import format_comparison, goals
+from fftprompt.ablate.runner import FULL_OVERRIDES, QUICK_OVERRIDES, RUN_OVERRIDES, worker_command
+from fftprompt.ablate.settings import plan_settings
 from fftprompt.ablate.tables import goal_check, summarise
 from fftprompt.model import create_model
 from fftprompt.prompts import ModelDims
@@ -109,6 +111,7 @@ def read_row(markdown: str, label: str) -> list[str]:
 @pytest.mark.slow
 def test_quick_ablation_end_to_end(tmp_path, capsys):
     output, doc = tmp_path / "out", tmp_path / "docs" / "ablation.md"
+    runs = output / "generated-random" / "runs"  # --quick: the generated benchmark with a random tiny ViT
     argv = [
         "--quick",
         "--seeds",
@@ -126,7 +129,7 @@ def test_quick_ablation_end_to_end(tmp_path, capsys):
     for shard in ("0/2", "1/2"):
         assert main([*argv, "--runs-only", "--shard", shard]) == 0
     assert not (output / "ablation.json").exists()
-    trained = frozenset(str(p.parent) for p in (output / "runs").glob("*/seed*/metrics.json"))
+    trained = frozenset(str(p.parent) for p in (runs).glob("*/seed*/metrics.json"))
     assert len(trained) == 6
     args = parse_args([*argv, "--jobs", "2", "data.noise_std=0.03"])
     worker = worker_command(args, 1)
@@ -142,13 +145,14 @@ def test_quick_ablation_end_to_end(tmp_path, capsys):
     report = json.loads((output / "ablation.json").read_text())
     assert len(report["runs"]) == 6 and all(r["reused"] for r in report["runs"])
     markdown = (output / "ablation.md").read_text()
-    assert doc.read_text().replace("ablation.png", "") == markdown.replace("ablation.png", "")
+    assert markdown.strip().replace("ablation.png", "") in doc.read_text().replace("ablation.png", "")
+    assert doc.read_text().startswith("<!-- begin generated: ablation ")
     for path in (output / "ablation.png", doc.with_suffix(".png")):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     labels = {"linear_probe": "linear probe", "fft_shallow": "fft prompts shallow"}
     labels["fft_no_spectrum"] = "fft shallow without spectrum projection"
     for name, label in labels.items():
-        metrics = [json.loads((output / "runs" / name / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        metrics = [json.loads((runs / name / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
         accuracy = [m["test/acc"] for m in metrics]
         f1 = [m["test/f1_macro"] for m in metrics]
         cells = read_row(markdown, label)
@@ -159,9 +163,163 @@ def test_quick_ablation_end_to_end(tmp_path, capsys):
     assert "| VPT" not in markdown and "## Goal" not in markdown  # only the requested rows; no baseline to beat
 
     # a second call reuses the finished runs instead of training again
-    stamp = (output / "runs" / "fft_shallow" / "seed1" / "metrics.json").stat().st_mtime_ns
+    stamp = (runs / "fft_shallow" / "seed1" / "metrics.json").stat().st_mtime_ns
     assert main([*argv[:-2]]) == 0
     assert "(reused)" in capsys.readouterr().out
-    assert (output / "runs" / "fft_shallow" / "seed1" / "metrics.json").stat().st_mtime_ns == stamp
+    assert (runs / "fft_shallow" / "seed1" / "metrics.json").stat().st_mtime_ns == stamp
     assert all(r["reused"] for r in json.loads((output / "ablation.json").read_text())["runs"])
     assert Path(doc).is_file()
+
+
+# ---------------------------------------------------------------- the real-data comparison
+
+
+def test_settings_grid_and_its_errors(tmp_path: Path):
+    settings = plan_settings(["generated", "dtd"], ["pretrained", "random"], [5], data_root=tmp_path)
+    assert [(s.dataset, s.backbone, s.shots) for s in settings] == [
+        ("generated", "pretrained", None),
+        ("generated", "random", None),
+        ("dtd", "pretrained", None),
+        ("dtd", "random", None),
+        ("dtd", "pretrained", 5),
+        ("dtd", "random", 5),
+    ]
+    # the classic ablation's runs are the comparison's generated + pretrained ones: same folder, same overrides
+    assert settings[0].subdir == "" and settings[0].overrides == FULL_OVERRIDES
+    assert [s.subdir for s in settings[1:]] == [
+        "generated-random",
+        "dtd-pretrained",
+        "dtd-random",
+        "dtd-pretrained-5shot",
+        "dtd-random-5shot",
+    ]
+    assert f"data.root={tmp_path / 'dtd_300'}" in settings[2].overrides
+    assert "backbone.checkpoint_path=null" in settings[3].overrides
+    assert "backbone.checkpoint_path=null" not in settings[2].overrides
+    assert "data.train_per_class=5" in settings[4].overrides
+    for kwargs, message in (
+        ({"datasets": ["imagenet"], "backbones": ["random"]}, r"datasets \['imagenet'\]: expected names"),
+        ({"datasets": ["dtd"], "backbones": ["random"]}, r"dataset 'dtd' needs the sample data: pass --data-root"),
+        ({"datasets": ["generated"], "backbones": ["random"], "shots": [5]}, r"--shots needs one of \['dtd'\]"),
+        ({"datasets": ["generated"], "backbones": ["pretrained"], "quick": True}, r"--quick .* --backbones random"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            plan_settings(**kwargs)
+
+
+def test_comparison_options_reach_the_workers(tmp_path: Path, capsys):
+    argv = ["--quick", "--datasets", "generated,dtd", "--shots", "2,4", "--data-root", str(tmp_path), "--jobs", "2"]
+    args = parse_args(argv)
+    assert args.backbones == ["random"] and args.shots == [2, 4] and len(args.settings) == 4
+    again = parse_args(worker_command(args, 0)[3:])
+    assert (again.datasets, again.backbones, again.shots) == (args.datasets, args.backbones, args.shots)
+    assert again.settings == args.settings
+    for bad in (["--shots", "0"], ["--shots", "x"], ["--backbones", "imagenet"], ["--datasets", "generated"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--quick", "--data-root", str(tmp_path), "--shots", "5", *bad])
+    assert "expected" in capsys.readouterr().err
+
+
+def _report(dataset: str, backbone: str, shots: int | None, accuracy: dict[str, float], majority: float) -> dict:
+    summary = [
+        {
+            "name": name,
+            "label": name,
+            "kind": "method",
+            "trainable_params": 100,
+            "acc_mean": acc,
+            "acc_std": 0.01,
+            "f1_mean": acc - 0.1,
+            "f1_std": 0.02,
+            "acc_per_seed": [acc] * 3,
+            "seeds": [0, 1, 2],
+        }
+        for name, acc in accuracy.items()
+    ]
+    settings = {
+        "dataset": dataset,
+        "backbone_init": backbone,
+        "shots": shots,
+        "seeds": [0, 1, 2],
+        "backbone": "vit_demo_patch8",
+        "backbone_weights": "w.safetensors" if backbone == "pretrained" else None,
+        "threads": 1,
+        "jobs": 2,
+        "overrides": ["data=dtd", "data.root=/data/dtd_300"],
+        "num_train": 5 * (shots or 40),
+        "num_test": 200,
+        "classes": list("abcde"),
+        "majority_fraction": majority,
+        "image_size": 64,
+        "epochs": 30,
+    }
+    runs = [{"reused": False, "train_seconds": 10.0}] * 3 * len(accuracy)
+    budget = {"budget": 3840, "num_layers": 4, "embed_dim": 96}
+    return {"settings": settings, "summary": summary, "runs": runs, "budget": budget}
+
+
+def test_comparison_tables_and_goals():
+    methods = {"linear_probe": 0.5, "vpt_shallow": 0.45, "vfpt": 0.4, "fft_shallow": 0.6}
+    random = {"linear_probe": 0.34, "vpt_shallow": 0.3, "vfpt": 0.3, "fft_shallow": 0.2}
+    reports = [
+        _report("dtd", "pretrained", None, methods, 0.2),
+        _report("dtd", "random", None, random, 0.2),
+        _report("dtd", "pretrained", 5, {**methods, "linear_probe": 0.3}, 0.2),
+    ]
+    lines = goals(reports)
+    assert lines[0].startswith("- Linear probe on DTD, pretrained − random: +16.0 points") and "**met**" in lines[0]
+    assert "every method above it" in lines[1]
+    assert "fft_shallow beats the best of VPT/VFPT (VPT shallow) by 15.0 points" in lines[2]
+    reports[1] = _report("dtd", "random", None, {**random, "linear_probe": 0.36}, 0.2)
+    assert "+14.0 points" in goals(reports)[0] and "**missed**" in goals(reports)[0]
+    reports[0] = _report("dtd", "pretrained", None, {**methods, "vfpt": 0.2}, 0.2)
+    assert "at or below it: VFPT" in goals(reports)[1]
+    meta = {"command": "fftprompt-ablate ...", "wall_seconds": 60.0, "load_before": 1.0, "load_after": 2.0}
+    markdown = format_comparison(reports, {**meta, "data_root": "/data"}, figure=None)
+    assert "`data=dtd data.root=<data-root>/dtd_300`" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| linear probe |")]
+    # the dataset table (pretrained, random, lift) and the few-shot table (5 per class, all)
+    assert table[0].split("|")[3:8] == [
+        " 0.500 ± 0.010 ",
+        " 0.400 ± 0.020 ",
+        " 0.360 ± 0.010 ",
+        " 0.260 ± 0.020 ",
+        " +14.0 ",
+    ]
+    assert table[1].split("|")[2:4] == [" 0.300 ± 0.010 ", " 0.500 ± 0.010 "]
+    assert "pretrained, 5 per class (25 images)" in markdown and "pretrained, all per class (200 images)" in markdown
+
+
+@pytest.mark.slow
+def test_quick_comparison_end_to_end(tmp_path: Path, sample_data: Path, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "dtd_300").symlink_to(sample_data / "dtd")  # 5 classes x 10 images: 4 per class to train
+    output, doc = tmp_path / "out", tmp_path / "docs" / "ablation.md"
+    doc.parent.mkdir()
+    doc.write_text("# Page\n\nwritten by hand\n")
+    argv = ["--quick", "--seeds", "0,1", "--methods", "linear_probe,fft_shallow", "--ablations", "none"]
+    argv += ["--datasets", "generated,dtd", "--shots", "2", "--data-root", str(root), "--output", str(output)]
+    assert main([*argv, "--doc", str(doc)]) == 0
+    capsys.readouterr()
+    report = json.loads((output / "comparison.json").read_text())
+    by_setting = {(r["settings"]["dataset"], r["settings"]["shots"]): r for r in report["settings"]}
+    assert set(by_setting) == {("generated", None), ("dtd", None), ("dtd", 2)}
+    assert (
+        by_setting[("dtd", 2)]["settings"]["num_train"] == 10
+        and by_setting[("dtd", None)]["settings"]["num_train"] == 20
+    )
+    assert by_setting[("dtd", 2)]["settings"]["epochs"] == 2  # 1 epoch of 20 images = 2 epochs of 10
+    metrics = [
+        json.loads((output / "dtd-random-2shot" / "runs" / "fft_shallow" / f"seed{s}" / "metrics.json").read_text())
+        for s in (0, 1)
+    ]
+    accuracy = [m["test/acc"] for m in metrics]
+    assert all(m["steps"] == 2 for m in metrics)  # 10 images in batches of 16, two epochs
+    text = doc.read_text()
+    assert text.startswith("# Page\n\nwritten by hand\n") and "<!-- begin generated: real-data comparison" in text
+    few_shot_row = [line for line in text.splitlines() if line.startswith("| fft prompts shallow |")][-1]
+    assert f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}" in few_shot_row
+    assert (doc.parent / "ablation_comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(argv) == 0  # everything reused
+    assert "trained 0 of 12 runs" in (output / "comparison.md").read_text()

@@ -513,3 +513,42 @@ def test_file_datasets_work_in_worker_processes(tmp_path: Path):
     reference = KvasirSegDataModule(tmp_path, augment=False, **SMALL)
     for a, b in zip(first_batch(dm, "val"), first_batch(reference, "val"), strict=True):
         torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------- few-shot training splits
+
+
+def test_train_per_class_keeps_k_seeded_nested_images_per_class(tmp_path: Path):
+    write_dtd(tmp_path, per_class=15)
+    with pytest.warns(DataWarning):
+        full = DTDDataModule(tmp_path, **SMALL)
+        few = {k: DTDDataModule(tmp_path, train_per_class=k, **SMALL) for k in (2, 4)}
+        other_seed = DTDDataModule(tmp_path, train_per_class=2, seed=1, **SMALL)
+        for dm in (full, *few.values(), other_seed):
+            dm.setup()
+    chosen = {k: set(dm.dataset("train").image_files) for k, dm in few.items()}
+    for k, files in chosen.items():
+        assert sorted(np.bincount(few[k].dataset("train").labels).tolist()) == [k, k, k]
+        assert files <= set(full.dataset("train").image_files)
+        for split in ("val", "test"):  # held-out splits stay whole
+            assert few[k].dataset(split).image_files == full.dataset(split).image_files
+    assert chosen[2] <= chosen[4]  # nested: the 2-shot images are among the 4-shot ones
+    assert set(other_seed.dataset("train").image_files) != chosen[2]
+    images, labels = first_batch(few[2])
+    assert images.shape == (4, 3, 32, 32) and labels.dtype == torch.int64
+    item = few[2].dataset("train")[0]
+    index = full.dataset("train").image_files.index(few[2].dataset("train").image_files[0])
+    assert item[1] == full.dataset("train")[index][1]
+
+
+def test_train_per_class_on_arrays_and_its_errors(tmp_path: Path):
+    write_npz(tmp_path / "pathmnist.npz", labels_2d=False, sizes=(9, 6, 6))
+    dm = MedMNISTDataModule(tmp_path, subset="pathmnist", train_per_class=2, **SMALL)
+    assert split_sizes(dm) == {"train": 6, "val": 6, "test": 6}
+    with pytest.raises(ValueError, match=r"train_per_class=4 but the training split holds fewer images of"):
+        MedMNISTDataModule(tmp_path, subset="pathmnist", train_per_class=4, **SMALL).setup()
+    with pytest.raises(ValueError, match=r"train_per_class=0 must be >= 1"):
+        MedMNISTDataModule(tmp_path, subset="pathmnist", train_per_class=0)
+    write_kvasir(tmp_path / "kvasir")  # segmentation data have no class per image
+    with pytest.raises(ValueError, match=r"train_per_class=1 applies to classification data"):
+        KvasirSegDataModule(tmp_path / "kvasir", train_per_class=1, **SMALL).setup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from fftprompt.report import (
     write_json_atomic,
     write_report,
 )
+from fftprompt.utils import write_section
 
 CSV = """epoch,lr/head,step,train/acc,train/loss_epoch,train/loss_step,val/acc,val/loss
 0,0.01,0,,,2.0,,
@@ -112,3 +114,22 @@ def test_print_summary(capsys):
     out = capsys.readouterr().out
     assert "test/acc" in out and "0.1235" in out and "42" in out and "runs/x/report.md" in out
     assert "config" not in out
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path: Path):
+    doc = tmp_path / "docs" / "page.md"
+    write_section(doc, "a", "# A\n\nfirst\n")
+    assert doc.read_text().count("first") == 1
+    doc.write_text(doc.read_text() + "\n## Discussion\n\nby hand\n")
+    write_section(doc, "b", "## B\n\nother\n")
+    write_section(doc, "a", "# A\n\nsecond\n")
+    text = doc.read_text()
+    assert "first" not in text and text.index("second") < text.index("by hand") < text.index("other")
+    assert text.count("<!-- begin generated: a ") == 1 and text.count("<!-- end generated: b -->") == 1
+    plain = tmp_path / "plain.md"
+    plain.write_text("kept\n")
+    write_section(plain, "a", "new")
+    assert plain.read_text().startswith("kept\n\n<!-- begin generated: a ")
+    plain.write_text("<!-- begin generated: a (x) -->\nno end\n")
+    with pytest.raises(ValueError, match=r"plain\.md: the section 'a' has no end marker"):
+        write_section(plain, "a", "new")

@@ -27,6 +27,7 @@ __all__ = [
     "jsonable",
     "to_plain",
     "write_json_atomic",
+    "write_section",
 ]
 
 Task = Literal["classification", "segmentation"]
@@ -88,6 +89,29 @@ def write_json_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> 
     """Writes ``data`` as indented JSON (tensors, numpy scalars and paths made plain) with :func:`atomic_write`."""
     text = json.dumps(jsonable(data), indent=2) + "\n"
     return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def write_section(path: str | os.PathLike[str], name: str, markdown: str) -> Path:
+    """Writes ``markdown`` as the section ``name`` of the text file ``path``, keeping everything else in it.
+
+    The section lies between ``<!-- begin generated: name ... -->`` and ``<!-- end generated: name -->`` lines: an
+    existing one is replaced, else the section is appended (a new file holds just it). Text written by hand around
+    generated sections (a discussion, other commands' sections) survives a rerun. Written with :func:`atomic_write`.
+    """
+    begin = f"<!-- begin generated: {name} (rewritten by its command; edit outside these markers) -->"
+    end = f"<!-- end generated: {name} -->"
+    block = f"{begin}\n{markdown.strip()}\n{end}\n"
+    target = Path(path)
+    text = target.read_text(encoding="utf-8") if target.exists() else ""
+    prefix = f"<!-- begin generated: {name} "
+    if prefix in text:
+        head, rest = text.split(prefix, 1)
+        if end not in rest:
+            raise ValueError(f"{target}: the section {name!r} has no end marker {end!r}; add it or remove the section")
+        text = head + block + rest.split(end, 1)[1].removeprefix("\n")
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + block
+    return atomic_write(target, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def jsonable(value: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import time
@@ -16,8 +17,10 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from fftprompt.ablate.comparison import format_comparison, write_comparison
 from fftprompt.ablate.plan import ABLATIONS, METHODS
-from fftprompt.ablate.runner import FULL_EPOCHS, QUICK_EPOCHS, load_average, run_ablation, run_workers
+from fftprompt.ablate.runner import FULL_EPOCHS, QUICK_EPOCHS, load_average, run_ablation, run_settings, run_workers
+from fftprompt.ablate.settings import BACKBONES, DATASETS, FEW_SHOT_DATASETS, Setting, plan_settings
 from fftprompt.ablate.tables import format_markdown, write_outputs
 
 __all__ = ["main", "parse_args"]
@@ -37,6 +40,12 @@ def _names(text: str, allowed: Sequence[str], option: str, parser: argparse.Argu
     return names
 
 
+def is_classic(settings: Sequence[Setting]) -> bool:
+    """The classic ablation: one setting, the generated benchmark with all its images (one page; else the
+    real-data comparison, a section of its own)."""
+    return len(settings) == 1 and settings[0].dataset == "generated" and settings[0].shots is None
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The parsed and checked command line (exits with a usage message on errors)."""
     parser = argparse.ArgumentParser(
@@ -48,6 +57,28 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {METHODS}, or none")
     parser.add_argument("--ablations", default=",".join(ABLATIONS), help=f"subset of {ABLATIONS}, or none")
+    parser.add_argument(
+        "--datasets",
+        default="generated",
+        help=f"subset of {list(DATASETS)}; more than the generated benchmark (or --shots) makes it the real-data "
+        "comparison, written as its own section of --doc",
+    )
+    parser.add_argument(
+        "--backbones",
+        default=None,
+        help=f"subset of {list(BACKBONES)}: the shipped formula-pretrained weights and/or the random ViT (default "
+        "pretrained; random with --quick)",
+    )
+    parser.add_argument(
+        "--shots",
+        default="none",
+        help=f"few-shot curve: comma-separated training images per class, on {list(FEW_SHOT_DATASETS)} (or none)",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=os.environ.get("FFTPROMPT_SAMPLE_DATA"),
+        help="folder holding dtd_300/ and medmnist/breastmnist.npz (default: $FFTPROMPT_SAMPLE_DATA)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny ViT, 32 px, a few dozen images, 1 epoch (tests)")
     parser.add_argument("--epochs", type=int, default=None, help=f"default {FULL_EPOCHS} ({QUICK_EPOCHS} with --quick)")
     parser.add_argument("--budget", type=int, default=None, help="prompt/adapter parameter budget (default 10*L*D)")
@@ -70,6 +101,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError:
         parser.error(f"--seeds {args.seeds!r}: expected comma-separated integers such as 0,1,2")
+    try:
+        args.shots = [] if args.shots.strip().lower() == "none" else [int(s) for s in args.shots.split(",") if s]
+    except ValueError:
+        parser.error(f"--shots {args.shots!r}: expected comma-separated numbers of images per class such as 5,10")
+    if any(k < 1 for k in args.shots) or len(set(args.shots)) != len(args.shots):
+        parser.error(f"--shots {args.shots}: expected distinct positive numbers of images per class")
+    args.datasets = _names(args.datasets, DATASETS, "--datasets", parser)
+    default_backbone = "random" if args.quick else "pretrained"
+    args.backbones = _names(args.backbones or default_backbone, BACKBONES, "--backbones", parser)
+    args.data_root = None if args.data_root is None else Path(args.data_root)
+    try:
+        args.settings = plan_settings(args.datasets, args.backbones, args.shots, args.data_root, args.quick)
+    except ValueError as error:
+        parser.error(str(error))
+    if not args.settings:
+        parser.error("nothing to run: --datasets and --backbones must name at least one each")
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {args.seeds}: expected at least one seed, without repeats")
     args.methods = _names(args.methods, METHODS, "--methods", parser)
@@ -107,7 +154,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs > 1 and not args.runs_only:
         trained = run_workers(args)
         args.rerun = False  # the workers trained what was asked; this process only collects
-    report = run_ablation(args, trained)
+    if not is_classic(args.settings):
+        reports = run_settings(args, args.settings, trained)
+        if args.runs_only:
+            return 0
+        meta = {
+            "command": shlex.join(["fftprompt-ablate", *argv]),
+            "wall_seconds": time.perf_counter() - start,
+            "load_before": load_before,
+            "load_after": load_average(),
+            "data_root": None if args.data_root is None else str(args.data_root),
+        }
+        written = write_comparison(
+            reports, meta, Path(args.output).resolve(), None if args.doc is None else Path(args.doc)
+        )
+        print(format_comparison(reports, meta, figure=None))
+        print("written: " + ", ".join(str(p) for p in written))
+        return 0
+    report = run_ablation(args, trained, args.settings[0])
     if args.runs_only:
         return 0
     report["wall_seconds"] = time.perf_counter() - start

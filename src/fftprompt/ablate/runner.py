@@ -3,13 +3,15 @@ and worker processes for ``--jobs``.
 
 Every run is :func:`fftprompt.run.train` on a config composed by :func:`fftprompt.run.compose` (the packaged configs,
 as ``fftprompt-train`` composes them) with the overrides of one variant, so the ablation trains exactly what
-``fftprompt-train`` trains. Runs write their directories under ``<output>/runs/<variant>/seed<k>``. A finished run
+``fftprompt-train`` trains. Runs write their directories under ``<output>/[<setting>/]runs/<variant>/seed<k>``
+(:attr:`~fftprompt.ablate.settings.Setting.subdir`). A finished run
 whose saved config equals the composed one is reused (:func:`fftprompt.rundir.finished_metrics`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -22,35 +24,36 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fftprompt.ablate.plan import Variant, plan_variants
+from fftprompt.ablate.settings import Setting, plan_settings
 from fftprompt.ablate.tables import summarise
 from fftprompt.fourierft import FourierFTConfig
 from fftprompt.methods import COMPARISON_OVERRIDES
 from fftprompt.model import create_model
 from fftprompt.prompts import ModelDims
-from fftprompt.run import build_backbone, compose, train
+from fftprompt.run import build, build_backbone, compose, train
 from fftprompt.rundir import METRICS_FILE, finished_metrics
 
-__all__ = ["FULL_OVERRIDES", "QUICK_OVERRIDES", "RUN_OVERRIDES", "plan_ablation", "run_ablation", "run_workers"]
+__all__ = [
+    "FULL_OVERRIDES",
+    "QUICK_OVERRIDES",
+    "RUN_OVERRIDES",
+    "plan_ablation",
+    "run_ablation",
+    "run_settings",
+    "run_workers",
+]
 
 # every run: no logger, no checkpoints, no validation loop, no progress bar or summary, no frequency-map figures
 RUN_OVERRIDES = COMPARISON_OVERRIDES
-# the full ablation: the demo config with fewer images; its 39 runs took 27 min with one 1-thread process on a shared
-# 2-core machine (docs/ablation.md)
-FULL_OVERRIDES = ("data.num_train=1000", "data.num_val=64")
-FULL_EPOCHS = 10
+# the classic ablation: the demo config with fewer images; its 39 runs took 27 min with one 1-thread process on a
+# shared 2-core machine (docs/ablation.md)
+CLASSIC = plan_settings(["generated"], ["pretrained"])[0]
+FULL_OVERRIDES = CLASSIC.overrides
+FULL_EPOCHS = CLASSIC.epochs
 # --quick: a 2-block ViT of width 32 on 32 px images and a few dozen images, one epoch (for tests)
-QUICK_OVERRIDES = (
-    "data.image_size=32",
-    "data.num_train=32",
-    "data.num_val=8",
-    "data.num_test=24",
-    "data.batch_size=16",
-    "backbone.checkpoint_path=null",  # a randomly initialised tiny ViT: the shipped weights are the demo's size
-    "backbone.depth=2",
-    "backbone.embed_dim=32",
-    "backbone.num_heads=2",
-)
-QUICK_EPOCHS = 1
+QUICK = plan_settings(["generated"], ["random"], quick=True)[0]
+QUICK_OVERRIDES = QUICK.overrides
+QUICK_EPOCHS = QUICK.epochs
 
 
 def plan_ablation(
@@ -75,19 +78,24 @@ def plan_ablation(
     return variants, {**description, "fourierft_targets": list(targets)}
 
 
-def run_ablation(args: argparse.Namespace, trained_by_workers: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Trains (or reuses) every variant x seed of this process's shard and returns the ablation report.
+def run_ablation(
+    args: argparse.Namespace, trained_by_workers: frozenset[str] = frozenset(), setting: Setting | None = None
+) -> dict[str, Any]:
+    """Trains (or reuses) every variant x seed of this process's shard in one setting; returns its report.
 
     Args:
         args: Parsed command line (:func:`fftprompt.ablate.cli.parse_args`).
         trained_by_workers: Run directories that worker processes of this invocation trained (reported as trained,
             not reused, although this process reads them from disk).
+        setting: The dataset and backbone; default the classic ablation's (``--quick``: its tiny version).
     """
     torch.set_num_threads(args.threads)
-    output = Path(args.output).resolve()
-    scale = QUICK_OVERRIDES if args.quick else FULL_OVERRIDES
-    epochs = args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else FULL_EPOCHS)
-    shared = [*scale, f"trainer.max_epochs={epochs}", *RUN_OVERRIDES]
+    setting = setting if setting is not None else (QUICK if args.quick else CLASSIC)
+    output = Path(args.output).resolve() / setting.subdir
+    epochs = args.epochs if args.epochs is not None else setting.epochs
+    if setting.shots is not None:
+        epochs = _few_shot_epochs(setting, epochs, args.overrides)
+    shared = [*setting.overrides, f"trainer.max_epochs={epochs}", *RUN_OVERRIDES]
     base = compose([*shared, f"paths.output_dir={output}", *args.overrides])
     variants, budget = plan_ablation(base, [*args.methods, *args.ablations], args.budget)
 
@@ -116,31 +124,29 @@ def run_ablation(args: argparse.Namespace, trained_by_workers: frozenset[str] = 
             }
         )
         took = "reused" if reused else f"{metrics['train_seconds']:.0f} s"
+        where = f"{setting.subdir} " if setting.subdir else ""
         print(
-            f"[ablate] {variant.name:<20} seed {seed}: acc {metrics['test/acc']:.3f} "
+            f"[ablate] {where}{variant.name:<20} seed {seed}: acc {metrics['test/acc']:.3f} "
             f"f1 {metrics['test/f1_macro']:.3f} params {metrics['trainable_params']:,} ({took})",
             flush=True,
         )
     wall_seconds = time.perf_counter() - start
-    data = base.data
     return {
         "settings": {
+            "dataset": setting.dataset,
+            "backbone_init": setting.backbone,
+            "shots": setting.shots,
             "seeds": list(args.seeds),
             "epochs": epochs,
             "quick": args.quick,
-            "overrides": [*scale, *args.overrides],
+            "overrides": [*setting.overrides, *args.overrides],
             "threads": args.threads,
             "jobs": args.jobs,
             "backbone": str(base.backbone.name),
             "backbone_weights": (
                 Path(str(base.backbone.checkpoint_path)).name if base.backbone.get("checkpoint_path") else None
             ),
-            "image_size": int(data.image_size),
-            "num_train": int(data.num_train),
-            "num_test": int(data.num_test),
-            "batch_size": int(data.batch_size),
-            "region_size": list(data.get("region_size", [])),
-            "classes": list(data.get("classes", [])),
+            **describe_data(base),
         },
         "budget": budget,
         "variants": [
@@ -151,6 +157,43 @@ def run_ablation(args: argparse.Namespace, trained_by_workers: frozenset[str] = 
         "wall_seconds": wall_seconds,
         "load_average": {"before": load_before, "after": load_average()},
     }
+
+
+def run_settings(
+    args: argparse.Namespace, settings: Sequence[Setting], trained_by_workers: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """:func:`run_ablation` for every setting, in order."""
+    return [run_ablation(args, trained_by_workers, setting) for setting in settings]
+
+
+def describe_data(cfg: DictConfig) -> dict[str, Any]:
+    """The data of ``cfg`` as the reports state it: image size, batch, split sizes, classes, the test split's
+    majority-class share (the accuracy of always predicting it), and the generated benchmark's region size."""
+    datamodule = build(cfg)["datamodule"]
+    train_split, test_split = datamodule.dataset("train"), datamodule.dataset("test")
+    labels = getattr(test_split, "labels", None)
+    if labels is None:
+        labels = [int(test_split[i][1]) for i in range(len(test_split))]
+    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.int64))
+    return {
+        "image_size": int(cfg.data.image_size),
+        "batch_size": int(cfg.data.batch_size),
+        "num_train": len(train_split),
+        "num_test": len(test_split),
+        "classes": list(datamodule.class_names),
+        "majority_fraction": float(counts.max()) / float(counts.sum()),
+        "region_size": list(cfg.data.get("region_size", [])),
+    }
+
+
+def _few_shot_epochs(setting: Setting, epochs: int, overrides: Sequence[str]) -> int:
+    """``epochs`` scaled by (training images of all) / (training images of the few-shot split): every few-shot run
+    sees as many training images as the setting with all of them."""
+    full_overrides = [o for o in setting.overrides if not o.startswith("data.train_per_class=")]
+    full = compose([*full_overrides, "paths.output_dir=/nonexistent", *overrides])
+    few = compose([*setting.overrides, "paths.output_dir=/nonexistent", *overrides])
+    sizes = [len(build(cfg)["datamodule"].dataset("train")) for cfg in (full, few)]
+    return max(epochs, math.ceil(epochs * sizes[0] / sizes[1]))
 
 
 def load_average() -> float | None:
@@ -170,20 +213,23 @@ def worker_command(args: argparse.Namespace, shard: int) -> list[str]:
     command += ["--quick"] * args.quick + ["--rerun"] * args.rerun
     command += [] if args.epochs is None else ["--epochs", str(args.epochs)]
     command += [] if args.budget is None else ["--budget", str(args.budget)]
+    command += ["--datasets", ",".join(args.datasets), "--backbones", ",".join(args.backbones)]
+    command += ["--shots", ",".join(map(str, args.shots)) or "none"]
+    command += [] if args.data_root is None else ["--data-root", str(args.data_root)]
     return [*command, *args.overrides]
 
 
 def run_workers(args: argparse.Namespace) -> frozenset[str]:
     """Trains the runs in ``args.jobs`` worker processes (logs in ``<output>/logs``); returns the run directories
     whose metrics they wrote."""
-    runs = Path(args.output).resolve() / "runs"
+    output = Path(args.output).resolve()
 
     def stamps() -> dict[str, int]:  # seed<k> run directories only, not runs moved aside by overwrite=true
-        found = runs.glob(f"*/seed*/{METRICS_FILE}")
+        found = output.glob(f"**/runs/*/seed*/{METRICS_FILE}")
         return {str(p.parent): p.stat().st_mtime_ns for p in found if p.parent.name.removeprefix("seed").isdigit()}
 
     before = stamps()
-    logs = Path(args.output).resolve() / "logs"
+    logs = output / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     processes = []
     for shard in range(args.jobs):

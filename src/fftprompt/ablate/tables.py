@@ -13,11 +13,13 @@ from typing import Any
 
 from fftprompt.ablate.plan import ABLATIONS, LABELS, Variant
 from fftprompt.compare import format_mean_std, markdown_table, mean_std
+from fftprompt.utils import write_section
 
 __all__ = ["format_markdown", "goal_check", "plot", "summarise", "write_outputs"]
 
 OURS = ("fft_shallow", "fft_deep", "fft_fourierft")
 BASELINES = ("vpt_shallow", "vpt_deep", "vfpt")
+SECTION = "ablation"  # of the --doc file
 GOAL_MARGIN = 0.10  # fft prompts beat VPT and VFPT by at least 10 points of accuracy (mean of the seeds)
 
 
@@ -193,7 +195,7 @@ def plot(report: dict[str, Any], path: Path, num_classes: int) -> Path:
 
 def write_outputs(report: dict[str, Any], output: Path, doc: Path | None) -> list[Path]:
     """Writes ``ablation.json``, ``ablation.md`` and ``ablation.png`` to ``output`` (and the markdown + figure at
-    ``doc``); returns the paths written."""
+    ``doc``: its section :data:`SECTION`, text outside it kept); returns the paths written."""
     output.mkdir(parents=True, exist_ok=True)
     num_classes = max(len(report["settings"]["classes"]), 2)
     written = [output / "ablation.json", output / "ablation.md", plot(report, output / "ablation.png", num_classes)]
@@ -201,7 +203,8 @@ def write_outputs(report: dict[str, Any], output: Path, doc: Path | None) -> lis
     written[1].write_text(format_markdown(report, "ablation.png"), encoding="utf-8")
     if doc is not None:
         figure = doc.with_suffix(".png")
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        doc.write_text(format_markdown(report, figure.name), encoding="utf-8")
-        written += [doc, plot(report, figure, num_classes)]
+        written += [
+            write_section(doc, SECTION, format_markdown(report, figure.name)),
+            plot(report, figure, num_classes),
+        ]
     return written

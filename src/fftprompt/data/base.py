@@ -15,7 +15,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from fftprompt.data.checks import class_coverage, find_cross_split_duplicates
+from fftprompt.data.datasets import LabelledSubset
 from fftprompt.data.io import OnBadFile, find_bad_images, image_size
+from fftprompt.data.splits import per_class_subset
 from fftprompt.data.transforms import Policy, build_transform, denormalize
 from fftprompt.utils import IMAGENET_MEAN, IMAGENET_STD, Task, check_choice
 
@@ -149,6 +151,9 @@ class ImageDataModule(L.LightningDataModule, ABC):
         std: per-channel standard deviation used for normalisation (the backbone's; runs pass it).
         augment: random augmentation of the training split.
         pin_memory: pin loader memory (for GPU training).
+        train_per_class: few-shot training: keep this many training images of every class (drawn by ``seed``; the
+            5-shot images are among the 10-shot ones); None keeps them all. Classification data that list their
+            labels only; val and test stay whole.
     """
 
     task: Task = "classification"
@@ -165,11 +170,15 @@ class ImageDataModule(L.LightningDataModule, ABC):
         std: Sequence[float] = IMAGENET_STD,
         augment: bool = True,
         pin_memory: bool = False,
+        train_per_class: int | None = None,
     ) -> None:
         super().__init__()
         for name, value, lowest in (("image_size", image_size, 1), ("batch_size", batch_size, 1)):
             if value < lowest:
                 raise ValueError(f"{name}={value} must be positive")
+        if train_per_class is not None and train_per_class < 1:
+            raise ValueError(f"train_per_class={train_per_class} must be >= 1 (or null: every training image)")
+        self.train_per_class = None if train_per_class is None else int(train_per_class)
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers} must be >= 0")
         self.image_size = int(image_size)
@@ -210,12 +219,31 @@ class ImageDataModule(L.LightningDataModule, ABC):
             raise ValueError(
                 f"{self._describe()}: found {len(class_names)} class(es) {class_names}; at least 2 are needed"
             )
+        if self.train_per_class is not None:
+            datasets["train"] = self._few_shot(datasets["train"], class_names)
         labels = {split: getattr(datasets[split], "labels", None) for split in SPLITS}
         if all(value is not None for value in labels.values()):  # classification datasets that list their labels
             problem = class_coverage(labels, class_names, self._describe())  # type: ignore[arg-type]
             if problem is not None:
                 warnings.warn(problem, DataWarning, stacklevel=2)
         self._datasets, self._class_names = datasets, list(class_names)
+
+    def _few_shot(self, train: Dataset, class_names: Sequence[str]) -> Dataset:
+        """``train_per_class`` items of every class of ``train`` (a ``ValueError`` naming the short classes)."""
+        labels = getattr(train, "labels", None)
+        if self.task != "classification" or labels is None:
+            raise ValueError(
+                f"{self._describe()}: train_per_class={self.train_per_class} applies to classification data that list "
+                "their labels; remove data.train_per_class"
+            )
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+        short = {class_names[c]: int(n) for c, n in enumerate(counts) if n < self.train_per_class}
+        if short:
+            raise ValueError(
+                f"{self._describe()}: train_per_class={self.train_per_class} but the training split holds fewer "
+                f"images of {short}; lower data.train_per_class"
+            )
+        return LabelledSubset(train, per_class_subset(labels, self.train_per_class, self.seed))
 
     @property
     def class_names(self) -> list[str]:

@@ -130,3 +130,25 @@ class FileSegmentationDataset(Dataset):
             )
         image_out, mask_out = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
         return _untyped(image_out), _untyped(mask_out)
+
+
+class LabelledSubset(Dataset):
+    """The items ``indices`` of a classification dataset that lists its ``labels`` (and ``image_files``, if any)."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+        all_labels = dataset.labels  # type: ignore[attr-defined]
+        self.labels = [int(all_labels[i]) for i in self.indices]
+
+    @property
+    def image_files(self) -> list[Path]:
+        """The image files, in item order (none for in-memory datasets)."""
+        files = getattr(self.dataset, "image_files", [])
+        return [files[i] for i in self.indices] if files else []
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset[self.indices[index]]

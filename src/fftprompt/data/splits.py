@@ -62,3 +62,28 @@ def stratified_split(labels: Sequence[int] | np.ndarray, fractions: Sequence[flo
 def random_split(num_items: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """:func:`stratified_split` with a single class: ``[train, held_out_1, ...]`` index arrays."""
     return stratified_split(np.zeros(num_items, dtype=np.int64), fractions, seed)
+
+
+def per_class_subset(labels: Sequence[int] | np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` item indices of every class, drawn by a permutation seeded with ``seed`` (few-shot training).
+
+    Args:
+        labels: ``(N,)`` class index per item.
+        per_class: items kept per class (a class with fewer raises a ``ValueError`` naming it).
+        seed: permutation seed; each class's draw is a prefix of the same permutation for every ``per_class``, so
+            the 5-shot items are among the 10-shot ones.
+
+    Returns:
+        Sorted ``int64`` indices, ``per_class`` per class present in ``labels``.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class={per_class} must be >= 1")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    kept = []
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        if len(members) < per_class:
+            raise ValueError(f"class {int(value)} has {len(members)} items, fewer than per_class={per_class}")
+        kept.append(members[:per_class])
+    return np.sort(np.concatenate(kept)).astype(np.int64)
