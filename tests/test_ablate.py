@@ -322,4 +322,6 @@ def test_quick_comparison_end_to_end(tmp_path: Path, sample_data: Path, capsys):
     assert f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}" in few_shot_row
     assert (doc.parent / "ablation_comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert main(argv) == 0  # everything reused
-    assert "trained 0 of 12 runs" in (output / "comparison.md").read_text()
+    markdown = (output / "comparison.md").read_text()
+    assert "trained 0 of 12 runs" in markdown and "--data-root <data-root> --output" in markdown
+    assert str(root) not in markdown  # the machine's own folder is written <data-root>

@@ -40,6 +40,12 @@ def _names(text: str, allowed: Sequence[str], option: str, parser: argparse.Argu
     return names
 
 
+def _command(argv: Sequence[str], data_root: Path | None) -> str:
+    """The command line as the reports show it, the data root written ``<data-root>`` (a machine's own folder)."""
+    shown = ["<data-root>" if data_root is not None and arg == str(data_root) else arg for arg in argv]
+    return shlex.join(["fftprompt-ablate", *shown]).replace("'<data-root>'", "<data-root>")
+
+
 def is_classic(settings: Sequence[Setting]) -> bool:
     """The classic ablation: one setting, the generated benchmark with all its images (one page; else the
     real-data comparison, a section of its own)."""
@@ -159,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.runs_only:
             return 0
         meta = {
-            "command": shlex.join(["fftprompt-ablate", *argv]),
+            "command": _command(argv, args.data_root),
             "wall_seconds": time.perf_counter() - start,
             "load_before": load_before,
             "load_after": load_average(),

@@ -174,6 +174,8 @@ def format_comparison(reports: Sequence[dict[str, Any]], meta: dict[str, Any], f
                     f"`{' '.join(backbone_free).replace(meta.get('data_root') or '//', '<data-root>')}`",
                 ]
             )
+    if meta.get("data_root"):
+        lines += ["`<data-root>`: the folder holding `dtd_300/` (DTD's layout) and `medmnist/breastmnist.npz`.", ""]
     lines += markdown_table(
         ["data", "train / test images", "classes", "majority class", "px", "epochs", "overrides"],
         data_rows,
