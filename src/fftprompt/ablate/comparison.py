@@ -252,6 +252,8 @@ def plot_comparison(reports: Sequence[dict[str, Any]], path: Path) -> Path:
             sizes = [index[k]["settings"]["num_train"] // len(index[k]["settings"]["classes"]) for k in keys]
             axis.plot(sizes, [_rows(index[k])[name]["acc_mean"] for k in keys], marker="o", label=LABELS[name])
         axis.set_xscale("log")
+        axis.set_xticks(sizes, [str(size) for size in sizes])
+        axis.minorticks_off()
         axis.set_xlabel(f"training images per class ({backbone} backbone)")
         axis.set_ylabel("test accuracy")
         axis.set_title(f"{dataset}: few-shot", fontsize=10)
