@@ -208,6 +208,7 @@ def test_settings_grid_and_its_errors(tmp_path: Path):
 
 
 def test_comparison_options_reach_the_workers(tmp_path: Path, capsys):
+    (tmp_path / "dtd_300").mkdir()
     argv = ["--quick", "--datasets", "generated,dtd", "--shots", "2,4", "--data-root", str(tmp_path), "--jobs", "2"]
     args = parse_args(argv)
     assert args.backbones == ["random"] and args.shots == [2, 4] and len(args.settings) == 4
@@ -218,6 +219,9 @@ def test_comparison_options_reach_the_workers(tmp_path: Path, capsys):
         with pytest.raises(SystemExit):
             parse_args(["--quick", "--data-root", str(tmp_path), "--shots", "5", *bad])
     assert "expected" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--quick", "--datasets", "breastmnist", "--data-root", str(tmp_path)])
+    assert "no medmnist folder in it" in capsys.readouterr().err
 
 
 def _report(dataset: str, backbone: str, shots: int | None, accuracy: dict[str, float], majority: float) -> dict:

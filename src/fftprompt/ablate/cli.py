@@ -123,6 +123,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(str(error))
     if not args.settings:
         parser.error("nothing to run: --datasets and --backbones must name at least one each")
+    folders = {"dtd": "dtd_300", "breastmnist": "medmnist"}
+    missing = [folders[d] for d in args.datasets if d in folders and not (args.data_root / folders[d]).is_dir()]
+    if missing:
+        parser.error(
+            f"--data-root {args.data_root}: no {' or '.join(missing)} folder in it; expected the folder "
+            "holding dtd_300/ (DTD's images/<class>/ layout) and medmnist/breastmnist.npz"
+        )
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {args.seeds}: expected at least one seed, without repeats")
     args.methods = _names(args.methods, METHODS, "--methods", parser)
