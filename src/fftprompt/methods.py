@@ -1,14 +1,25 @@
-"""The fine-tuning methods the project compares: their names, table labels and the config options that make them.
+"""The fine-tuning methods the project compares: their names, table labels and the config options that make them,
+and the real sample datasets the comparisons train them on.
 
-``fftprompt-ablate`` trains them at matched parameter budgets and ``fftprompt-bench methods`` times them side by
-side; both name and label them from here, so a method reads the same in every table.
+``fftprompt-ablate`` trains them at matched parameter budgets, ``fftprompt-robustness`` under shifts and
+corruptions, and ``fftprompt-bench methods`` times them side by side; all name and label them from here, so a method
+reads the same in every table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["COMPARISON_OVERRIDES", "METHOD_LABELS", "TRAINED_METHODS", "Method", "method_of"]
+__all__ = [
+    "COMPARISON_OVERRIDES",
+    "METHOD_LABELS",
+    "SAMPLE_DATASETS",
+    "TRAINED_METHODS",
+    "Method",
+    "method_of",
+    "sample_data_overrides",
+]
 
 
 @dataclass(frozen=True)
@@ -74,3 +85,24 @@ COMPARISON_OVERRIDES = (
     "report.frequency_panels=0",
     "overwrite=true",
 )
+
+
+# the real datasets of the comparisons: the folder of a sample-data root each lives in (DTD's layout, MedMNIST's npz)
+SAMPLE_DATASETS = {"dtd": "dtd_300", "breastmnist": "medmnist"}
+
+
+def sample_data_overrides(dataset: str, data_root: Path | None, image_size: int, batch_size: int) -> tuple[str, ...]:
+    """Hydra overrides that train on ``dataset`` (a key of :data:`SAMPLE_DATASETS`) from a sample-data root (the
+    folder holding ``dtd_300/`` and ``medmnist/breastmnist.npz``), images loaded in the main process."""
+    if data_root is None:
+        raise ValueError(
+            f"dataset {dataset!r} needs the sample data: pass --data-root or set FFTPROMPT_SAMPLE_DATA (the folder "
+            "holding dtd_300/ and medmnist/breastmnist.npz)"
+        )
+    if dataset not in SAMPLE_DATASETS:
+        raise ValueError(f"dataset {dataset!r} is not one of the sample datasets {list(SAMPLE_DATASETS)}")
+    root = Path(data_root) / SAMPLE_DATASETS[dataset]
+    chosen = ("data=dtd",) if dataset == "dtd" else ("data=medmnist",)
+    subset = ("data.subset=breastmnist",) if dataset == "breastmnist" else ()
+    size = (f"data.image_size={image_size}", f"data.batch_size={batch_size}", "data.num_workers=0")
+    return (*chosen, f"data.root={root}", *subset, *size)

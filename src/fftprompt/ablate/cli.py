@@ -22,6 +22,7 @@ from fftprompt.ablate.plan import ABLATIONS, METHODS
 from fftprompt.ablate.runner import FULL_EPOCHS, QUICK_EPOCHS, load_average, run_ablation, run_settings, run_workers
 from fftprompt.ablate.settings import BACKBONES, DATASETS, FEW_SHOT_DATASETS, Setting, plan_settings
 from fftprompt.ablate.tables import format_markdown, write_outputs
+from fftprompt.methods import SAMPLE_DATASETS
 
 __all__ = ["main", "parse_args"]
 
@@ -123,8 +124,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(str(error))
     if not args.settings:
         parser.error("nothing to run: --datasets and --backbones must name at least one each")
-    folders = {"dtd": "dtd_300", "breastmnist": "medmnist"}
-    missing = [folders[d] for d in args.datasets if d in folders and not (args.data_root / folders[d]).is_dir()]
+    folders = [SAMPLE_DATASETS[d] for d in args.datasets if d in SAMPLE_DATASETS]
+    missing = [folder for folder in folders if not (args.data_root / folder).is_dir()]
     if missing:
         parser.error(
             f"--data-root {args.data_root}: no {' or '.join(missing)} folder in it; expected the folder "

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fftprompt.methods import sample_data_overrides
+
 __all__ = ["BACKBONES", "DATASETS", "FEW_SHOT_DATASETS", "QUICK_MODEL", "Setting", "plan_settings"]
 
 DATASETS = ("generated", "dtd", "breastmnist")
@@ -21,8 +23,6 @@ FEW_SHOT_DATASETS = ("dtd",)  # --shots applies to these (few-shot is where prom
 QUICK_MODEL = ("backbone.checkpoint_path=null", "backbone.depth=2", "backbone.embed_dim=32", "backbone.num_heads=2")
 
 _BACKBONE_OVERRIDES = {"pretrained": (), "random": ("backbone.checkpoint_path=null",)}
-_REAL_DATA = ("data.image_size=64", "data.batch_size=32", "data.num_workers=0")
-_QUICK_REAL_DATA = ("data.image_size=32", "data.batch_size=16", "data.num_workers=0")
 # (overrides, epochs): the generated benchmark as in the classic ablation (1000 training images, 10 epochs); the
 # real datasets' 200 (dtd_300) and 546 (BreastMNIST) training images for about as many optimiser steps
 _FULL = {"generated": (("data.num_train=1000", "data.num_val=64"), 10), "dtd": ((), 30), "breastmnist": ((), 15)}
@@ -59,17 +59,9 @@ class Setting:
 def _data_overrides(dataset: str, data_root: Path | None, quick: bool) -> tuple[str, ...]:
     if dataset == "generated":
         return (*_QUICK_GENERATED, "data.batch_size=16") if quick else _FULL["generated"][0]
-    if data_root is None:
-        raise ValueError(
-            f"dataset {dataset!r} needs the sample data: pass --data-root or set FFTPROMPT_SAMPLE_DATA (the folder "
-            "holding dtd_300/ and medmnist/breastmnist.npz)"
-        )
-    size = _QUICK_REAL_DATA if quick else _REAL_DATA
-    if dataset == "dtd":
-        return ("data=dtd", f"data.root={data_root / 'dtd_300'}", *size)
-    if dataset == "breastmnist":
-        return ("data=medmnist", f"data.root={data_root / 'medmnist'}", "data.subset=breastmnist", *size)
-    raise ValueError(f"dataset {dataset!r} is not one of {list(DATASETS)}")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset {dataset!r} is not one of {list(DATASETS)}")
+    return sample_data_overrides(dataset, data_root, *((32, 16) if quick else (64, 32)))
 
 
 def plan_settings(

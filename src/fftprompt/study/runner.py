@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from fftprompt.methods import COMPARISON_OVERRIDES, TRAINED_METHODS
+from fftprompt.methods import COMPARISON_OVERRIDES, TRAINED_METHODS, sample_data_overrides
 from fftprompt.run import build, compose, evaluate, train
 from fftprompt.rundir import finished_metrics
 
@@ -89,25 +89,9 @@ def dataset_overrides(name: str, settings: StudySettings) -> list[str]:
             f"data.num_test={counts[2]}",
             "data.test_domain=null",
         ]
-    if settings.data_root is None:
-        raise ValueError(
-            f"dataset {name!r} needs the sample data: pass --data-root or set FFTPROMPT_SAMPLE_DATA (the folder "
-            "holding dtd_300/ and medmnist/)"
-        )
-    if name == "dtd":
-        root = settings.data_root / "dtd_300"
-        return ["data=dtd", f"data.root={root}", f"data.image_size={size}", "data.batch_size=32", "data.num_workers=0"]
-    if name == "breastmnist":
-        root = settings.data_root / "medmnist"
-        return [
-            "data=medmnist",
-            f"data.root={root}",
-            "data.subset=breastmnist",
-            f"data.image_size={size}",
-            "data.batch_size=32",
-            "data.num_workers=0",
-        ]
-    raise ValueError(f"dataset {name!r} is not one of {list(DATASETS)}")
+    if name not in DATASETS:
+        raise ValueError(f"dataset {name!r} is not one of {list(DATASETS)}")
+    return list(sample_data_overrides(name, settings.data_root, size, 32))
 
 
 def _overrides(settings: StudySettings, dataset: str, method: str, augment: str, seed: int) -> list[str]:
