@@ -29,6 +29,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer, _cfg, checkpoint_filter_fn
 from torch import Tensor, nn
 
+from fftprompt.tokens import TokenLayout
 from fftprompt.utils import atomic_write, to_plain
 
 __all__ = [
@@ -57,6 +58,8 @@ _STATE_DICT_WRAPPERS = ("state_dict", "model", "module", "state_dict_ema", "mode
 _KEY_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "_orig_mod.")
 # classifier weights of the checkpoint: the backbone has no classifier (fftprompt trains its own head)
 _CLASSIFIER_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+# fftprompt's pooling modes that a timm classifier computes, as timm's global_pool names them
+_TIMM_GLOBAL_POOL = {"cls": "token", "mean": "avg"}
 
 
 # The demo ViT, registered with timm under an honest name: ViT-Ti's head width (32 per head) and normalisation,
@@ -164,26 +167,20 @@ class Backbone(nn.Module):
         """timm's final norm (identity for models that normalise after pooling): ``(B, N, D) -> (B, N, D)``."""
         return self.model.norm(tokens)
 
-    def pool(self, tokens: Tensor, pooling: str, num_prompt_tokens: int = 0) -> Tensor:
-        """Pools normed tokens as timm's ``forward_head(pre_logits=True)`` does, skipping prompt tokens.
+    def token_layout(self, grid: tuple[int, int] | None = None, num_prompt_tokens: int = 0) -> TokenLayout:
+        """Where the prefix, ``num_prompt_tokens`` prompt and patch tokens sit in this model's token sequence.
 
         Args:
-            tokens: ``(B, num_prefix_tokens + P + h * w, D)`` output of :meth:`norm`.
-            pooling: ``"cls"`` (class token; averaged with the distillation token for distilled DeiT, as timm does)
-                or ``"mean"`` (mean of the patch tokens only).
-            num_prompt_tokens: ``P``, the prompt tokens sitting between the prefix and the patch tokens.
-
-        Returns:
-            ``(B, D)`` pooled features after timm's ``fc_norm``.
+            grid: ``(h, w)`` of the patch tokens (default: :attr:`grid_size`; :meth:`embed` returns the actual one).
+            num_prompt_tokens: ``P``, the prompt tokens inserted after the prefix.
         """
-        if pooling == "cls":
-            if not self.has_class_token:
-                raise ValueError(f"pooling='cls' needs a class token; backbone {self.name!r} has none: use 'mean'")
-            pooled = (tokens[:, 0] + tokens[:, 1]) / 2 if self.is_distilled else tokens[:, 0]
-        elif pooling == "mean":
-            pooled = tokens[:, self.num_prefix_tokens + num_prompt_tokens :].mean(dim=1)
-        else:
-            raise ValueError(f"pooling={pooling!r}; expected one of ['cls', 'mean']")
+        # timm's prefix order: class token, then the distillation token (DeiT) or the registers
+        class_tokens = (0, 1) if self.is_distilled else (0,) if self.has_class_token else ()
+        grid = self.grid_size if grid is None else (int(grid[0]), int(grid[1]))
+        return TokenLayout(self.num_prefix_tokens, num_prompt_tokens, grid, class_tokens)
+
+    def fc_norm(self, pooled: Tensor) -> Tensor:
+        """timm's norm after pooling (identity unless the model normalises there): ``(B, D) -> (B, D)``."""
         return self.model.fc_norm(pooled)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -237,7 +234,8 @@ def classifier_config(backbone: Backbone, num_classes: int, pooling: str) -> dic
 
     The classifier is ``timm.create_model(config["architecture"], num_classes=K, **config["model_args"])``: the
     backbone's creation arguments, with ``global_pool`` (``"token"`` for ``pooling="cls"``, ``"avg"`` for the mean of
-    the patch tokens) and ``fc_norm`` set so that its forward equals :meth:`Backbone.pool` followed by a linear head.
+    the patch tokens) and ``fc_norm`` set so that its forward equals :func:`fftprompt.tokens.pool` (with
+    :meth:`Backbone.fc_norm`) followed by a linear head.
 
     Args:
         backbone: The frozen backbone.
@@ -246,7 +244,7 @@ def classifier_config(backbone: Backbone, num_classes: int, pooling: str) -> dic
 
     Raises:
         ValueError: For pooling that a plain timm classifier does not compute (distilled DeiT's two tokens,
-            attention pooling) or an unknown ``pooling``.
+            attention pooling, the prompt readouts ``prompt`` and ``cls+prompt``) or an unknown ``pooling``.
     """
     model = backbone.model
     if backbone.is_distilled:
@@ -256,13 +254,14 @@ def classifier_config(backbone: Backbone, num_classes: int, pooling: str) -> dic
         )
     if getattr(model, "attn_pool", None) is not None:
         raise ValueError(f"backbone {backbone.name!r} pools with attention, which fftprompt's pooling does not use")
-    if pooling not in ("cls", "mean"):
-        raise ValueError(f"pooling={pooling!r}; expected one of ['cls', 'mean']")
+    if pooling not in _TIMM_GLOBAL_POOL:
+        raise ValueError(
+            f"pooling={pooling!r} has no timm classifier equivalent: timm pools the class token ('cls') or the mean "
+            f"of the patch tokens ('mean'), expected one of {list(_TIMM_GLOBAL_POOL)}"
+        )
     recorded = {k: v for k, v in backbone.config.items() if k not in ("name", "pretrained", "checkpoint_path")}
     model_args = {k: v for k, v in recorded.items() if v is not None}
-    model_args.update(
-        global_pool="token" if pooling == "cls" else "avg", fc_norm=not isinstance(model.fc_norm, nn.Identity)
-    )
+    model_args.update(global_pool=_TIMM_GLOBAL_POOL[pooling], fc_norm=not isinstance(model.fc_norm, nn.Identity))
     data_config = timm.data.resolve_model_data_config(model)
     return {
         "architecture": backbone.name.split(".", 1)[0],

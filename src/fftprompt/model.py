@@ -2,8 +2,10 @@
 
 Token order: ``[prefix tokens (CLS, distillation, registers)] [P prompts] [h * w patch tokens]``. Prompts are
 inserted after timm's positional embedding (they carry none, as in VPT); deep prompts replace the prompt slots at the
-input of every block, so the sequence length stays constant. Pooling reads the class token or the mean of the patch
-tokens, never the prompts. With ``NoPrompt`` the model computes exactly the backbone's ``forward_features``.
+input of every block, so the sequence length stays constant. The positions are owned by
+:class:`fftprompt.tokens.TokenLayout` (:meth:`PromptedViT.token_layout`), and :func:`fftprompt.tokens.pool` reads the
+class token, the mean of the patch tokens, the mean of the prompt tokens or the class token and prompt mean side by
+side. With ``NoPrompt`` the model computes exactly the backbone's ``forward_features``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -25,11 +27,10 @@ from fftprompt.fourierft import FourierFTConfig, inject_fourierft
 from fftprompt.heads import ClassificationHead, LinearDecoder, PUPDecoder
 from fftprompt.prompts import FrequencyPrompt, ModelDims, NoPrompt, PromptSource, VFPTPrompt, VPTPrompt
 from fftprompt.spectral import FrequencyFeatures, FrequencyMaps
+from fftprompt.tokens import Pooling, TokenLayout, check_pooling, pool, pooled_width
 from fftprompt.utils import Task, atomic_write, check_choice
 
 __all__ = ["PromptedViT", "create_model", "frozen_fingerprint", "load_model", "read_description"]
-
-Pooling = Literal["cls", "mean"]
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
@@ -54,10 +55,13 @@ class PromptedViT(nn.Module):
         features: Frequency feature extractor with the backbone's patch size, or None. Maps are computed under
             ``torch.no_grad`` in float32 (they depend only on the images) when the prompt or head reads them.
         prompt: The prompt source (``NoPrompt`` for none).
-        head: ``ClassificationHead`` (pooled ``(B, D)``) or a segmentation decoder (grid ``(B, D, h, w)``).
+        head: ``ClassificationHead`` (pooled ``(B, D)``, ``(B, 2D)`` for ``cls+prompt``) or a segmentation decoder
+            (grid ``(B, D, h, w)``).
         adapter: FourierFT settings; injected into the backbone's linear layers when given.
-        pooling: ``"cls"`` (class token; timm's average of class and distillation token for distilled DeiT) or
-            ``"mean"`` (mean of the patch tokens). timm's ``fc_norm`` follows, as in ``forward_head``.
+        pooling: ``"cls"`` (class token; timm's average of class and distillation token for distilled DeiT),
+            ``"mean"`` (mean of the patch tokens), ``"prompt"`` (mean of the prompt tokens' outputs) or
+            ``"cls+prompt"`` (both, concatenated: ``2D`` wide); see :mod:`fftprompt.tokens`. timm's ``fc_norm``
+            follows each readout, as in ``forward_head``. Classification only (segmentation reads the patch grid).
         task: ``"classification"`` or ``"segmentation"``.
 
     Attributes:
@@ -78,8 +82,15 @@ class PromptedViT(nn.Module):
         super().__init__()
         check_choice("pooling", pooling, Pooling)
         check_choice("task", task, Task)
-        if pooling == "cls" and task == "classification" and not backbone.has_class_token:
-            raise ValueError(f"pooling='cls' needs a class token; backbone {backbone.name!r} has none: use 'mean'")
+        if task == "classification":
+            check_pooling(backbone.token_layout(num_prompt_tokens=prompt.num_tokens), pooling)
+            width = pooled_width(pooling, backbone.embed_dim)
+            head_width = (getattr(head, "config", None) or {}).get("embed_dim")
+            if head_width is not None and head_width != width:
+                raise ValueError(
+                    f"{type(head).__name__}.embed_dim={head_width}; pooling={pooling!r} gives {width}-wide features: "
+                    f"build the head with embed_dim={width} (create_model does)"
+                )
         if features is not None and features.patch_size != backbone.patch_size:
             raise ValueError(
                 f"features.patch_size={features.patch_size} differs from the backbone's patch size "
@@ -126,6 +137,10 @@ class PromptedViT(nn.Module):
     def num_prompt_tokens(self) -> int:
         return self.prompt.num_tokens
 
+    def token_layout(self, grid: tuple[int, int] | None = None) -> TokenLayout:
+        """Positions of the prefix, prompt and patch tokens for a patch grid ``(h, w)`` (default: the backbone's)."""
+        return self.backbone.token_layout(grid, self.prompt.num_tokens)
+
     def train(self, mode: bool = True) -> PromptedViT:
         super().train(mode)
         self.backbone.train(mode)  # keeps the timm model itself in eval()
@@ -141,24 +156,25 @@ class PromptedViT(nn.Module):
     def _needs_maps(self) -> bool:
         return _requires_maps(self.prompt) or _requires_maps(self.head)
 
-    def _forward_tokens(self, images: Tensor, maps: FrequencyMaps | None) -> tuple[Tensor, tuple[int, int]]:
-        """Runs the blocks with prompts: ``(B, C, H, W) -> (B, prefix + P + h * w, D)`` normed tokens, grid."""
+    def _forward_tokens(self, images: Tensor, maps: FrequencyMaps | None) -> tuple[Tensor, TokenLayout]:
+        """Runs the blocks with prompts: ``(B, C, H, W) -> (B, prefix + P + h * w, D)`` normed tokens, layout."""
         backbone = self.backbone
         x, grid = backbone.embed(images)
-        prefix, num_prompts = backbone.num_prefix_tokens, self.prompt.num_tokens
-        if num_prompts == 0:
-            return backbone.norm(backbone.blocks(x)), grid
+        layout = self.token_layout(grid)
+        if layout.num_prompt_tokens == 0:
+            return backbone.norm(backbone.blocks(x)), layout
         if maps is not None and tuple(maps.log_magnitude.shape[2:4]) != grid:
             raise ValueError(f"frequency maps grid {tuple(maps.log_magnitude.shape[2:4])} != token grid {grid}")
-        prompts = self.prompt(images, maps, x[:, prefix:])
+        prefix, patches = x[:, layout.prefix], x[:, layout.num_prefix_tokens :]
+        prompts = self.prompt(images, maps, patches)
         prompts = prompts.to(x.dtype)
         first = prompts[0] if self.prompt.deep else prompts
-        x = torch.cat([x[:, :prefix], first, x[:, prefix:]], dim=1)
+        x = torch.cat([prefix, first, patches], dim=1)
         for index, block in enumerate(backbone.blocks):
             if self.prompt.deep and index > 0:
-                x = torch.cat([x[:, :prefix], prompts[index], x[:, prefix + num_prompts :]], dim=1)
+                x = torch.cat([x[:, layout.prefix], prompts[index], x[:, layout.patches]], dim=1)
             x = block(x)
-        return backbone.norm(x), grid
+        return backbone.norm(x), layout
 
     def forward_features(self, images: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, prefix + P + h * w, D)``: all tokens after the final norm."""
@@ -166,17 +182,19 @@ class PromptedViT(nn.Module):
         return self._forward_tokens(images, maps)[0]
 
     def forward_pooled(self, images: Tensor) -> Tensor:
-        """``(B, C, H, W) -> (B, D)``: pooled features as timm's ``forward_head(pre_logits=True)``."""
-        return self.backbone.pool(self.forward_features(images), self.pooling, self.prompt.num_tokens)
+        """``(B, C, H, W) -> (B, D)`` (``(B, 2D)`` for ``cls+prompt``): pooled features, for ``cls`` and ``mean``
+        as timm's ``forward_head(pre_logits=True)``."""
+        maps = self.compute_maps(images) if _requires_maps(self.prompt) else None
+        return self._pool(*self._forward_tokens(images, maps))
 
     def forward_patch_tokens(self, images: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, D, h, w)``: normed patch tokens as a grid (prompts and prefix dropped)."""
         maps = self.compute_maps(images) if _requires_maps(self.prompt) else None
-        return self._patch_grid(*self._forward_tokens(images, maps))
+        tokens, layout = self._forward_tokens(images, maps)
+        return layout.patch_grid(tokens)
 
-    def _patch_grid(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-        patches = tokens[:, self.backbone.num_prefix_tokens + self.prompt.num_tokens :]
-        return patches.transpose(1, 2).reshape(patches.shape[0], -1, *grid)
+    def _pool(self, tokens: Tensor, layout: TokenLayout) -> Tensor:
+        return pool(tokens, layout, self.pooling, norm=self.backbone.fc_norm)
 
     def forward(self, images: Tensor, *, maps: FrequencyMaps | None = None) -> Tensor:
         """``(B, C, H, W) ->`` ``(B, K)`` class logits or ``(B, K, H, W)`` mask logits.
@@ -194,11 +212,11 @@ class PromptedViT(nn.Module):
             )
         if maps is None:
             maps = self.compute_maps(images) if self._needs_maps() else None
-        tokens, grid = self._forward_tokens(images, maps if _requires_maps(self.prompt) else None)
+        tokens, layout = self._forward_tokens(images, maps if _requires_maps(self.prompt) else None)
         if self.task == "classification":
-            return self.head(self.backbone.pool(tokens, self.pooling, self.prompt.num_tokens))
+            return self.head(self._pool(tokens, layout))
         compact = maps.compact() if maps is not None and _requires_maps(self.head) else None
-        return self.head(self._patch_grid(tokens, grid), compact, output_size=tuple(images.shape[-2:]))
+        return self.head(layout.patch_grid(tokens), compact, output_size=tuple(images.shape[-2:]))
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by group: ``"prompt"``, ``"adapter"`` (FourierFT coefficients) and ``"head"``."""
@@ -321,6 +339,7 @@ class PromptedViT(nn.Module):
             ("backbone name", description.get("backbone", {}).get("name"), mine["backbone"]["name"]),
             ("backbone embed_dim", description.get("backbone", {}).get("embed_dim"), mine["backbone"]["embed_dim"]),
             ("task", description.get("task"), mine["task"]),
+            ("pooling", description.get("pooling"), mine["pooling"]),
             ("prompt class", (description.get("prompt") or {}).get("class"), mine["prompt"]["class"]),
             ("head class", (description.get("head") or {}).get("class"), mine["head"]["class"]),
             ("adapter", description.get("adapter"), mine["adapter"]),
@@ -360,10 +379,12 @@ def create_model(
         prompt: A prompt source, a callable ``dims -> PromptSource`` (e.g. ``functools.partial(VPTPrompt,
             num_tokens=10)``, or a Hydra ``_partial_: true`` config), or None for no prompts.
         features: A ``FrequencyFeatures``, a callable called with ``patch_size=backbone.patch_size``, or None.
-        head: A head module; a callable called with ``embed_dim=D, num_classes=K`` (plus ``patch_size=p`` for
-            segmentation); or None for ``ClassificationHead`` / ``LinearDecoder``.
+        head: A head module; a callable called with ``embed_dim``, ``num_classes=K`` (plus ``patch_size=p`` for
+            segmentation); or None for ``ClassificationHead`` / ``LinearDecoder``. ``embed_dim`` is the width of
+            what the head reads: the pooled features' (``D``, ``2D`` for ``cls+prompt``) for classification, the
+            tokens' ``D`` for segmentation.
         adapter: FourierFT settings, or None.
-        pooling: ``"cls"`` or ``"mean"``.
+        pooling: ``"cls"``, ``"mean"``, ``"prompt"`` or ``"cls+prompt"`` (:mod:`fftprompt.tokens`).
 
     Returns:
         The model, with a frozen backbone.
@@ -385,6 +406,8 @@ def create_model(
         head_kwargs: dict[str, Any] = {"embed_dim": backbone.embed_dim, "num_classes": num_classes}
         if task == "segmentation":
             head_kwargs["patch_size"] = backbone.patch_size
+        else:
+            head_kwargs["embed_dim"] = pooled_width(pooling, backbone.embed_dim)
         head = builder(**head_kwargs)
     return PromptedViT(backbone, features, prompt, head, adapter=adapter, pooling=pooling, task=task)
 

@@ -2,10 +2,11 @@
 cross-attention.
 
 Per block the head-averaged attention plus the identity (the residual path), row-normalised; the product over the
-blocks says how much each output token draws on each input token. The pooled token's row (the class token, or the mean
-of the patch rows for mean pooling) restricted to the patch tokens is what gets drawn over the image; its share on
-prompt tokens is reported apart. Deep prompts are fresh inputs at every block, so each block's prompt slots get source
-columns of their own instead of inheriting what flowed into the earlier slots.
+blocks says how much each output token draws on each input token. The pooled token's row (the model's pooling applied
+to the rows: the class token, the mean of the patch rows or of the prompt rows) restricted to the patch tokens is what
+gets drawn over the image; its share on prompt tokens is reported apart. Deep prompts are fresh inputs at every
+block, so each block's prompt slots get source columns of their own instead of inheriting what flowed into the earlier
+slots.
 
 Attention weights are read without forking timm: each block's ``attn.fused_attn`` is switched off for the call (timm
 then computes the softmax explicitly) and a forward hook on ``attn.attn_drop`` records its input.
@@ -25,6 +26,7 @@ from fftprompt.explain._common import evaluating
 from fftprompt.model import PromptedViT
 from fftprompt.prompts import FrequencyPrompt
 from fftprompt.spectral import FrequencyMaps
+from fftprompt.tokens import pool, pooled_width
 
 __all__ = ["AttentionRollout", "attention_rollout", "capture_attention", "prompt_attention", "rollout_matrix"]
 
@@ -116,32 +118,36 @@ class AttentionRollout:
 def attention_rollout(model: PromptedViT, images: Tensor, maps: FrequencyMaps | None = None) -> AttentionRollout:
     """Rolls out the attention of ``model`` on ``images`` ``(B, C, H, W)`` from its pooled token to the patches.
 
-    The pooled token is the class token (with the distillation token, averaged, for distilled DeiT) for ``cls``
-    pooling, else the mean of the patch-token rows. ``maps`` optionally replaces the model's own frequency maps.
+    The pooled token's row is pooled from the rollout rows as :func:`fftprompt.tokens.pool` pools the tokens (class
+    token, averaged with the distillation token for distilled DeiT; the mean of the patch rows; the mean of the prompt
+    rows), with the two readouts of ``cls+prompt`` averaged; segmentation reads the patch rows' mean.
+    ``maps`` optionally replaces the model's own frequency maps.
     """
-    backbone, prefix, num_prompts = model.backbone, model.backbone.num_prefix_tokens, model.prompt.num_tokens
+    backbone = model.backbone
     with evaluating(model), torch.no_grad(), capture_attention(backbone) as attentions:
         model(images) if maps is None else model(images, maps=maps)
     h, w = images.shape[-2] // backbone.patch_size, images.shape[-1] // backbone.patch_size
-    n = prefix + num_prompts + h * w
+    layout = model.token_layout((h, w))
+    n, num_prompts = layout.length, layout.num_prompt_tokens
     if len(attentions) != backbone.num_blocks or attentions[0].shape[-1] != n:
         raise ValueError(
             f"captured {len(attentions)} attention maps over {attentions[0].shape[-1] if attentions else 0} tokens; "
-            f"expected {backbone.num_blocks} over {n} (prefix {prefix} + prompts {num_prompts} + patches {h * w})"
+            f"expected {backbone.num_blocks} over {n} (prefix {layout.num_prefix_tokens} + prompts {num_prompts} + "
+            f"patches {h * w})"
         )
-    deep = (prefix, num_prompts) if model.prompt.deep and num_prompts else None
+    deep = (layout.prompts.start, num_prompts) if model.prompt.deep and num_prompts else None
     matrix = rollout_matrix(attentions, deep_prompts=deep)
-    if model.task == "classification" and model.pooling == "cls":
-        pooled = matrix[:, : 2 if backbone.is_distilled else 1].mean(dim=1)
-    else:
-        pooled = matrix[:, prefix + num_prompts : n].mean(dim=1)
-    patches = pooled[:, prefix + num_prompts : n]
+    pooling = model.pooling if model.task == "classification" else "mean"
+    # pool() concatenates the readouts (cls+prompt: two): the pooled token's rollout is their mean
+    readouts = pooled_width(pooling, 1)
+    pooled = pool(matrix, layout, pooling).unflatten(-1, (readouts, matrix.shape[-1])).mean(dim=1)
+    patches = pooled[:, layout.patches]
     return AttentionRollout(
         matrix=matrix,
         patches=(patches / patches.sum(dim=-1, keepdim=True)).reshape(-1, h, w),
         patch_share=patches.sum(dim=-1),
-        prompt_share=pooled[:, prefix : prefix + num_prompts].sum(dim=-1) + pooled[:, n:].sum(dim=-1),
-        prefix_share=pooled[:, :prefix].sum(dim=-1),
+        prompt_share=pooled[:, layout.prompts].sum(dim=-1) + pooled[:, n:].sum(dim=-1),
+        prefix_share=pooled[:, layout.prefix].sum(dim=-1),
     )
 
 
