@@ -106,6 +106,30 @@ def test_rollout_uses_the_attention_timm_computes():
     assert torch.allclose(rollout.patches.flatten(1), cls_to_patches / cls_to_patches.sum(1, keepdim=True), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("name", "extra", "pooling", "rows"),
+    [
+        # rows of the rollout matrix averaged into the pooled token: prefix, then 2 prompts, then 16 patches
+        ("deit_tiny_distilled_patch16_224", {}, "cls", [0, 1]),  # class and distillation token (timm's average)
+        ("vit_tiny_patch16_224", {"reg_tokens": 2}, "cls", [0]),  # registers are not pooled
+        ("vit_tiny_patch16_224", {"reg_tokens": 2}, "mean", list(range(5, 21))),
+        ("vit_tiny_patch16_224", {}, "prompt", [1, 2]),
+        ("vit_tiny_patch16_224", {}, "cls+prompt", None),  # the mean of the two readouts
+    ],
+)
+def test_rollout_pools_the_rows_as_the_model_pools_the_tokens(name, extra, pooling, rows):
+    torch.manual_seed(0)
+    backbone = create_backbone(name, **{**TINY, **extra})
+    model = create_model(backbone, 4, prompt=functools.partial(VPTPrompt, num_tokens=2), pooling=pooling).eval()
+    rollout = attention_rollout(model, images())
+    matrix, prefix = rollout.matrix, backbone.num_prefix_tokens
+    pooled = (matrix[:, 0] + matrix[:, 1:3].mean(1)) / 2 if rows is None else matrix[:, rows].mean(1)
+    patches = pooled[:, prefix + 2 :]
+    torch.testing.assert_close(rollout.patches.flatten(1), patches / patches.sum(1, keepdim=True))
+    torch.testing.assert_close(rollout.prompt_share, pooled[:, prefix : prefix + 2].sum(1))
+    torch.testing.assert_close(rollout.prefix_share, pooled[:, :prefix].sum(1))
+
+
 def test_prompt_attention_is_the_generators_normalised_cross_attention():
     model = tiny_model()
     attention = prompt_attention(model, images())

@@ -253,7 +253,7 @@ def test_image_size_not_a_multiple_of_the_patch_size_fails_before_training(tmp_p
         ("adapter.n_frequency=5000", r"n_frequency=5000 must be in \[1, 1024\] for its 32x32"),
         ("adapter.targets=[query]", r"targets \['query'\] match no layer"),
         ("task.module.label_smoothing=1.5", r"label_smoothing must lie in \[0, 1\), got 1.5"),
-        ("task.pooling=max", r"pooling='max'; expected one of \['cls', 'mean'\]"),
+        ("task.pooling=max", r"pooling='max'; expected one of \['cls', 'mean', 'prompt', 'cls\+prompt'\]"),
     ],
 )
 def test_invalid_config_values_fail_before_training(tmp_path, override, match):
