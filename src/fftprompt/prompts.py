@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from fftprompt.spectral import map_statistics
+
 if TYPE_CHECKING:
     from fftprompt.spectral import FrequencyMaps
 
@@ -207,6 +209,9 @@ class FrequencyPrompt(PromptSource):
         patch_token_dim: Width of that projection.
         positional: Add a fixed sin/cos code of the patch position (the attention is otherwise blind to where a
             patch sits).
+        use_statistics: Add an embedding of the orderless map statistics (per-channel mean and std over the grid,
+            :func:`~fftprompt.spectral.map_statistics`, batch-normalised) to every prompt's attended patch summary:
+            the global texture signal that per-patch attention averages away.
         dropout: Dropout on the final prompts while training.
         init_std: Std of the output projection's initial weights.
 
@@ -230,6 +235,7 @@ class FrequencyPrompt(PromptSource):
         use_patch_tokens: bool = False,
         patch_token_dim: int = 32,
         positional: bool = True,
+        use_statistics: bool = False,
         dropout: float = 0.0,
         init_std: float = 1e-3,
     ) -> None:
@@ -244,6 +250,7 @@ class FrequencyPrompt(PromptSource):
             "use_patch_tokens": use_patch_tokens,
             "patch_token_dim": patch_token_dim,
             "positional": positional,
+            "use_statistics": use_statistics,
             "dropout": dropout,
             "init_std": init_std,
         }
@@ -252,6 +259,8 @@ class FrequencyPrompt(PromptSource):
             raise ValueError(f"num_heads={num_heads} does not divide hidden_dim={hidden_dim}")
         if spectrum_crop is not None and spectrum_crop < 1:
             raise ValueError(f"spectrum_crop={spectrum_crop}; expected a positive size or None (whole spectrum)")
+        if use_statistics and dims.feature_channels == 0:
+            raise ValueError("use_statistics=True summarises the compact maps, but dims.feature_channels is 0")
         if dims.feature_channels == 0 and not use_spectrum:
             raise ValueError(
                 "FrequencyPrompt has no frequency input: dims.feature_channels is 0 (no FrequencyFeatures) and "
@@ -261,6 +270,7 @@ class FrequencyPrompt(PromptSource):
         self.use_spectrum = use_spectrum
         self.use_patch_tokens = use_patch_tokens
         self.positional = positional
+        self.use_statistics = use_statistics
         self.crop = dims.patch_size if spectrum_crop is None else min(spectrum_crop, dims.patch_size)
         self._last_attention: Tensor | None = None  # (B, heads, P, h * w), averaged over heads when read
         self._position_cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
@@ -282,6 +292,10 @@ class FrequencyPrompt(PromptSource):
             nn.Linear(hidden_dim, hidden_dim),
             nn.LayerNorm(hidden_dim),
         )
+        if use_statistics:
+            # orderless map statistics, standardised over the training images as a probe standardises its inputs
+            self.statistics_norm = nn.BatchNorm1d(2 * dims.feature_channels)
+            self.statistics_proj = nn.Linear(2 * dims.feature_channels, hidden_dim)
         self.queries = nn.Parameter(torch.randn(num_tokens, hidden_dim) * hidden_dim**-0.5)
         self.key_value = nn.Linear(hidden_dim, 2 * hidden_dim)
         self.out_proj = nn.Linear(hidden_dim, dims.embed_dim)
@@ -374,6 +388,9 @@ class FrequencyPrompt(PromptSource):
         attention = torch.softmax(queries @ keys.transpose(-2, -1) * head_dim**-0.5, dim=-1)  # (B, heads, P, N)
         self._last_attention = attention.detach()
         attended = (attention @ values).transpose(1, 2).reshape(batch, self.num_tokens, -1)  # (B, P, hidden)
+        if self.use_statistics:
+            statistics = map_statistics(compact.to(self.statistics_proj.weight.dtype))
+            attended = attended + self.statistics_proj(self.statistics_norm(statistics)).unsqueeze(1)
         dynamic = self.out_proj(attended)  # (B, P, D)
 
         if self.deep:

@@ -45,6 +45,7 @@ __all__ = [
     "global_symmetry",
     "log_magnitude",
     "make_window",
+    "map_statistics",
     "orientation_bin_index",
     "orientation_energy",
     "patch_spectrum",
@@ -483,6 +484,22 @@ def _check_groups(groups: Sequence[str]) -> tuple[str, ...]:
     return tuple(g for g in FEATURE_GROUPS if g in groups)
 
 
+def map_statistics(maps: Tensor) -> Tensor:
+    """Per-channel mean and (population) standard deviation of maps over the patch grid.
+
+    An orderless texture descriptor: a linear classifier on these ``2 * C_f`` numbers is the reference every
+    frequency method is measured against (``fftprompt-probe features=fft``).
+
+    Args:
+        maps: ``(B, C, h, w)``, e.g. ``FrequencyMaps.compact()``.
+
+    Returns:
+        ``(B, 2 * C)``: the ``C`` means, then the ``C`` standard deviations.
+    """
+    flat = maps.flatten(2)
+    return torch.cat([flat.mean(dim=-1), flat.std(dim=-1, correction=0)], dim=-1)
+
+
 @dataclass
 class FrequencyMaps:
     """Frequency features of a batch of images (see :class:`FrequencyFeatures`).
@@ -528,6 +545,10 @@ class FrequencyMaps:
             batch, _, h, w = self.symmetry.shape
             return self.symmetry.new_zeros(batch, 0, h, w)
         return torch.cat(tensors, dim=1)
+
+    def statistics(self) -> Tensor:
+        """Orderless summary of :meth:`compact`: ``(B, 2 * C_f)``, see :func:`map_statistics`."""
+        return map_statistics(self.compact())
 
     @property
     def channel_names(self) -> tuple[str, ...]:
