@@ -81,9 +81,9 @@ def locate_weights(recorded: str | Path, sha256: str | None, *, given: str | Pat
         other = other or (candidate, actual)
     expected = "" if sha256 is None else f" (SHA256 {sha256})"
     found = "" if other is None else f"; {other[0]} holds other weights (SHA256 {other[1]}): another model"
+    where = str(recorded) if given is None else f"backbone.checkpoint_path={str(given)!r}"
+    missing = "" if other is not None else f"{where} does not exist or is not a file"
     raise ValueError(
-        f"the backbone weights the run was trained on, {recorded}{expected}, are not "
-        + ("there" if given is None else f"at backbone.checkpoint_path={str(given)!r}")
-        + found
-        + "; pass backbone.checkpoint_path=<where the run's weights file is now>"
+        f"backbone weights {recorded}{expected}: {missing}{found.lstrip('; ') if not missing else found}; pass "
+        "backbone.checkpoint_path=<the path of that weights file now>"
     )
