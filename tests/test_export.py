@@ -64,6 +64,24 @@ def test_timm_export_loads_in_timm_with_the_same_logits(whole_layer_run, tmp_pat
     assert not any("fourierft" in key or "base_layer" in key for key in load_file(written["model.safetensors"]))
 
 
+def test_timm_export_resizes_as_the_run_did(whole_layer_run, tmp_path):
+    """timm's own eval transform, built from the exported config, prepares an image as the run's test transform."""
+    from PIL import Image
+    from torchvision import tv_tensors
+
+    written = export(whole_layer_run, "timm", tmp_path / "timm")
+    pretrained_cfg = json.loads(written["config.json"].read_text())["pretrained_cfg"]
+    assert pretrained_cfg["interpolation"] == "bilinear" and pretrained_cfg["crop_mode"] == "squash"
+    assert json.loads(written["info"].read_text())["pipeline"]["interpolation"] == "bilinear"
+    pixels = torch.randint(0, 256, (3, 50, 70), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ours = load_run(whole_layer_run).datamodule.transform("test")(tv_tensors.Image(pixels)).as_subclass(torch.Tensor)
+    data_config = timm.data.resolve_data_config({}, pretrained_cfg=pretrained_cfg)
+    theirs = timm.data.create_transform(**data_config)(Image.fromarray(pixels.permute(1, 2, 0).numpy()))
+    assert theirs.shape == ours.shape == (3, 32, 32)
+    # PIL and torchvision round differently by a grey level or two; bicubic differs by far more on noise
+    assert max_difference(theirs, ours) < 0.05
+
+
 def test_peft_export_loads_with_peft_on_the_same_timm_model(whole_layer_run, tmp_path):
     peft = pytest.importorskip("peft")
     written = export(whole_layer_run, "peft", tmp_path / "peft")
@@ -94,7 +112,7 @@ def test_torchscript_export_of_the_whole_prompted_model(tmp_path):
     with torch.no_grad():
         assert max_difference(scripted(x), tuned_logits(run, x)) < TOLERANCE
     info = json.loads(written["info"].read_text())
-    assert info["preprocessing"]["image_size"] == 32 and info["max_abs_difference"] < TOLERANCE
+    assert info["pipeline"]["image_size"] == 32 and info["max_abs_difference"] < TOLERANCE
     # what timm and PEFT cannot hold is refused with the reason
     with pytest.raises(ValueError, match="prompt tokens.*format=torchscript"):
         export(run, "timm")

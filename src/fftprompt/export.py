@@ -6,14 +6,18 @@ Formats (each into ``out_dir``, default ``RUN/export/<format>``, with ``export.j
   deltas folded into the weights and the trained head as timm's ``head``. ``timm.create_model("local-dir:<out_dir>",
   pretrained=True)`` loads it (timm versions that read ``model_args``), as does ``timm.create_model(architecture,
   num_classes=K, **model_args)`` + ``load_state_dict``. Only for classification runs without prompts: a timm
-  classifier has no prompt tokens, frequency maps or segmentation decoder.
+  classifier has no prompt tokens, frequency maps or segmentation decoder, nor a run's preprocessing filter
+  (``augment.preprocess=true``: refused). ``pretrained_cfg`` gives the resize and interpolation the run used.
 - ``peft``: ``adapter_config.json`` + ``adapter_model.safetensors``, a PEFT FourierFT adapter (the head as a module to
   save) that ``peft.PeftModel.from_pretrained`` loads onto the same timm classifier with the base weights. PEFT adapts
   whole ``nn.Linear`` modules only, so runs whose targets are ``q``/``k``/``v`` row blocks of timm's fused ``qkv`` are
-  refused (PEFT's entries would be drawn over the whole ``3d x d`` matrix), as are runs with prompts.
+  refused (PEFT's entries would be drawn over the whole ``3d x d`` matrix), as are runs with prompts or a
+  preprocessing filter.
 - ``torchscript``: ``model.torchscript.pt``, the whole prompted model (FFT feature maps, prompts, FourierFT merged,
-  head) traced with ``torch.jit.trace``; ``torch.jit.load`` runs it without fftprompt. Inputs are normalised
-  ``(B, 3, S, S)`` images at the run's size (``export.json`` gives ``S``, mean and std). ONNX is not offered:
+  head) traced with ``torch.jit.trace``, the run's preprocessing filter in front when it has one (refused for a
+  filter that is not a function of each image alone); ``torch.jit.load`` runs it without fftprompt. Inputs are
+  normalised ``(B, 3, S, S)`` images at the run's size (``export.json``'s ``pipeline`` gives ``S``, the resize,
+  interpolation, mean and std). ONNX is not offered:
   torch's ONNX exporter needs the ``onnx``/``onnxscript`` packages, and an export that could not be checked here
   (loaded and compared) would not be trustworthy.
 
@@ -29,6 +33,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -66,6 +71,7 @@ def export(
     *,
     overwrite: bool = False,
     data_root: str | Path | None = None,
+    backbone: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Exports a finished run's tuned model (see the module docstring for the formats and what each refuses).
 
@@ -76,13 +82,14 @@ def export(
         overwrite: Replace the files of an earlier export in ``out_dir`` (other files there are never touched).
         data_root: The run's data root, to read class names from the data when the run records none (they are
             optional metadata of the export: without them the export carries none).
+        backbone: ``{"checkpoint_path": file}``: the run's backbone weights file, moved (same SHA256).
 
     Returns:
         Name -> written file (``export.json`` under ``"info"``).
     """
     if format not in get_args(ExportFormat):
         raise ValueError(f"format={format!r}; expected one of {get_args(ExportFormat)}")
-    run = load_run(run_dir, data_root=data_root)
+    run = load_run(run_dir, data_root=data_root, backbone=backbone)
     out = Path(out_dir) if out_dir is not None else run.run_dir / EXPORT_DIR / format
     names = [*_FILES[format], EXPORT_INFO]
     existing = [out / name for name in names if (out / name).exists()]
@@ -94,12 +101,7 @@ def export(
         "format": format,
         "task": run.model.task,
         "class_names": class_names,
-        "preprocessing": {
-            "image_size": run.datamodule.image_size,
-            "mean": list(run.datamodule.mean),
-            "std": list(run.datamodule.std),
-            "transform": f"the run's test transform ({run.datamodule.policy} policy), then normalisation",
-        },
+        "pipeline": run.pipeline.describe(),
         "base_weights": _base_weights(run),
         "tolerance": TOLERANCE,
     }
@@ -139,9 +141,15 @@ def _base_weights(run: LoadedRun) -> str:
     return f"random, drawn by torch.manual_seed({run.config.get('seed')}) before create_backbone (see fftprompt.rundir)"
 
 
-def _plain_classifier(model: PromptedViT, what: str) -> None:
-    """Raises unless ``model`` is a classifier that a timm model computes: no prompts, a linear head."""
-    problems = []
+def _plain_classifier(run: LoadedRun, what: str) -> None:
+    """Raises unless the run's model is a classifier that a timm model computes: no prompts, a linear head, no
+    preprocessing filter."""
+    model, problems = run.model, []
+    if run.pipeline.preprocess is not None:
+        problems.append(
+            f"its images are preprocessed by {run.pipeline.preprocess!r} (augment.preprocess=true), which a timm "
+            "model does not compute"
+        )
     if model.task != "classification":
         problems.append(f"it is a {model.task} run (a timm classifier has no segmentation decoder)")
     if model.prompt.num_tokens > 0:
@@ -181,9 +189,10 @@ def _check_close(exported: Tensor, expected: Tensor, what: str) -> float:
 
 def _export_timm(run: LoadedRun, out: Path, class_names: list[str] | None) -> dict[str, Any]:
     model = run.model
-    _plain_classifier(model, "timm")
+    _plain_classifier(run, "timm")
     images, expected = _probe(model, run)
     config = classifier_config(model.backbone, model.head.num_classes, model.pooling)
+    config["pretrained_cfg"].update(run.pipeline.timm_data_config(model.backbone.in_chans))  # as the run resized
     if class_names is not None:
         config["label_names"] = class_names
     merge_fourierft(model.backbone.model)  # the run's model is a fresh copy: folding in place loses nothing
@@ -206,7 +215,7 @@ def _export_peft(run: LoadedRun, out: Path) -> dict[str, Any]:
     except ImportError as error:
         raise ValueError("format=peft needs the peft package, which is not installed: pip install peft") from error
     model = run.model
-    _plain_classifier(model, "peft")
+    _plain_classifier(run, "peft")
     layers = {n: m for n, m in model.backbone.model.named_modules() if isinstance(m, FourierFTLinear)}
     if not layers:
         raise ValueError(f"format=peft: the run {run.run_dir} has no FourierFT layers (use format=timm)")
@@ -249,12 +258,13 @@ def _export_peft(run: LoadedRun, out: Path) -> dict[str, Any]:
 
 
 def _export_torchscript(run: LoadedRun, out: Path) -> dict[str, Any]:
-    model = run.model
+    run.pipeline.exportable_filter("torchscript")
+    model = run.pipeline.wrap(run.model)  # the preprocessing filter (if any) in front: normalised images in
     _, expected = _probe(model, run)
-    if model.adapted_modules:
-        merge_fourierft(model.backbone.model)
+    if run.model.adapted_modules:
+        merge_fourierft(run.model.backbone.model)
     size = run.datamodule.image_size
-    example = torch.zeros(2, model.backbone.in_chans, size, size)
+    example = torch.zeros(2, run.model.backbone.in_chans, size, size)
     with torch.no_grad(), warnings.catch_warnings():
         # shape-dependent Python branches become constants: checked below on another batch size
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -266,6 +276,7 @@ def _export_torchscript(run: LoadedRun, out: Path) -> dict[str, Any]:
         difference = _check_close(loaded(images), expected, "torchscript")
     return {
         "torch_version": torch.__version__,
-        "input": "normalised (B, 3, S, S) images",
+        "input": "normalised (B, 3, S, S) images"
+        + ("" if run.pipeline.preprocess is None else "; the run's preprocessing filter is part of the model"),
         "max_abs_difference": difference,
     }

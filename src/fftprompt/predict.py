@@ -1,7 +1,8 @@
 """Predictions of a finished run on new images: ``fftprompt-predict run_dir=RUN images=FOLDER``.
 
-The run is reloaded with :func:`fftprompt.rundir.load_run`; every image goes through the run's test-split transform
-(as ``fftprompt-eval`` feeds its test images), in batches, on the CPU or a GPU. Outputs, in ``out_dir`` (default
+The run is reloaded with :func:`fftprompt.rundir.load_run`; every image goes through the run's input pipeline (its
+test-split transform, then its preprocessing filter if it has one: as ``fftprompt-eval`` feeds its test images), in
+batches, on the CPU or a GPU. Outputs, in ``out_dir`` (default
 ``RUN/predict``)::
 
     predictions.csv      classification: path, then the top-k classes and their probabilities
@@ -21,7 +22,7 @@ import contextlib
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -95,6 +96,7 @@ def predict(
     num_workers: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    backbone: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predicts every image file named by ``images`` with a finished run's model.
 
@@ -115,13 +117,14 @@ def predict(
         num_workers: Loader worker processes that read and transform the files.
         overwrite: Replace the outputs of an earlier prediction in ``out_dir``.
         progress: Show a progress bar (on stderr).
+        backbone: ``{"checkpoint_path": file}``: the run's backbone weights file, moved (same SHA256).
 
     Returns:
         ``{"out_dir", "predictions" (csv) or "masks" (folder), "overlays" (figure or None), "summary" (json),
         "predicted", "skipped"}``.
     """
     _check_arguments(batch_size, top_k, on_bad_file, overlays, num_workers, device)
-    run = load_run(run_dir, data_root=data_root, device=device)
+    run = load_run(run_dir, data_root=data_root, device=device, backbone=backbone)
     paths = image_paths(images)
     directory = Path(out_dir) if out_dir is not None else run.run_dir / PREDICT_DIR
     outputs = {
@@ -155,7 +158,7 @@ def predict(
             good = [(index, image, size) for index, image, size in batch if image is not None]
             skipped += [{"path": str(paths[i]), "reason": str(why)} for i, image, why in batch if image is None]
             if good:
-                logits = model(torch.stack([image for _, image, _ in good]).to(device)).float()
+                logits = run.logits(torch.stack([image for _, image, _ in good]).to(device)).float()
                 if segmentation:
                     for (index, _, size), mask_logits in zip(good, logits, strict=True):
                         masks.append(_write_mask(mask_logits, size, outputs["masks"] / relative[index]))
@@ -191,6 +194,7 @@ def predict(
             "batch_size": batch_size,
             "top_k": min(top_k, len(names)) if not segmentation else None,
             "seconds": round(seconds, 3),
+            "pipeline": run.pipeline.describe(),
         },
     )
     return written

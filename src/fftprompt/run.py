@@ -39,6 +39,7 @@ from fftprompt.backbone import Backbone, create_pretraining_vit, normalisation
 from fftprompt.lit import AtomicCheckpointIO, ClassificationModule
 from fftprompt.model import PromptedViT, create_model
 from fftprompt.overrides import RUN_ENTRIES, check_sweeper, eval_overrides
+from fftprompt.pipeline import InputPipeline, build_augment, build_datamodule
 from fftprompt.pretrain import FormulaPretrainModule, hardware, write_pretrained
 from fftprompt.report import print_summary
 from fftprompt.robustness import evaluate_corruptions
@@ -189,10 +190,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         pooling=str(cfg.task.pooling),
     )
     model.class_names = list(datamodule.class_names)  # recorded in adapter.json and checkpoints
-    augment_node = cfg.get("augment")
-    augment = None
-    if augment_node:
-        augment = instantiate(augment_node, mean=list(datamodule.mean), std=list(datamodule.std))
+    # built as a reloaded run builds it (fftprompt.pipeline): the filter eval applies is the one predict applies
+    augment = build_augment(to_plain(cfg.get("augment")), mean=datamodule.mean, std=datamodule.std)
     module = instantiate(cfg.task.module, model=model, num_classes=num_classes, augment=augment)
     return {
         "backbone": backbone,
@@ -201,6 +200,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         "module": module,
         "num_classes": num_classes,
         "augment": augment,
+        "pipeline": InputPipeline.of(datamodule, augment),
     }
 
 
@@ -460,11 +460,8 @@ def _instantiate_collection(node: DictConfig | None, group: str = "callbacks") -
 
 
 def _build_datamodule(cfg: DictConfig, backbone: Backbone) -> L.LightningDataModule:
-    overrides: dict[str, Any] = {"mean": list(backbone.mean), "std": list(backbone.std)}
-    root = cfg.data.get("root")
-    if root is not None:
-        overrides["root"] = to_absolute_path(str(root))
-    datamodule = instantiate(cfg.data, **overrides)
+    root = None if cfg.data.get("root") is None else to_absolute_path(str(cfg.data.root))
+    datamodule = build_datamodule(to_plain(cfg.data), mean=backbone.mean, std=backbone.std, root=root)
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
