@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 
 from fftprompt.data import build_transform, denormalize, read_image, read_mask
 from fftprompt.data.io import check_image, image_size
-from fftprompt.data.splits import check_fractions, random_split, stratified_split
+from fftprompt.data.splits import check_fractions, evenly_spaced, random_split, split_selection, stratified_split
 
 
 def _gradient(height: int = 20, width: int = 30) -> np.ndarray:
@@ -180,3 +180,20 @@ def test_fractions_are_checked():
         check_fractions(0.0, 0.2)
     with pytest.raises(ValueError, match="must be < 1"):
         check_fractions(0.6, 0.5)
+
+
+def test_split_selection_of_an_images_value(tmp_path, monkeypatch):
+    """images= values naming a run's split (predict and explain share this reading of them)."""
+    monkeypatch.chdir(tmp_path)
+    assert split_selection("test") == ("test", None) and split_selection(" val:8 ") == ("val", 8)
+    assert split_selection("train:1") == ("train", 1)
+    for other in ("photos/", "test:x", "tests", "*.png", ["test:8"], Path("test")):
+        assert split_selection(other) is None
+    with pytest.raises(ValueError, match=r"test:0.*at least 1"):
+        split_selection("test:0")
+    (tmp_path / "val").mkdir()
+    with pytest.raises(ValueError, match=r"images=\./val for the files or images=val:N"):
+        split_selection("val")
+    assert split_selection("val:2") == ("val", 2)
+    assert evenly_spaced(12, 4) == [0, 4, 7, 11] and evenly_spaced(3, 8) == [0, 1, 2]
+    assert evenly_spaced(5, None) == [0, 1, 2, 3, 4]

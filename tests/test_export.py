@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,9 +14,10 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from conftest import QUIET, TINY_MODEL, TINY_SYMMETRY, tiny_config
+from conftest import QUIET, REPO_ROOT, TINY_MODEL, TINY_SYMMETRY, tiny_config
 from fftprompt.backbone import create_backbone
-from fftprompt.export import export
+from fftprompt.export import PEFT_BASE, export
+from fftprompt.pretrain import sha256_of
 from fftprompt.run import compose, train
 from fftprompt.rundir import load_run
 
@@ -45,6 +50,31 @@ def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
+def logits_without_fftprompt(code: str, cwd: Path, x: torch.Tensor) -> torch.Tensor:
+    """Runs ``code`` in a fresh Python that never imports fftprompt (checked), then ``model(x)``: what a user of the
+    exported files gets with timm and PEFT alone. ``code`` must leave the loaded model in ``model``."""
+    torch.save(x, cwd / "images.pt")
+    use = (
+        "\nimport sys\nimport torch\nwith torch.no_grad():\n"
+        "    torch.save(model(torch.load('images.pt', weights_only=True)), 'logits.pt')\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'fftprompt'], 'fftprompt was imported'\n"
+    )
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code + use], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(cwd / "logits.pt", weights_only=True)
+
+
+def readme_python_block(containing: str) -> str:
+    """The one ```python block of README.md that contains ``containing``, as written there."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (REPO_ROOT / "README.md").read_text(encoding="utf-8"), re.M | re.S)
+    found = [block for block in blocks if containing in block]
+    assert len(found) == 1, f"{len(found)} README python blocks contain {containing!r}"
+    return found[0]
+
+
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_timm_export_loads_in_timm_with_the_same_logits(whole_layer_run, tmp_path, pooling):
     run = whole_layer_run if pooling == "cls" else train_without_prompts(tmp_path / "run", "task.pooling=mean")
@@ -53,14 +83,20 @@ def test_timm_export_loads_in_timm_with_the_same_logits(whole_layer_run, tmp_pat
     info = json.loads(written["info"].read_text())
     assert config["label_names"] == info["class_names"] == load_run(run).datamodule.class_names
     x, expected = images(), tuned_logits(run, images())
-    # the plain way: timm.create_model + load_state_dict (head included: num_classes=6)
-    model = timm.create_model(config["architecture"], num_classes=6, **config["model_args"]).eval()
-    model.load_state_dict(load_file(written["model.safetensors"]))
-    with torch.no_grad():
-        assert max_difference(model(x), expected) < TOLERANCE
-        # timm's own loader of a local folder
-        local = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
-        assert max_difference(local(x), expected) < TOLERANCE
+    # in a process without fftprompt (which registers vit_demo_patch8 with timm), the plain way:
+    # timm.create_model + load_state_dict (head included)
+    plain = """
+import json, timm
+from safetensors.torch import load_file
+config = json.load(open("timm/config.json"))
+model = timm.create_model(config["architecture"], pretrained=False, num_classes=6, **config["model_args"]).eval()
+model.load_state_dict(load_file("timm/model.safetensors"))
+"""
+    assert max_difference(logits_without_fftprompt(plain, tmp_path, x), expected) < TOLERANCE
+    # and timm's own loader of a local folder
+    local = 'import timm\nmodel = timm.create_model("local-dir:timm", pretrained=True).eval()\n'
+    assert max_difference(logits_without_fftprompt(local, tmp_path, x), expected) < TOLERANCE
+    assert load_run(run).model.backbone.name == "vit_demo_patch8" and config["architecture"] == "vit_tiny_patch16_224"
     assert not any("fourierft" in key or "base_layer" in key for key in load_file(written["model.safetensors"]))
 
 
@@ -100,6 +136,20 @@ def test_peft_export_loads_with_peft_on_the_same_timm_model(whole_layer_run, tmp
         assert max_difference(model(x), loaded.model(x)) < TOLERANCE
         model.base_model.model.head.weight.zero_()  # the head comes from the adapter folder: without it, no match
         assert max_difference(model(x), loaded.model(x)) > 1e-3
+
+
+def test_peft_export_of_a_random_backbone_loads_with_the_readme_recipe(whole_layer_run, tmp_path):
+    """The README's block, run as written in a process without fftprompt, gives the run's logits: the random base
+    weights travel with the adapter (re-seeding timm draws other weights: logits 1.08 off before)."""
+    pytest.importorskip("peft")
+    out = tmp_path / "runs" / "fourierft" / "export" / "peft"  # the folder the README names
+    written = export(whole_layer_run, "peft", out)
+    x = images()
+    recipe = readme_python_block("PeftModel.from_pretrained")
+    assert max_difference(logits_without_fftprompt(recipe, tmp_path, x), tuned_logits(whole_layer_run, x)) < TOLERANCE
+    info = json.loads(written["info"].read_text())
+    assert info["base_model"] == {"file": PEFT_BASE, "sha256": sha256_of(out / PEFT_BASE)}
+    assert not any(key.startswith("head.") for key in load_file(out / PEFT_BASE))  # the base only: PEFT's head
 
 
 def test_torchscript_export_of_the_whole_prompted_model(tmp_path):

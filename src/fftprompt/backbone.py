@@ -44,6 +44,7 @@ __all__ = [
     "load_backbone_checkpoint",
     "normalisation",
     "save_backbone_checkpoint",
+    "stock_architecture",
 ]
 
 DEMO_MODEL = "vit_demo_patch8"
@@ -69,12 +70,16 @@ _WEIGHTS_ARGUMENTS = ("name", "pretrained", "checkpoint_path", "checkpoint_sha25
 # 4 blocks of width 96, 8-pixel patches; no pretrained weights of timm's exist for it. timm's register_model reads
 # the pretrained configs from a module variable named default_cfgs.
 default_cfgs = generate_default_cfgs({f"{DEMO_MODEL}.untrained": _cfg(url="", mean=(0.5,) * 3, std=(0.5,) * 3)})
+_DEMO_ARGS = {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}
+# Names registered above exist in a process that imported fftprompt only; exported configs name the stock timm
+# entry that builds the same VisionTransformer from the same arguments (ViT-Ti shares the demo's head width and MLP).
+_STOCK_ARCHITECTURES = {DEMO_MODEL: ("vit_tiny_patch16_224", _DEMO_ARGS)}
 
 
 @register_model
 def vit_demo_patch8(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """fftprompt's demo ViT (4 blocks, width 96, 3 heads, 8-pixel patches); ``**kwargs`` as timm's ViTs."""
-    arguments = {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3, **kwargs}
+    arguments = {**_DEMO_ARGS, **kwargs}
     return build_model_with_cfg(
         VisionTransformer, DEMO_MODEL, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **arguments
     )
@@ -251,7 +256,9 @@ def classifier_config(backbone: Backbone, num_classes: int, pooling: str) -> dic
     The classifier is ``timm.create_model(config["architecture"], num_classes=K, **config["model_args"])``: the
     backbone's creation arguments, with ``global_pool`` (``"token"`` for ``pooling="cls"``, ``"avg"`` for the mean of
     the patch tokens) and ``fc_norm`` set so that its forward equals :func:`fftprompt.tokens.pool` (with
-    :meth:`Backbone.fc_norm`) followed by a linear head.
+    :meth:`Backbone.fc_norm`) followed by a linear head. The architecture is one timm itself registers (fftprompt's
+    own names become a stock ViT entry plus their arguments, see :func:`stock_architecture`), so that loading needs
+    timm only, not ``import fftprompt``.
 
     Args:
         backbone: The frozen backbone.
@@ -275,12 +282,17 @@ def classifier_config(backbone: Backbone, num_classes: int, pooling: str) -> dic
             f"pooling={pooling!r} has no timm classifier equivalent: timm pools the class token ('cls') or the mean "
             f"of the patch tokens ('mean'), expected one of {list(_TIMM_GLOBAL_POOL)}"
         )
+    architecture, model_args = stock_architecture(backbone.name)
     recorded = {k: v for k, v in backbone.config.items() if k not in _WEIGHTS_ARGUMENTS}
-    model_args = {k: v for k, v in recorded.items() if v is not None}
-    model_args.update(global_pool=_TIMM_GLOBAL_POOL[pooling], fc_norm=not isinstance(model.fc_norm, nn.Identity))
+    model_args.update({k: v for k, v in recorded.items() if v is not None})
+    model_args.update(
+        img_size=list(backbone.img_size),  # timm's default input size is the entry's, not the run's
+        global_pool=_TIMM_GLOBAL_POOL[pooling],
+        fc_norm=not isinstance(model.fc_norm, nn.Identity),
+    )
     data_config = timm.data.resolve_model_data_config(model)
     return {
-        "architecture": backbone.name.split(".", 1)[0],
+        "architecture": architecture,
         "num_classes": int(num_classes),
         "num_features": backbone.embed_dim,
         "global_pool": model_args["global_pool"],
@@ -294,6 +306,24 @@ def classifier_config(backbone: Backbone, num_classes: int, pooling: str) -> dic
             "num_classes": int(num_classes),
         },
     }
+
+
+def stock_architecture(name: str) -> tuple[str, dict[str, Any]]:
+    """The timm entry (without pretrained tag) that a process without fftprompt can build, and the arguments that
+    make it the architecture ``name`` names: ``("vit_tiny_patch16_224", {"patch_size": 8, ...})`` for the demo ViT,
+    ``(name, {})`` for timm's own models."""
+    architecture = name.split(".", 1)[0]
+    if architecture in _STOCK_ARCHITECTURES:
+        stock, arguments = _STOCK_ARCHITECTURES[architecture]
+        return stock, dict(arguments)
+    if timm.is_model(architecture) and _registered_here(architecture):
+        raise ValueError(f"backbone {name!r} is registered by fftprompt and has no stock timm equivalent to export")
+    return architecture, {}
+
+
+def _registered_here(architecture: str) -> bool:
+    entrypoint = timm.models.model_entrypoint(architecture)
+    return str(getattr(entrypoint, "__module__", "")).split(".", 1)[0] == __name__.split(".", 1)[0]
 
 
 def create_classifier(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> nn.Module:

@@ -5,14 +5,18 @@ Formats (each into ``out_dir``, default ``RUN/export/<format>``, with ``export.j
 - ``timm``: ``model.safetensors`` + ``config.json`` in timm's hub format: a plain timm classifier with the FourierFT
   deltas folded into the weights and the trained head as timm's ``head``. ``timm.create_model("local-dir:<out_dir>",
   pretrained=True)`` loads it (timm versions that read ``model_args``), as does ``timm.create_model(architecture,
-  num_classes=K, **model_args)`` + ``load_state_dict``. Only for classification runs without prompts: a timm
-  classifier has no prompt tokens, frequency maps or segmentation decoder, nor a run's preprocessing filter
-  (``augment.preprocess=true``: refused). ``pretrained_cfg`` gives the resize and interpolation the run used.
+  num_classes=K, **model_args)`` + ``load_state_dict``, in a process that never imports fftprompt (the demo ViT,
+  registered with timm by fftprompt, is written as timm's own entry plus its sizes). Only for classification runs
+  without prompts: a timm classifier has no prompt tokens, frequency maps or segmentation decoder, nor a run's
+  preprocessing filter (``augment.preprocess=true``: refused). ``pretrained_cfg`` gives the resize and interpolation
+  the run used.
 - ``peft``: ``adapter_config.json`` + ``adapter_model.safetensors``, a PEFT FourierFT adapter (the head as a module to
-  save) that ``peft.PeftModel.from_pretrained`` loads onto the same timm classifier with the base weights. PEFT adapts
-  whole ``nn.Linear`` modules only, so runs whose targets are ``q``/``k``/``v`` row blocks of timm's fused ``qkv`` are
-  refused (PEFT's entries would be drawn over the whole ``3d x d`` matrix), as are runs with prompts or a
-  preprocessing filter.
+  save) that ``peft.PeftModel.from_pretrained`` loads onto the same timm classifier with the base weights. Unless the
+  run's base weights are timm's own pretrained ones, they are written beside it (``base_model.safetensors``, the
+  timm model without head): a random backbone drawn from the run's seed, or a local checkpoint, cannot be rebuilt by
+  timm alone (README gives the recipe; a test runs it as written). PEFT adapts whole ``nn.Linear`` modules only, so
+  runs whose targets are ``q``/``k``/``v`` row blocks of timm's fused ``qkv`` are refused (PEFT's entries would be
+  drawn over the whole ``3d x d`` matrix), as are runs with prompts or a preprocessing filter.
 - ``torchscript``: ``model.torchscript.pt``, the whole prompted model (FFT feature maps, prompts, FourierFT merged,
   head) traced with ``torch.jit.trace``, the run's preprocessing filter in front when it has one (refused for a
   filter that is not a function of each image alone); ``torch.jit.load`` runs it without fftprompt. Inputs are
@@ -38,13 +42,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fftprompt.backbone import classifier_config, create_classifier
 from fftprompt.fourierft import FourierFTLinear, merge_fourierft, unload_fourierft
 from fftprompt.fourierft.layer import FULL_LAYER
 from fftprompt.model import PromptedViT
+from fftprompt.pretrain import sha256_of
 from fftprompt.rundir import LoadedRun, load_run, read_class_names
 from fftprompt.utils import atomic_write, write_json_atomic
 
@@ -55,11 +60,12 @@ EXPORT_DIR = "export"
 EXPORT_INFO = "export.json"
 TIMM_WEIGHTS, TIMM_CONFIG = "model.safetensors", "config.json"
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+PEFT_BASE = "base_model.safetensors"  # the frozen base weights, for runs not on timm's pretrained weights
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 TOLERANCE = 1e-5  # largest |logit difference| between the export and the tuned model (float32)
 _FILES: dict[str, tuple[str, ...]] = {
     "timm": (TIMM_WEIGHTS, TIMM_CONFIG),
-    "peft": (PEFT_WEIGHTS, PEFT_CONFIG),
+    "peft": (PEFT_WEIGHTS, PEFT_CONFIG, PEFT_BASE),
     "torchscript": (TORCHSCRIPT_FILE,),
 }
 
@@ -115,6 +121,9 @@ def export(
             info.update(_export_torchscript(run, staged))
         written = {}
         for name in _FILES[format]:  # each file moved into place atomically, after every check passed
+            if not (staged / name).exists():  # an optional file (PEFT's base weights): none left from an earlier one
+                (out / name).unlink(missing_ok=True)
+                continue
             written[name] = atomic_write(
                 out / name, lambda temporary, name=name: shutil.copyfile(staged / name, temporary)
             )
@@ -206,7 +215,18 @@ def _export_timm(run: LoadedRun, out: Path, class_names: list[str] | None) -> di
 
 
 def _timm_call(config: dict[str, Any]) -> dict[str, Any]:
-    return {"architecture": config["architecture"], "num_classes": config["num_classes"], **config["model_args"]}
+    """``timm.create_model(architecture, num_classes=num_classes, **model_args)``'s arguments."""
+    return {key: config[key] for key in ("architecture", "num_classes", "model_args")}
+
+
+def _write_peft_base(run: LoadedRun, base: nn.Module, out: Path) -> dict[str, Any]:
+    """Writes the base model's weights (no head) to ``out/PEFT_BASE`` unless timm's own pretrained weights are the
+    base; returns where the base weights come from (``export.json``'s ``base_model``)."""
+    config = run.model.backbone.config
+    if config.get("pretrained") and not config.get("checkpoint_path"):
+        return {"timm_pretrained": run.model.backbone.name}
+    save_file({k: v.detach().contiguous() for k, v in base.state_dict().items()}, out / PEFT_BASE)
+    return {"file": PEFT_BASE, "sha256": sha256_of(out / PEFT_BASE)}
 
 
 def _export_peft(run: LoadedRun, out: Path) -> dict[str, Any]:
@@ -246,15 +266,23 @@ def _export_peft(run: LoadedRun, out: Path) -> dict[str, Any]:
     state.update({f"{prefix}{key}": value for key, value in _head_state(model).items()})
     config.save_pretrained(str(out))
     save_file({k: v.contiguous() for k, v in state.items()}, out / PEFT_WEIGHTS)
-    # the check: PEFT's own loader on a timm classifier with the base weights and a fresh head
-    timm_config = classifier_config(model.backbone, model.head.num_classes, model.pooling)
     base = unload_fourierft(copy.deepcopy(model.backbone.model))
+    base_model = _write_peft_base(run, base, out)
+    # the check: PEFT's own loader on a timm classifier with the base weights (read back from the file written) and
+    # a fresh head
+    timm_config = classifier_config(model.backbone, model.head.num_classes, model.pooling)
+    base_weights = load_file(out / PEFT_BASE) if "file" in base_model else base.state_dict()
     fresh_head = nn.Linear(model.backbone.embed_dim, model.head.num_classes)
-    base_state = {**base.state_dict(), "head.weight": fresh_head.weight.detach(), "head.bias": fresh_head.bias.detach()}
+    base_state = {**base_weights, "head.weight": fresh_head.weight.detach(), "head.bias": fresh_head.bias.detach()}
     loaded = peft.PeftModel.from_pretrained(create_classifier(timm_config, base_state), str(out)).eval()
     with torch.no_grad():
         difference = _check_close(loaded(images), expected, "peft")
-    return {"peft_version": peft.__version__, "timm": _timm_call(timm_config), "max_abs_difference": difference}
+    return {
+        "peft_version": peft.__version__,
+        "timm": _timm_call(timm_config),
+        "base_model": base_model,
+        "max_abs_difference": difference,
+    }
 
 
 def _export_torchscript(run: LoadedRun, out: Path) -> dict[str, Any]:
