@@ -24,6 +24,7 @@ from fftprompt.backbone import Backbone, create_backbone
 from fftprompt.fourierft import FourierFTConfig, inject_fourierft
 from fftprompt.heads import ClassificationHead, LinearDecoder, PUPDecoder
 from fftprompt.prompts import FrequencyPrompt, ModelDims, NoPrompt, PromptSource, VFPTPrompt, VPTPrompt
+from fftprompt.runfiles import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from fftprompt.spectral import FrequencyFeatures, FrequencyMaps
 from fftprompt.utils import Task, atomic_write, check_choice
 
@@ -31,8 +32,6 @@ __all__ = ["PromptedViT", "create_model", "frozen_fingerprint", "load_model", "r
 
 Pooling = Literal["cls", "mean"]
 
-ADAPTER_WEIGHTS = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter.json"
 _FORMAT = "fftprompt-adapter"
 _FORMAT_VERSION = 1
 _GROUPS = ("prompt", "adapter", "head")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import glob
 import re
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,35 +10,12 @@ import torch
 from torch import Tensor
 from torchvision import tv_tensors
 
-from fftprompt.data.io import list_images, read_image
+from fftprompt.data.io import image_paths, read_image
 from fftprompt.rundir import LoadedRun
 
-__all__ = ["image_paths", "load_images"]
+__all__ = ["load_images"]
 
 _SPLIT_SPEC = re.compile(r"^(train|val|test):(\d+)$")
-
-
-def image_paths(spec: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The image files named by paths, globs and folders (one or a list), in order; raises when an entry names none."""
-    entries = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    paths: list[Path] = []
-    for entry in entries:
-        text = str(entry)
-        if any(c in text for c in "*?["):
-            found = [p for p in map(Path, sorted(glob.glob(text, recursive=True))) if p.is_file()]
-        elif Path(text).is_dir():
-            found = list_images(Path(text))
-        elif Path(text).is_file():
-            found = [Path(text)]
-        else:
-            found = []
-        if not found:
-            raise ValueError(
-                f"images entry {text!r} names no image file, folder of images or matching glob; expected paths, a "
-                "glob, a folder or '<split>:<count>' (e.g. test:8)"
-            )
-        paths += found
-    return paths
 
 
 def load_images(spec: Any, run: LoadedRun) -> tuple[Tensor, Tensor | None, list[str], str]:
