@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from fftprompt.data import build_transform, denormalize, read_image, read_mask
-from fftprompt.data.io import check_image, image_size
+from fftprompt.data.io import check_image, image_paths, image_size
 from fftprompt.data.splits import check_fractions, evenly_spaced, random_split, split_selection, stratified_split
 
 
@@ -91,6 +91,20 @@ def test_unreadable_files_name_the_file(tmp_path: Path):
     for name in ("whole.jpg", "whole.png"):
         assert check_image(tmp_path / name) is None, name
     assert image_size(tmp_path / "whole.png") == (64, 64)
+
+
+def test_image_paths_resolve_files_folders_and_globs_in_order(tmp_path: Path):
+    """One road from an ``images=`` value to files, shared by fftprompt-predict and fftprompt-explain."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg", ".hidden.png", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    single = tmp_path / "single.png"
+    single.write_bytes(b"")
+    assert image_paths(folder) == [folder / "a.jpg", folder / "b.png"]  # sorted, images only, no hidden files
+    assert image_paths([str(single), str(folder / "*.png")]) == [single, folder / "b.png"]
+    with pytest.raises(ValueError, match=r"'.*missing\.png' names no image file"):
+        image_paths([str(single), str(tmp_path / "missing.png")])
 
 
 def test_binary_masks_threshold_jpeg_noise_and_accept_0_1_coding(tmp_path: Path):

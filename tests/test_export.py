@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 
 from conftest import QUIET, REPO_ROOT, TINY_MODEL, TINY_SYMMETRY, tiny_config
 from fftprompt.backbone import create_backbone
-from fftprompt.export import PEFT_BASE, export
+from fftprompt.export import export
 from fftprompt.pretrain import sha256_of
 from fftprompt.run import compose, train
 from fftprompt.rundir import load_run
+from fftprompt.runfiles import PEFT_BASE
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5

@@ -392,7 +392,7 @@ def test_bank_synthesises_each_shape_once_and_equals_layers_on_their_own(grad_mo
         if "fourierft" in name:
             assert rel_err(parameter.grad, alone.get_parameter(name).grad) < 1e-5, name
     layer = model.blocks[1].attn.qkv
-    assert not layer._bank._synthesis  # released once every layer took its deltas
+    assert not layer.bank._synthesis  # released once every layer took its deltas
 
 
 @pytest.mark.parametrize("grad_mode", GRAD_MODES)
@@ -451,15 +451,15 @@ def test_bank_without_gradients_synthesises_only_stale_layers_and_holds_nothing(
         model.blocks[0].mlp.fc1.fourierft_spectrum["full"].mul_(2.0)
         stale = model(x)
         assert inverse_ffts(lambda: model(x)) == 0
-    bank = model.blocks[0].mlp.fc1._bank
+    bank = model.blocks[0].mlp.fc1.bank
     assert not bank._synthesis
     torch.testing.assert_close(stale, one_bank_per_layer(copy.deepcopy(model))(x), rtol=1e-5, atol=1e-6)
     # a forward in progress (one layer of a group ran with gradients) is neither copied nor kept by the copy
     model.blocks[0].mlp.fc1(torch.randn(3, 32))
     assert bank._synthesis
     copied = copy.deepcopy(model)
-    assert not copied.blocks[0].mlp.fc1._bank._synthesis
-    assert copied.blocks[0].mlp.fc1._bank is copied.blocks[1].mlp.fc1._bank is not bank
+    assert not copied.blocks[0].mlp.fc1.bank._synthesis
+    assert copied.blocks[0].mlp.fc1.bank is copied.blocks[1].mlp.fc1.bank is not bank
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -51,17 +51,21 @@ from fftprompt.fourierft.layer import FULL_LAYER
 from fftprompt.model import PromptedViT
 from fftprompt.pretrain import sha256_of
 from fftprompt.rundir import LoadedRun, load_run, read_class_names
+from fftprompt.runfiles import (
+    EXPORT_DIR,
+    EXPORT_INFO,
+    PEFT_BASE,
+    PEFT_CONFIG,
+    PEFT_WEIGHTS,
+    TIMM_CONFIG,
+    TIMM_WEIGHTS,
+    TORCHSCRIPT_FILE,
+)
 from fftprompt.utils import atomic_write, write_json_atomic
 
-__all__ = ["EXPORT_DIR", "EXPORT_INFO", "ExportFormat", "TOLERANCE", "export"]
+__all__ = ["ExportFormat", "TOLERANCE", "export"]
 
 ExportFormat = Literal["timm", "peft", "torchscript"]
-EXPORT_DIR = "export"
-EXPORT_INFO = "export.json"
-TIMM_WEIGHTS, TIMM_CONFIG = "model.safetensors", "config.json"
-PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
-PEFT_BASE = "base_model.safetensors"  # the frozen base weights, for runs not on timm's pretrained weights
-TORCHSCRIPT_FILE = "model.torchscript.pt"
 TOLERANCE = 1e-5  # largest |logit difference| between the export and the tuned model (float32)
 _FILES: dict[str, tuple[str, ...]] = {
     "timm": (TIMM_WEIGHTS, TIMM_CONFIG),

@@ -37,21 +37,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from fftprompt.data.io import OnBadFile, read_image
+from fftprompt.data.io import OnBadFile, image_paths, read_image
 from fftprompt.data.splits import evenly_spaced, split_selection
-from fftprompt.explain.images import image_paths
 from fftprompt.fourierft import merge_fourierft
 from fftprompt.report import save_figure
 from fftprompt.rundir import LoadedRun, load_run, read_class_names
+from fftprompt.runfiles import MASK_DIR, OVERLAY_FIGURE, PREDICT_DIR, PREDICT_SUMMARY, PREDICTIONS_FILE
 from fftprompt.utils import atomic_write, write_json_atomic
 
-__all__ = ["MASK_DIR", "OVERLAY_FIGURE", "PREDICTIONS_FILE", "PREDICT_DIR", "SUMMARY_FILE", "predict"]
+__all__ = ["predict"]
 
-PREDICT_DIR = "predict"
-PREDICTIONS_FILE = "predictions.csv"
-MASK_DIR = "masks"
-OVERLAY_FIGURE = "overlays.png"
-SUMMARY_FILE = "predict.json"
 ClassNameSource = Literal["run", "index"]
 
 
@@ -200,7 +195,7 @@ def predict(
         "predictions": directory / PREDICTIONS_FILE,
         "masks": directory / MASK_DIR,
         "overlays": directory / OVERLAY_FIGURE,
-        "summary": directory / SUMMARY_FILE,
+        "summary": directory / PREDICT_SUMMARY,
     }
     _refuse_existing(outputs, overwrite)
     names = _class_names(run, class_names)

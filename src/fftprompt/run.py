@@ -38,18 +38,18 @@ from fftprompt.augment import SEVERITIES, check_corruptions
 from fftprompt.backbone import Backbone, create_pretraining_vit, normalisation
 from fftprompt.lit import AtomicCheckpointIO, ClassificationModule
 from fftprompt.model import PromptedViT, create_model
-from fftprompt.overrides import RUN_ENTRIES, check_sweeper, eval_overrides
+from fftprompt.overrides import check_sweeper, eval_overrides
 from fftprompt.pipeline import InputPipeline, build_augment, build_datamodule
 from fftprompt.pretrain import FormulaPretrainModule, hardware, write_pretrained
 from fftprompt.report import print_summary
 from fftprompt.robustness import evaluate_corruptions
 from fftprompt.run_report import ReportSettings, write_run_report
+from fftprompt.runfiles import RUN_CONFIG, RUN_ENTRIES
 from fftprompt.spectral import FrequencyFeatures
 from fftprompt.utils import is_installed, to_plain
 from fftprompt.weights import RESOLVER, weights_path
 
 __all__ = [
-    "RUN_ENTRIES",
     "build",
     "build_backbone",
     "check_sweeper",
@@ -99,7 +99,7 @@ def eval_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     if not cfg.get("use_run_config", False) or source is None:
         return cfg
     run_dir = rundir.run_dir_of(Path(to_absolute_path(str(source))))
-    if not (run_dir / rundir.RUN_CONFIG).is_file():
+    if not (run_dir / RUN_CONFIG).is_file():
         return cfg
     saved = rundir.read_config(run_dir)
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_hydra_override()]
@@ -220,7 +220,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Raises:
         ValueError: if the output directory holds an earlier run and neither ``overwrite`` nor resuming was asked,
             or ``ckpt_path=last`` has no checkpoint, or the config does not fit the data/run being resumed (every
-            entry but :data:`fftprompt.rundir.RESUME_MAY_CHANGE` must equal the run's ``config.yaml``).
+            entry but :data:`fftprompt.runfiles.RESUME_MAY_CHANGE` must equal the run's ``config.yaml``).
     """
     output_dir = _output_dir(cfg)
     overwrite = bool(cfg.get("overwrite", False))

@@ -1,6 +1,6 @@
-"""The run directory: the one module that knows its layout, reads a finished run back and guards it.
+"""The run directory: the one module that reads a finished run back and guards it.
 
-A run directory (``paths.output_dir`` of ``fftprompt-train``) holds::
+A run directory (``paths.output_dir`` of ``fftprompt-train``; the names: :mod:`fftprompt.runfiles`) holds::
 
     config.yaml                        the resolved config of the run
     metrics.json                       test metrics (``test/...``), parameter counts, timings, a config summary
@@ -43,36 +43,27 @@ from torch import Tensor
 from fftprompt.backbone import create_backbone
 from fftprompt.data.base import ImageDataModule
 from fftprompt.lit import CLASS_NAMES_KEY, FINGERPRINT_KEY
-from fftprompt.model import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    PromptedViT,
-    frozen_fingerprint,
-    load_model,
-    read_description,
-)
+from fftprompt.model import PromptedViT, frozen_fingerprint, load_model, read_description
 from fftprompt.pipeline import InputPipeline, build_augment, build_datamodule
-from fftprompt.report import FIGURE_DIR, METRICS_FILE, REPORT_FILE
+from fftprompt.runfiles import (
+    ADAPTER_CONFIG,
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    LAUNCHES,
+    METRICS_FILE,
+    MODEL_KEYS,
+    REPLACED_MARK,
+    RESUME_COMPARED,
+    RESUME_MAY_CHANGE,
+    RESUME_MAY_GROW,
+    RUN_CONFIG,
+    covering,
+)
 from fftprompt.utils import ABSENT, atomic_write, leaf_differences
 from fftprompt.utils import select as select_key
 from fftprompt.weights import file_sha256, locate_weights
 
 __all__ = [
-    "ADAPTER_CONFIG",
-    "ADAPTER_WEIGHTS",
-    "CHECKPOINT_DIR",
-    "EXPLAIN_DIR",
-    "FIGURE_DIR",
-    "LAST_CHECKPOINT",
-    "LAUNCHES",
-    "LOG_FILE",
-    "METRICS_FILE",
-    "MODEL_KEYS",
-    "REPORT_FILE",
-    "RESUME_COMPARED",
-    "RESUME_MAY_CHANGE",
-    "RESUME_MAY_GROW",
-    "RUN_CONFIG",
     "LoadedRun",
     "check_checkpoint",
     "check_classes",
@@ -94,38 +85,6 @@ __all__ = [
     "write_config",
 ]
 
-RUN_CONFIG = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-EXPLAIN_DIR = "explain"
-LAUNCHES = "launches.yaml"
-LOG_FILE = "cli.log"  # Hydra's job log (job name cli), created at its first line
-# config entries that define the model: evaluation must use the run's values
-MODEL_KEYS = ("backbone", "features", "prompt", "adapter", "task.name", "task.pooling", "task.head")
-# Resuming compares the whole config with the run's; these entries (and everything below them) may differ: what to
-# resume, where the run lives, what is reported and logged, progress output, callbacks other than checkpointing and
-# early stopping (profilers, timers, a test's killer), and how many loader processes read the same data. Everything
-# else (data, model, task and optimiser, seed, the trainer's schedule, precision and devices, which checkpoint is
-# kept, when training stops) changes what the resumed run trains, so a difference is refused. The most specific
-# entry of RESUME_MAY_CHANGE and RESUME_COMPARED that names a key decides.
-RESUME_MAY_CHANGE = (
-    "ckpt_path",
-    "overwrite",
-    "paths",
-    "report",
-    "logger",
-    "callbacks",
-    "callbacks.model_checkpoint.dirpath",
-    "trainer.default_root_dir",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "data.num_workers",
-    "data.pin_memory",
-)
-RESUME_COMPARED = ("callbacks.model_checkpoint", "callbacks.early_stopping")
-# entries that may grow when resuming (to extend a run; -1 or null: no limit)
-RESUME_MAY_GROW = ("trainer.max_epochs", "trainer.max_steps")
 _CHECKPOINT, _WEIGHTS_FILE = "backbone.checkpoint_path", ("backbone.checkpoint_path", "backbone.checkpoint_sha256")
 
 
@@ -175,10 +134,10 @@ def move_run_aside(run_dir: Path) -> Path | None:
             "paths.output_dir"
         )
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target, count = resolved.with_name(f"{resolved.name}.replaced-{stamp}"), 1
+    target, count = resolved.with_name(f"{resolved.name}{REPLACED_MARK}{stamp}"), 1
     while target.exists():
         count += 1
-        target = resolved.with_name(f"{resolved.name}.replaced-{stamp}-{count}")
+        target = resolved.with_name(f"{resolved.name}{REPLACED_MARK}{stamp}-{count}")
     os.rename(resolved, target)  # same parent directory: one atomic rename
     run_dir.mkdir()
     return target
@@ -289,8 +248,8 @@ def check_resume(config: Mapping[str, Any], run_dir: Path, *, checkpoint: Path |
     """Refuses to resume the run in ``run_dir`` with a ``config`` (plain values) that trains differently.
 
     Every entry is compared with ``run_dir/config.yaml`` except :data:`RESUME_MAY_CHANGE` (but those under
-    :data:`RESUME_COMPARED`); :data:`RESUME_MAY_GROW` may only grow. Without a ``config.yaml`` (a checkpoint from
-    elsewhere) nothing can be compared: a warning says so.
+    :data:`RESUME_COMPARED`); :data:`RESUME_MAY_GROW` may only grow (the lists: :mod:`fftprompt.runfiles`). Without a
+    ``config.yaml`` (a checkpoint from elsewhere) nothing can be compared: a warning says so.
 
     Raises:
         ValueError: listing every entry that differs, with the run's and the new value, and how to proceed.
@@ -531,7 +490,7 @@ def data_root(run_dir: Path, config: Mapping[str, Any]) -> str | None:
 def _may_change_on_resume(key: str) -> bool:
     """Whether the most specific entry of :data:`RESUME_MAY_CHANGE` / :data:`RESUME_COMPARED` naming ``key`` (or a
     mapping above it) lets it change."""
-    names = [n for n in (*RESUME_MAY_CHANGE, *RESUME_COMPARED) if key == n or key.startswith(f"{n}.")]
+    names = covering(key, (*RESUME_MAY_CHANGE, *RESUME_COMPARED))
     return bool(names) and max(names, key=len) in RESUME_MAY_CHANGE
 
 

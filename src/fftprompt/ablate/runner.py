@@ -31,7 +31,8 @@ from fftprompt.methods import COMPARISON_OVERRIDES
 from fftprompt.model import create_model
 from fftprompt.prompts import ModelDims
 from fftprompt.run import build, build_backbone, compose, train
-from fftprompt.rundir import METRICS_FILE, finished_metrics
+from fftprompt.rundir import finished_metrics
+from fftprompt.runfiles import METRICS_FILE
 
 __all__ = [
     "FULL_OVERRIDES",

@@ -25,7 +25,8 @@ from fftprompt.explain.rollout import (
     prompt_attention,
     rollout_matrix,
 )
-from fftprompt.rundir import EXPLAIN_DIR, load_run
+from fftprompt.rundir import load_run
+from fftprompt.runfiles import EXPLAIN_DIR
 from fftprompt.spectral import FrequencyFeatures
 
 __all__ = [
