@@ -1,4 +1,4 @@
-"""A finished run as a model file other tools load: ``fftprompt-export run_dir=RUN format=timm|peft|torchscript``.
+"""A finished run as a model file other tools load: ``fftprompt-export run_dir=RUN format=timm|peft|torchscript|onnx``.
 
 Formats (each into ``out_dir``, default ``RUN/export/<format>``, with ``export.json`` describing the export):
 
@@ -13,12 +13,14 @@ Formats (each into ``out_dir``, default ``RUN/export/<format>``, with ``export.j
   refused (PEFT's entries would be drawn over the whole ``3d x d`` matrix), as are runs with prompts.
 - ``torchscript``: ``model.torchscript.pt``, the whole prompted model (FFT feature maps, prompts, FourierFT merged,
   head) traced with ``torch.jit.trace``; ``torch.jit.load`` runs it without fftprompt. Inputs are normalised
-  ``(B, 3, S, S)`` images at the run's size (``export.json`` gives ``S``, mean and std). ONNX is not offered:
-  torch's ONNX exporter needs the ``onnx``/``onnxscript`` packages, and an export that could not be checked here
-  (loaded and compared) would not be trustworthy.
+  ``(B, 3, S, S)`` images at the run's size (``export.json`` gives ``S``, mean and std).
+- ``onnx``: ``model.onnx``, the whole prompted model through torch's ONNX exporter (FFTs as real matrix products,
+  FourierFT merged), checked in onnxruntime within ``1e-4``; dynamic batch size; ``export.json`` records the opset.
+  Needs ``pip install 'fftprompt[onnx]'``. ``exported_program``: ``model.pt2`` from ``torch.export``, checked with
+  ``torch.export.load``. Both in :mod:`fftprompt.exporters`.
 
 Every export is checked before it is written: the exported model is loaded back (timm, PEFT, TorchScript) and its
-outputs are compared with the tuned model's on random inputs; a difference above ``1e-5`` is an error.
+outputs are compared with the tuned model's on random inputs; a difference above ``1e-5`` (ONNX: ``1e-4``) is an error.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fftprompt.backbone import classifier_config, create_classifier
+from fftprompt.exporters import EXPORTED_PROGRAM_FILE, ONNX_FILE, export_onnx, export_program, require_onnx
 from fftprompt.fourierft import FourierFTLinear, merge_fourierft, unload_fourierft
 from fftprompt.fourierft.layer import FULL_LAYER
 from fftprompt.model import PromptedViT
@@ -45,7 +48,7 @@ from fftprompt.utils import atomic_write, write_json_atomic
 
 __all__ = ["EXPORT_DIR", "EXPORT_INFO", "ExportFormat", "TOLERANCE", "export"]
 
-ExportFormat = Literal["timm", "peft", "torchscript"]
+ExportFormat = Literal["timm", "peft", "torchscript", "onnx", "exported_program"]
 EXPORT_DIR = "export"
 EXPORT_INFO = "export.json"
 TIMM_WEIGHTS, TIMM_CONFIG = "model.safetensors", "config.json"
@@ -56,6 +59,8 @@ _FILES: dict[str, tuple[str, ...]] = {
     "timm": (TIMM_WEIGHTS, TIMM_CONFIG),
     "peft": (PEFT_WEIGHTS, PEFT_CONFIG),
     "torchscript": (TORCHSCRIPT_FILE,),
+    "onnx": (ONNX_FILE,),
+    "exported_program": (EXPORTED_PROGRAM_FILE,),
 }
 
 
@@ -71,7 +76,7 @@ def export(
 
     Args:
         run_dir: Directory written by ``fftprompt-train``.
-        format: ``"timm"``, ``"peft"`` or ``"torchscript"``.
+        format: ``"timm"``, ``"peft"``, ``"torchscript"``, ``"onnx"`` or ``"exported_program"``.
         out_dir: Output folder; default ``run_dir/export/<format>``.
         overwrite: Replace the files of an earlier export in ``out_dir`` (other files there are never touched).
         data_root: The run's data root, to read class names from the data when the run records none (they are
@@ -82,6 +87,8 @@ def export(
     """
     if format not in get_args(ExportFormat):
         raise ValueError(f"format={format!r}; expected one of {get_args(ExportFormat)}")
+    if format == "onnx":
+        require_onnx()  # before the run loads: fail fast with the install line
     run = load_run(run_dir, data_root=data_root)
     out = Path(out_dir) if out_dir is not None else run.run_dir / EXPORT_DIR / format
     names = [*_FILES[format], EXPORT_INFO]
@@ -109,6 +116,10 @@ def export(
             info.update(_export_timm(run, staged, class_names))
         elif format == "peft":
             info.update(_export_peft(run, staged))
+        elif format == "onnx":
+            info.update(export_onnx(run.model, run.datamodule.image_size, staged))
+        elif format == "exported_program":
+            info.update(export_program(run.model, run.datamodule.image_size, staged))
         else:
             info.update(_export_torchscript(run, staged))
         written = {}
