@@ -38,6 +38,7 @@ __all__ = [
     "OnnxModel",
     "export_onnx",
     "export_program",
+    "default_onnx_file",
     "require_onnx",
 ]
 
@@ -49,6 +50,11 @@ ONNX_INSTALL = "pip install 'fftprompt[onnx]' (or: pip install onnx onnxscript o
 ONNX_TOLERANCE = 1e-4
 PROGRAM_TOLERANCE = 1e-5
 _TRACE_BATCH, _CHECK_BATCHES = 2, (1, 3)
+
+
+def default_onnx_file(run_dir: str | Path) -> Path:
+    """Where ``fftprompt-export run_dir=RUN format=onnx`` writes by default: ``RUN/export/onnx/model.onnx``."""
+    return Path(run_dir) / "export" / "onnx" / ONNX_FILE
 
 
 def require_onnx() -> dict[str, Any]:

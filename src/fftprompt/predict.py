@@ -35,6 +35,7 @@ from torchvision import tv_tensors
 
 from fftprompt.data.io import OnBadFile, read_image
 from fftprompt.explain.images import image_paths
+from fftprompt.exporters import OnnxModel, default_onnx_file
 from fftprompt.fourierft import merge_fourierft
 from fftprompt.report import save_figure
 from fftprompt.rundir import LoadedRun, load_run, read_class_names
@@ -48,6 +49,7 @@ MASK_DIR = "masks"
 OVERLAY_FIGURE = "overlays.png"
 SUMMARY_FILE = "predict.json"
 ClassNameSource = Literal["run", "index"]
+Runtime = Literal["torch", "onnx"]
 
 
 class _ImageFiles(Dataset):
@@ -95,6 +97,8 @@ def predict(
     num_workers: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    runtime: Runtime = "torch",
+    onnx_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Predicts every image file named by ``images`` with a finished run's model.
 
@@ -115,12 +119,17 @@ def predict(
         num_workers: Loader worker processes that read and transform the files.
         overwrite: Replace the outputs of an earlier prediction in ``out_dir``.
         progress: Show a progress bar (on stderr).
+        runtime: ``"torch"`` (the run's model) or ``"onnx"``: the run's exported ``model.onnx`` in onnxruntime,
+            fed the same preprocessed images (the run gives the transform and class names).
+        onnx_file: The ``.onnx`` file for ``runtime="onnx"``; default ``run_dir/export/onnx/model.onnx``.
 
     Returns:
         ``{"out_dir", "predictions" (csv) or "masks" (folder), "overlays" (figure or None), "summary" (json),
         "predicted", "skipped"}``.
     """
     _check_arguments(batch_size, top_k, on_bad_file, overlays, num_workers, device)
+    if runtime not in get_args(Runtime):
+        raise ValueError(f"runtime={runtime!r}; expected one of {get_args(Runtime)}")
     run = load_run(run_dir, data_root=data_root, device=device)
     paths = image_paths(images)
     directory = Path(out_dir) if out_dir is not None else run.run_dir / PREDICT_DIR
@@ -137,6 +146,7 @@ def predict(
         if not model.adapted_modules:
             raise ValueError(f"merge=true: the run {run.run_dir} has no FourierFT layers to merge")
         merge_fourierft(model.backbone.model)
+    forward = _onnx_forward(run, onnx_file, device) if runtime == "onnx" else model
     segmentation = model.task == "segmentation"
     loader = DataLoader(
         _ImageFiles(paths, run.datamodule.transform("test"), on_bad_file),
@@ -155,7 +165,7 @@ def predict(
             good = [(index, image, size) for index, image, size in batch if image is not None]
             skipped += [{"path": str(paths[i]), "reason": str(why)} for i, image, why in batch if image is None]
             if good:
-                logits = model(torch.stack([image for _, image, _ in good]).to(device)).float()
+                logits = forward(torch.stack([image for _, image, _ in good]).to(device)).float()
                 if segmentation:
                     for (index, _, size), mask_logits in zip(good, logits, strict=True):
                         masks.append(_write_mask(mask_logits, size, outputs["masks"] / relative[index]))
@@ -187,6 +197,7 @@ def predict(
             "skipped": skipped,
             "class_names": names,
             "merged_fourierft": bool(merge),
+            "runtime": runtime if runtime == "torch" else f"onnx: {forward.path}",
             "device": device,
             "batch_size": batch_size,
             "top_k": min(top_k, len(names)) if not segmentation else None,
@@ -194,6 +205,19 @@ def predict(
         },
     )
     return written
+
+
+def _onnx_forward(run: LoadedRun, onnx_file: str | Path | None, device: str) -> OnnxModel:
+    """The run's ONNX export in onnxruntime (``runtime=onnx``), checked to take the run's image size."""
+    path = Path(onnx_file) if onnx_file is not None else default_onnx_file(run.run_dir)
+    session = OnnxModel(path, device)
+    size = run.datamodule.image_size
+    if session.input_shape[1:] != (size, size):
+        raise ValueError(
+            f"onnx_file={str(path)!r} takes {session.input_shape[1:]} images, the run {run.run_dir} makes "
+            f"{size}x{size} ones: export this run with fftprompt-export format=onnx"
+        )
+    return session
 
 
 def _check_arguments(
