@@ -190,8 +190,10 @@ def test_fftprompt_export_command(whole_layer_run, tmp_path, monkeypatch, capsys
     monkeypatch.setattr("sys.argv", ["fftprompt-export", f"run_dir={whole_layer_run}", "format=timm", "out_dir=t"])
     export_main()
     assert "exported: " in capsys.readouterr().out and (tmp_path / "t" / "model.safetensors").is_file()
-    monkeypatch.setattr("sys.argv", ["fftprompt-export", f"run_dir={whole_layer_run}", "format=onnx"])
+    monkeypatch.setattr("sys.argv", ["fftprompt-export", f"run_dir={whole_layer_run}", "format=tflite"])
     with pytest.raises(SystemExit) as exit_info:
         export_main()
     assert exit_info.value.code == 2
-    assert "error: format='onnx'; expected one of ('timm', 'peft', 'torchscript')" in capsys.readouterr().err
+    assert "error: format='tflite'; expected one of ('timm', 'peft', 'torchscript', 'onnx', 'exported_program')" in (
+        capsys.readouterr().err
+    )

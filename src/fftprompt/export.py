@@ -1,4 +1,4 @@
-"""A finished run as a model file other tools load: ``fftprompt-export run_dir=RUN format=timm|peft|torchscript``.
+"""A finished run as a model file other tools load: ``fftprompt-export run_dir=RUN format=timm|peft|torchscript|onnx``.
 
 Formats (each into ``out_dir``, default ``RUN/export/<format>``, with ``export.json`` describing the export):
 
@@ -21,12 +21,16 @@ Formats (each into ``out_dir``, default ``RUN/export/<format>``, with ``export.j
   head) traced with ``torch.jit.trace``, the run's preprocessing filter in front when it has one (refused for a
   filter that is not a function of each image alone); ``torch.jit.load`` runs it without fftprompt. Inputs are
   normalised ``(B, 3, S, S)`` images at the run's size (``export.json``'s ``pipeline`` gives ``S``, the resize,
-  interpolation, mean and std). ONNX is not offered:
-  torch's ONNX exporter needs the ``onnx``/``onnxscript`` packages, and an export that could not be checked here
-  (loaded and compared) would not be trustworthy.
+  interpolation, mean and std).
+- ``onnx``: ``model.onnx``, the whole prompted model through torch's ONNX exporter (FFTs as real matrix products,
+  FourierFT merged), checked in onnxruntime within ``1e-4``; dynamic batch size; runs with a preprocessing filter
+  are refused (its whole-image FFT has no real-DFT form here: TorchScript includes it); ``export.json`` records the
+  opset. Needs ``pip install 'fftprompt[onnx]'``.
+  ``exported_program``: ``model.pt2`` from ``torch.export``, checked with ``torch.export.load``. Both in
+  :mod:`fftprompt.exporters`.
 
 Every export is checked before it is written: the exported model is loaded back (timm, PEFT, TorchScript) and its
-outputs are compared with the tuned model's on random inputs; a difference above ``1e-5`` is an error.
+outputs are compared with the tuned model's on random inputs; a difference above ``1e-5`` (ONNX: ``1e-4``) is an error.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from fftprompt.backbone import classifier_config, create_classifier
+from fftprompt.exporters import export_onnx, export_program, require_onnx
 from fftprompt.fourierft import FourierFTLinear, merge_fourierft, unload_fourierft
 from fftprompt.fourierft.layer import FULL_LAYER
 from fftprompt.model import PromptedViT
@@ -54,6 +59,8 @@ from fftprompt.rundir import LoadedRun, load_run, read_class_names
 from fftprompt.runfiles import (
     EXPORT_DIR,
     EXPORT_INFO,
+    EXPORTED_PROGRAM_FILE,
+    ONNX_FILE,
     PEFT_BASE,
     PEFT_CONFIG,
     PEFT_WEIGHTS,
@@ -65,12 +72,14 @@ from fftprompt.utils import atomic_write, write_json_atomic
 
 __all__ = ["ExportFormat", "TOLERANCE", "export"]
 
-ExportFormat = Literal["timm", "peft", "torchscript"]
+ExportFormat = Literal["timm", "peft", "torchscript", "onnx", "exported_program"]
 TOLERANCE = 1e-5  # largest |logit difference| between the export and the tuned model (float32)
 _FILES: dict[str, tuple[str, ...]] = {
     "timm": (TIMM_WEIGHTS, TIMM_CONFIG),
     "peft": (PEFT_WEIGHTS, PEFT_CONFIG, PEFT_BASE),
     "torchscript": (TORCHSCRIPT_FILE,),
+    "onnx": (ONNX_FILE,),
+    "exported_program": (EXPORTED_PROGRAM_FILE,),
 }
 
 
@@ -87,7 +96,7 @@ def export(
 
     Args:
         run_dir: Directory written by ``fftprompt-train``.
-        format: ``"timm"``, ``"peft"`` or ``"torchscript"``.
+        format: ``"timm"``, ``"peft"``, ``"torchscript"``, ``"onnx"`` or ``"exported_program"``.
         out_dir: Output folder; default ``run_dir/export/<format>``.
         overwrite: Replace the files of an earlier export in ``out_dir`` (other files there are never touched).
         data_root: The run's data root, to read class names from the data when the run records none (they are
@@ -99,6 +108,8 @@ def export(
     """
     if format not in get_args(ExportFormat):
         raise ValueError(f"format={format!r}; expected one of {get_args(ExportFormat)}")
+    if format == "onnx":
+        require_onnx()  # before the run loads: fail fast with the install line
     run = load_run(run_dir, data_root=data_root, backbone=backbone)
     out = Path(out_dir) if out_dir is not None else run.run_dir / EXPORT_DIR / format
     names = [*_FILES[format], EXPORT_INFO]
@@ -121,6 +132,10 @@ def export(
             info.update(_export_timm(run, staged, class_names))
         elif format == "peft":
             info.update(_export_peft(run, staged))
+        elif format in ("onnx", "exported_program"):
+            _refuse_filter(run, format)
+            write = export_onnx if format == "onnx" else export_program
+            info.update(write(run.model, run.datamodule.image_size, staged))
         else:
             info.update(_export_torchscript(run, staged))
         written = {}
@@ -133,6 +148,14 @@ def export(
             )
     written["info"] = write_json_atomic(out / EXPORT_INFO, info)
     return written
+
+
+def _refuse_filter(run: LoadedRun, format: str) -> None:  # noqa: A002 -- the export's key
+    if run.pipeline.preprocess is not None:
+        raise ValueError(
+            f"format={format} cannot include the run's preprocessing filter {run.pipeline.preprocess!r} (its FFT over "
+            "the whole image is not exported in real arithmetic); export it with format=torchscript, which does"
+        )
 
 
 def _class_names(run: LoadedRun) -> list[str] | None:

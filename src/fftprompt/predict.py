@@ -39,6 +39,7 @@ from torchvision import tv_tensors
 
 from fftprompt.data.io import OnBadFile, image_paths, read_image
 from fftprompt.data.splits import evenly_spaced, split_selection
+from fftprompt.exporters import OnnxModel, default_onnx_file
 from fftprompt.fourierft import merge_fourierft
 from fftprompt.report import save_figure
 from fftprompt.rundir import LoadedRun, load_run, read_class_names
@@ -48,6 +49,7 @@ from fftprompt.utils import atomic_write, write_json_atomic
 __all__ = ["predict"]
 
 ClassNameSource = Literal["run", "index"]
+Runtime = Literal["torch", "onnx"]
 
 
 class _ImageFiles(Dataset):
@@ -159,6 +161,8 @@ def predict(
     overwrite: bool = False,
     progress: bool = True,
     backbone: Mapping[str, Any] | None = None,
+    runtime: Runtime = "torch",
+    onnx_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Predicts every image file named by ``images`` with a finished run's model.
 
@@ -181,12 +185,17 @@ def predict(
         overwrite: Replace the outputs of an earlier prediction in ``out_dir``.
         progress: Show a progress bar (on stderr).
         backbone: ``{"checkpoint_path": file}``: the run's backbone weights file, moved (same SHA256).
+        runtime: ``"torch"`` (the run's model) or ``"onnx"``: the run's exported ``model.onnx`` in onnxruntime,
+            fed the same preprocessed images (the run gives the transform and class names).
+        onnx_file: The ``.onnx`` file for ``runtime="onnx"``; default ``run_dir/export/onnx/model.onnx``.
 
     Returns:
         ``{"out_dir", "predictions" (csv) or "masks" (folder), "overlays" (figure or None), "summary" (json),
         "predicted", "skipped"}``.
     """
     _check_arguments(batch_size, top_k, on_bad_file, overlays, num_workers, device)
+    if runtime not in get_args(Runtime):
+        raise ValueError(f"runtime={runtime!r}; expected one of {get_args(Runtime)}")
     run = load_run(run_dir, data_root=data_root, device=device, backbone=backbone)
     inputs = _inputs(run, images, on_bad_file)
     total = len(inputs.names)
@@ -204,6 +213,7 @@ def predict(
         if not model.adapted_modules:
             raise ValueError(f"merge=true: the run {run.run_dir} has no FourierFT layers to merge")
         merge_fourierft(model.backbone.model)
+    forward = _onnx_forward(run, onnx_file, device) if runtime == "onnx" else run.logits
     segmentation = model.task == "segmentation"
     loader = DataLoader(
         inputs.dataset,
@@ -221,7 +231,7 @@ def predict(
             good = [(index, image, size) for index, image, size in batch if image is not None]
             skipped += [{"path": inputs.names[i], "reason": str(why)} for i, image, why in batch if image is None]
             if good:
-                logits = run.logits(torch.stack([image for _, image, _ in good]).to(device)).float()
+                logits = forward(torch.stack([image for _, image, _ in good]).to(device)).float()
                 if segmentation:
                     for (index, _, size), mask_logits in zip(good, logits, strict=True):
                         masks.append(_write_mask(mask_logits, size, outputs["masks"] / inputs.mask_names[index]))
@@ -255,6 +265,7 @@ def predict(
             "skipped": skipped,
             "class_names": names,
             "merged_fourierft": bool(merge),
+            "runtime": runtime if runtime == "torch" else f"onnx: {forward.path}",
             "device": device,
             "batch_size": batch_size,
             "top_k": min(top_k, len(names)) if not segmentation else None,
@@ -263,6 +274,24 @@ def predict(
         },
     )
     return written
+
+
+def _onnx_forward(run: LoadedRun, onnx_file: str | Path | None, device: str) -> OnnxModel:
+    """The run's ONNX export in onnxruntime (``runtime=onnx``), checked to take the run's image size."""
+    path = Path(onnx_file) if onnx_file is not None else default_onnx_file(run.run_dir)
+    if run.pipeline.preprocess is not None:
+        raise ValueError(
+            f"runtime=onnx: the run {run.run_dir} preprocesses its images ({run.pipeline.preprocess!r}), which no ONNX "
+            "export of it includes; predict with runtime=torch"
+        )
+    session = OnnxModel(path, device)
+    size = run.datamodule.image_size
+    if session.input_shape[1:] != (size, size):
+        raise ValueError(
+            f"onnx_file={str(path)!r} takes {session.input_shape[1:]} images, the run {run.run_dir} makes "
+            f"{size}x{size} ones: export this run with fftprompt-export format=onnx"
+        )
+    return session
 
 
 def _check_arguments(

@@ -15,6 +15,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "EXPLAIN_DIR",
     "EXPLAIN_REPORT",
+    "EXPORTED_PROGRAM_FILE",
     "EXPORT_DIR",
     "EXPORT_INFO",
     "FIGURE_DIR",
@@ -27,6 +28,7 @@ __all__ = [
     "MODEL_KEYS",
     "NOT_GROUPED",
     "OVERLAY_FIGURE",
+    "ONNX_FILE",
     "PEFT_BASE",
     "PEFT_CONFIG",
     "PEFT_WEIGHTS",
@@ -81,6 +83,8 @@ TIMM_WEIGHTS, TIMM_CONFIG = "model.safetensors", "config.json"
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PEFT_BASE = "base_model.safetensors"  # the frozen base weights, for runs not on timm's pretrained weights
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+ONNX_FILE = "model.onnx"
+EXPORTED_PROGRAM_FILE = "model.pt2"
 
 # -- which config entries define a run -----------------------------------------------------------------------------
 # Each list names config entries (dotted keys); an entry stands for everything below it (see covering). They answer

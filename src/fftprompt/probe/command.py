@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from fftprompt.backbone import Backbone
-from fftprompt.tables import format_mean_std, markdown_table, mean_std
 from fftprompt.data.base import ImageDataModule
 from fftprompt.probe.features import extract_features, pooled_tokens
 from fftprompt.probe.protocol import evaluate_probes, random_splits
 from fftprompt.rundir import load_run, move_run_aside
 from fftprompt.spectral import FrequencyFeatures
+from fftprompt.tables import format_mean_std, markdown_table, mean_std
 from fftprompt.utils import atomic_write, check_choice, to_plain
 
 __all__ = ["METRICS", "TABLE", "probe"]
