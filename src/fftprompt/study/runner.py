@@ -44,7 +44,8 @@ SHIFTED_DOMAINS: dict[str, str] = {
 # every run as in fftprompt-ablate (final weights tested), and no explanation figures in the reports
 # the study's documented runs use the randomly initialised demo backbone (docs/robustness.md)
 RUN_OVERRIDES = (*COMPARISON_OVERRIDES, "report.explain_images=0", "backbone.checkpoint_path=null")
-QUICK_MODEL = ("backbone.depth=2", "backbone.embed_dim=32", "backbone.num_heads=2")
+# --quick: the 2-block ViT of width 32 of configs/backbone/vit_micro.yaml (after the dataset's backbone=vit_demo)
+QUICK_MODEL = ("backbone=vit_micro",)
 
 
 @dataclass
