@@ -479,7 +479,14 @@ def test_regex_and_layer_name_targets():
 
 @pytest.mark.parametrize(
     "targets",
-    [("q", "v"), ("qkv",), ("q", "k", "v", "fc1"), ("proj", "fc2"), (r"re:blocks\.1\..*",), ("v", r"re:blocks\.0\.mlp\.fc1")],
+    [
+        ("q", "v"),
+        ("qkv",),
+        ("q", "k", "v", "fc1"),
+        ("proj", "fc2"),
+        (r"re:blocks\.1\..*",),
+        ("v", r"re:blocks\.0\.mlp\.fc1"),
+    ],
 )
 def test_dry_count_equals_the_injected_matrices(targets):
     model = tiny_vit()
