@@ -119,6 +119,7 @@ def _train_or_reuse(overrides: list[str], run_dir: Path, rerun: bool) -> tuple[d
 
 
 def _evaluate_or_reuse(overrides: list[str], eval_dir: Path, rerun: bool) -> dict[str, Any]:
+    # callbacks=none again: eval.yaml's own callbacks (a progress bar) win over mode=comparison's
     cfg = compose([*overrides, "callbacks=none", f"paths.output_dir={eval_dir}"], config_name="eval")
     metrics = None if rerun else finished_metrics(eval_dir, OmegaConf.to_container(cfg, resolve=True))
     return metrics if metrics is not None else evaluate(cfg)
