@@ -13,6 +13,7 @@ from torch.func import functional_call
 from fftprompt.fourierft import (
     FourierFTConfig,
     FourierFTLinear,
+    count_fourierft_matrices,
     fourierft_locations,
     fourierft_state_dict,
     inject_fourierft,
@@ -474,6 +475,34 @@ def test_regex_and_layer_name_targets():
     assert isinstance(model.patch_embed.proj, nn.Conv2d)
     with pytest.raises(ValueError, match="already has FourierFT layers"):
         inject_fourierft(model, FourierFTConfig(n_frequency=20, targets=("fc1",)))
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        ("q", "v"),
+        ("qkv",),
+        ("q", "k", "v", "fc1"),
+        ("proj", "fc2"),
+        (r"re:blocks\.1\..*",),
+        ("v", r"re:blocks\.0\.mlp\.fc1"),
+    ],
+)
+def test_dry_count_equals_the_injected_matrices(targets):
+    model = tiny_vit()
+    config = FourierFTConfig(n_frequency=20, targets=targets)
+    counted = count_fourierft_matrices(model, config)
+    assert not any(isinstance(m, FourierFTLinear) for m in model.modules())  # counting injects nothing
+    inject_fourierft(model, config)
+    spectra = [p for name, p in model.named_parameters() if "fourierft_spectrum" in name]
+    assert counted == len(spectra) and all(p.numel() == 20 for p in spectra)
+
+
+def test_dry_count_refuses_what_injection_refuses():
+    with pytest.raises(ValueError, match="match no layer"):
+        count_fourierft_matrices(tiny_vit(), FourierFTConfig(targets=("v", "query")))
+    with pytest.raises(ValueError, match="both whole and as blocks"):
+        count_fourierft_matrices(tiny_vit(), FourierFTConfig(targets=("q", r"re:blocks\.0\.attn\.qkv")))
 
 
 def test_unknown_target_lists_available_layers():
