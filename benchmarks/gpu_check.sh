@@ -78,21 +78,25 @@ run() {
 BENCH=("$PY" -c 'import sys; from fftprompt.bench import main; sys.exit(main(sys.argv[1:]))')
 
 if [ "$DEVICE" = "cpu" ]; then
-    # dry run: the same commands with a 2-block ViT at 32 px (methods, ops) and ViT-Ti at 32 px (the others)
+    # dry run: the same commands with the micro ViT's sizes (configs/backbone/vit_micro.yaml) at 32 px (methods, ops,
+    # fourierft, train) and ViT-Ti at 32 px (the others)
     MODEL=vit_tiny_patch16_224
     DTYPE=float32
     COMPILE=${COMPILE:-backend:aot_eager}
     COMMON=(--img-size 32 --batch-size 2 --dtype "$DTYPE" --device cpu)
-    TINY=(--backbone-arg patch_size=8 --backbone-arg embed_dim=32 --backbone-arg depth=2 --backbone-arg num_heads=2)
+    # shellcheck disable=SC2207  # the printed words are KEY=VALUE pairs without spaces
+    TINY=($("$PY" -c 'from importlib.resources import files
+from omegaconf import OmegaConf
+micro = OmegaConf.load(files("fftprompt.configs") / "backbone" / "vit_micro.yaml")
+print(" ".join(f"--backbone-arg {k}={micro[k]}" for k in ("patch_size", "embed_dim", "depth", "num_heads")))'))
     METHODS_EXTRA=("${TINY[@]}" --steps 1 --warmup 1 --n-frequency 200 --threads 2 --compile-methods fourierft)
     OPS_EXTRA=("${TINY[@]}" --warmup 1 --n-frequency 200 --threads 2 --methods fourierft,features)
     FOURIERFT_EXTRA=("${TINY[@]}" --steps 1 --warmup 1 --n-frequency 200 --targets qkv --no-memory --threads 2)
     FEATURES_EXTRA=(--repeats 1 --warmup 0 --threads 2)
     PROMPTS_EXTRA=(--img-size 32 --batch-size 2 --steps 1 --warmup 0 --threads 2)
     TRAIN_ARGS=(--images 40 --image-px 64 --classes 4 --img-size 32 --batch-size 8 --workers 2 --epochs 2
-        --raw-steps 2 --threads 2 --override backbone.depth=2 --override backbone.embed_dim=32
-        --override backbone.num_heads=2 --override prompt.num_tokens=2 --override prompt.hidden_dim=16
-        --override prompt.num_heads=2 --override adapter.n_frequency=50)
+        --raw-steps 2 --threads 2 --override backbone=vit_micro --override prompt.num_tokens=2
+        --override prompt.hidden_dim=16 --override prompt.num_heads=2 --override adapter.n_frequency=50)
     AUGMENT_ARGS=(--model vit_demo_patch8 --img-size 32 --batch-size 4 --steps 2 --warmup 1 --device cpu)
 else
     MODEL=vit_base_patch16_224

@@ -33,13 +33,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
-# a 2-block ViT (img 32, patch 8, width 32) with small prompts and adapter: the tiny model of every run test (randomly
-# initialised: the shipped weights of the default backbone are the demo's size)
+# a 2-block ViT (patch 8, width 32, randomly initialised: configs/backbone/vit_micro.yaml) with small prompts and
+# adapter: the tiny model of every run test
 TINY_MODEL = [
-    "backbone.checkpoint_path=null",
-    "backbone.depth=2",
-    "backbone.embed_dim=32",
-    "backbone.num_heads=2",
+    "backbone=vit_micro",
     "prompt.num_tokens=2",
     "prompt.hidden_dim=16",
     "prompt.num_heads=2",

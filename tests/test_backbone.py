@@ -106,15 +106,22 @@ def test_loads_wrapped_torch_checkpoint_and_resamples_pos_embed(tmp_path):
     assert torch.equal(backbone.model.patch_embed.proj.weight, state["patch_embed.proj.weight"])
 
 
-def test_partial_checkpoint_warns_with_the_missing_and_unexpected_keys(tmp_path):
-    state = _source_state()
-    del state["norm.weight"]
+def test_a_checkpoint_missing_blocks_is_an_error_unless_allowed(tmp_path):
+    state = {k: v for k, v in _source_state().items() if not k.startswith("blocks.1.")}  # a shallower model's
     state["extra.thing"] = torch.zeros(3)
     path = tmp_path / "partial.safetensors"
     save_file(state, str(path))
-    with pytest.warns(UserWarning, match=r"missing \(left at init\): \['norm.weight'\].*\['extra.thing'\]"):
-        backbone = tiny(checkpoint_path=path)
+    with pytest.raises(ValueError, match=r"lacks \d+ of the model's weights: \['blocks.1.*allow_missing_weights"):
+        tiny(checkpoint_path=path)
+    with pytest.warns(UserWarning, match=r"missing \(left at init\): \['blocks.1.*\['extra.thing'\]"):
+        backbone = tiny(checkpoint_path=path, allow_missing_weights=True)
     assert torch.equal(backbone.model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+    assert backbone.config["allow_missing_weights"] is True  # recorded: a reloaded run accepts them again
+    # unexpected keys alone only warn
+    complete = {**_source_state(), "extra.thing": torch.zeros(3)}
+    save_file(complete, str(path))
+    with pytest.warns(UserWarning, match=r"unexpected \(ignored\): \['extra.thing'\]"):
+        tiny(checkpoint_path=path)
 
 
 def test_bad_checkpoints_raise(tmp_path):

@@ -6,7 +6,7 @@ Every option of every group (and every top-level config) is composed; each key a
 ``__init__`` along the MRO that names the key, following ``**kwargs`` to the base classes they are passed to;
 dataclass fields for dataclasses. Keys without a default (``root``, ``name``) are not compared. So changing a
 constructor default, or a YAML value, fails here until the other side or :data:`DIFFERENCES` follows. Experiments
-(``experiment/*.yaml``) are overlays made of differences and are not checked.
+(``experiment/*.yaml``) and modes (``mode/*.yaml``) are overlays made of differences and are not checked.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fftprompt.data import ISIC2018DataModule, KvasirSegDataModule, SymmetryData
 
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
 # overlays of differences; Hydra's own settings (the sweeper's, in hparams_search); plain paths
-NOT_CHECKED = {"experiment", "hydra", "hparams_search", "paths"}
+NOT_CHECKED = {"experiment", "mode", "hydra", "hparams_search", "paths"}
 GROUP_CONFIG = {"formula": "pretrain"}  # groups that only another top-level config than train composes
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
 FILES = sorted(

@@ -11,8 +11,8 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from fftprompt.data import build_transform, denormalize, read_image, read_mask
-from fftprompt.data.io import check_image, image_size
-from fftprompt.data.splits import check_fractions, random_split, stratified_split
+from fftprompt.data.io import check_image, image_paths, image_size
+from fftprompt.data.splits import check_fractions, evenly_spaced, random_split, split_selection, stratified_split
 
 
 def _gradient(height: int = 20, width: int = 30) -> np.ndarray:
@@ -91,6 +91,20 @@ def test_unreadable_files_name_the_file(tmp_path: Path):
     for name in ("whole.jpg", "whole.png"):
         assert check_image(tmp_path / name) is None, name
     assert image_size(tmp_path / "whole.png") == (64, 64)
+
+
+def test_image_paths_resolve_files_folders_and_globs_in_order(tmp_path: Path):
+    """One road from an ``images=`` value to files, shared by fftprompt-predict and fftprompt-explain."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg", ".hidden.png", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    single = tmp_path / "single.png"
+    single.write_bytes(b"")
+    assert image_paths(folder) == [folder / "a.jpg", folder / "b.png"]  # sorted, images only, no hidden files
+    assert image_paths([str(single), str(folder / "*.png")]) == [single, folder / "b.png"]
+    with pytest.raises(ValueError, match=r"'.*missing\.png' names no image file"):
+        image_paths([str(single), str(tmp_path / "missing.png")])
 
 
 def test_binary_masks_threshold_jpeg_noise_and_accept_0_1_coding(tmp_path: Path):
@@ -180,3 +194,20 @@ def test_fractions_are_checked():
         check_fractions(0.0, 0.2)
     with pytest.raises(ValueError, match="must be < 1"):
         check_fractions(0.6, 0.5)
+
+
+def test_split_selection_of_an_images_value(tmp_path, monkeypatch):
+    """images= values naming a run's split (predict and explain share this reading of them)."""
+    monkeypatch.chdir(tmp_path)
+    assert split_selection("test") == ("test", None) and split_selection(" val:8 ") == ("val", 8)
+    assert split_selection("train:1") == ("train", 1)
+    for other in ("photos/", "test:x", "tests", "*.png", ["test:8"], Path("test")):
+        assert split_selection(other) is None
+    with pytest.raises(ValueError, match=r"test:0.*at least 1"):
+        split_selection("test:0")
+    (tmp_path / "val").mkdir()
+    with pytest.raises(ValueError, match=r"images=\./val for the files or images=val:N"):
+        split_selection("val")
+    assert split_selection("val:2") == ("val", 2)
+    assert evenly_spaced(12, 4) == [0, 4, 7, 11] and evenly_spaced(3, 8) == [0, 1, 2]
+    assert evenly_spaced(5, None) == [0, 1, 2, 3, 4]

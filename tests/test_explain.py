@@ -337,7 +337,7 @@ def test_explain_rejects_bad_inputs(tmp_path):
     model = tiny_model()
     with pytest.raises(ValueError, match="baseline='none'"):
         integrated_gradients(model, images(1), baseline="none")  # type: ignore[arg-type]
-    from fftprompt.explain.images import image_paths
+    from fftprompt.data.io import image_paths
 
     with pytest.raises(ValueError, match="names no image file"):
         image_paths([str(tmp_path / "missing*.png")])

@@ -13,6 +13,7 @@ from torch.func import functional_call
 from fftprompt.fourierft import (
     FourierFTConfig,
     FourierFTLinear,
+    count_fourierft_matrices,
     fourierft_locations,
     fourierft_state_dict,
     inject_fourierft,
@@ -392,7 +393,7 @@ def test_bank_synthesises_each_shape_once_and_equals_layers_on_their_own(grad_mo
         if "fourierft" in name:
             assert rel_err(parameter.grad, alone.get_parameter(name).grad) < 1e-5, name
     layer = model.blocks[1].attn.qkv
-    assert not layer._bank._synthesis  # released once every layer took its deltas
+    assert not layer.bank._synthesis  # released once every layer took its deltas
 
 
 @pytest.mark.parametrize("grad_mode", GRAD_MODES)
@@ -451,15 +452,15 @@ def test_bank_without_gradients_synthesises_only_stale_layers_and_holds_nothing(
         model.blocks[0].mlp.fc1.fourierft_spectrum["full"].mul_(2.0)
         stale = model(x)
         assert inverse_ffts(lambda: model(x)) == 0
-    bank = model.blocks[0].mlp.fc1._bank
+    bank = model.blocks[0].mlp.fc1.bank
     assert not bank._synthesis
     torch.testing.assert_close(stale, one_bank_per_layer(copy.deepcopy(model))(x), rtol=1e-5, atol=1e-6)
     # a forward in progress (one layer of a group ran with gradients) is neither copied nor kept by the copy
     model.blocks[0].mlp.fc1(torch.randn(3, 32))
     assert bank._synthesis
     copied = copy.deepcopy(model)
-    assert not copied.blocks[0].mlp.fc1._bank._synthesis
-    assert copied.blocks[0].mlp.fc1._bank is copied.blocks[1].mlp.fc1._bank is not bank
+    assert not copied.blocks[0].mlp.fc1.bank._synthesis
+    assert copied.blocks[0].mlp.fc1.bank is copied.blocks[1].mlp.fc1.bank is not bank
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -474,6 +475,34 @@ def test_regex_and_layer_name_targets():
     assert isinstance(model.patch_embed.proj, nn.Conv2d)
     with pytest.raises(ValueError, match="already has FourierFT layers"):
         inject_fourierft(model, FourierFTConfig(n_frequency=20, targets=("fc1",)))
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        ("q", "v"),
+        ("qkv",),
+        ("q", "k", "v", "fc1"),
+        ("proj", "fc2"),
+        (r"re:blocks\.1\..*",),
+        ("v", r"re:blocks\.0\.mlp\.fc1"),
+    ],
+)
+def test_dry_count_equals_the_injected_matrices(targets):
+    model = tiny_vit()
+    config = FourierFTConfig(n_frequency=20, targets=targets)
+    counted = count_fourierft_matrices(model, config)
+    assert not any(isinstance(m, FourierFTLinear) for m in model.modules())  # counting injects nothing
+    inject_fourierft(model, config)
+    spectra = [p for name, p in model.named_parameters() if "fourierft_spectrum" in name]
+    assert counted == len(spectra) and all(p.numel() == 20 for p in spectra)
+
+
+def test_dry_count_refuses_what_injection_refuses():
+    with pytest.raises(ValueError, match="match no layer"):
+        count_fourierft_matrices(tiny_vit(), FourierFTConfig(targets=("v", "query")))
+    with pytest.raises(ValueError, match="both whole and as blocks"):
+        count_fourierft_matrices(tiny_vit(), FourierFTConfig(targets=("q", r"re:blocks\.0\.attn\.qkv")))
 
 
 def test_unknown_target_lists_available_layers():

@@ -156,7 +156,9 @@ def test_segmentation_masks_in_the_original_size(tmp_path):
     wide = tmp_path / "images" / "sub" / "wide.png"  # another size and a subfolder
     wide.parent.mkdir()
     Image.open(paths[0]).resize((56, 40), Image.BILINEAR).save(wide)
+    # the folder holds sub/wide.png too (read with its sub-folders): named twice, predicted once
     written = predict(run, [tmp_path / "images", wide], tmp_path / "out", overlays=2, progress=False)
+    assert json.loads(written["summary"].read_text())["predicted"] == 5
     loaded = load_run(run)
     with torch.no_grad():
         dataset = loaded.datamodule.dataset("test")
@@ -177,6 +179,13 @@ def test_segmentation_masks_in_the_original_size(tmp_path):
     np.testing.assert_array_equal(wide_mask, wide_expected.numpy())
     assert written["overlays"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(written["summary"].read_text())["class_names"] == ["background", "symmetric"]
+    # a split of the run's data: its items at the size the run sees them, named by split and index
+    split = predict(run, "test:2", tmp_path / "split", overlays=2, progress=False)
+    assert sorted(p.name for p in split["masks"].iterdir()) == ["test_00000.png", "test_00003.png"]
+    for index in (0, 3):
+        mask = np.asarray(Image.open(split["masks"] / f"test_{index:05d}.png"))
+        np.testing.assert_array_equal(mask, expected[index].numpy())
+    assert split["overlays"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_fftprompt_predict_command(classification_run, tmp_path, monkeypatch, capsys):
@@ -194,3 +203,58 @@ def test_fftprompt_predict_command(classification_run, tmp_path, monkeypatch, ca
         predict_main()
     assert exit_info.value.code == 2
     assert "error: top_k=0; expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_a_split_of_the_run_is_predicted_as_its_files_are(classification_run, tmp_path, monkeypatch, capsys):
+    """images=test / test:N / val:N (as fftprompt-explain takes them, and as the error message suggests)."""
+    write_split(classification_run, "test", tmp_path / "images")
+    files = read_predictions(
+        predict(classification_run, tmp_path / "images", tmp_path / "files", progress=False)["predictions"]
+    )
+    written = predict(classification_run, "test", tmp_path / "split", progress=False)
+    rows = read_predictions(written["predictions"])
+    assert [r["path"] for r in rows] == [f"test #{i}" for i in range(NUM_TEST)]
+    assert [r["class_1"] for r in rows] == [r["class_1"] for r in files]
+    np.testing.assert_allclose(
+        [float(r["probability_1"]) for r in rows], [float(r["probability_1"]) for r in files], atol=1e-6
+    )
+    assert json.loads(written["summary"].read_text())["source"] == "test"
+    spaced = read_predictions(predict(classification_run, "test:4", tmp_path / "four", progress=False)["predictions"])
+    assert [r["path"] for r in spaced] == ["test #0", "test #4", "test #7", "test #11"]
+    assert [r["class_1"] for r in spaced] == [files[i]["class_1"] for i in (0, 4, 7, 11)]
+    # through the command, as the suggestion is written
+    from fftprompt.cli import predict_main
+
+    argv = ["fftprompt-predict", f"run_dir={classification_run}", "images=val:3", f"out_dir={tmp_path / 'cli'}"]
+    monkeypatch.setattr("sys.argv", [*argv, "progress=false"])
+    predict_main()
+    assert "predicted 3 images" in capsys.readouterr().out
+    # a bare split name that is also a folder here is ambiguous: said so, with both spellings
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test").mkdir()
+    with pytest.raises(ValueError, match=r"names both the run's test split and the path \./test.*images=\./test"):
+        predict(classification_run, "test", tmp_path / "ambiguous", progress=False)
+
+
+def test_a_folder_of_class_folders_is_read_with_its_sub_folders(classification_run, tmp_path):
+    """Sub-folders used to be left out silently (only the top folder's files were predicted)."""
+    paths, _ = write_split(classification_run, "test", tmp_path / "flat")
+    tree = tmp_path / "tree"
+    for index, path in enumerate(paths):  # one file at the top, the others in two class folders
+        target = tree / ("" if index == 0 else "banded" if index % 2 else "dotted") / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    flat = {
+        Path(r["path"]).name: r
+        for r in read_predictions(
+            predict(classification_run, tmp_path / "flat", tmp_path / "a", progress=False)["predictions"]
+        )
+    }
+    written = predict(classification_run, tree, tmp_path / "b", progress=False)
+    rows = read_predictions(written["predictions"])
+    assert len(rows) == NUM_TEST and json.loads(written["summary"].read_text())["predicted"] == NUM_TEST
+    relative = sorted(str(Path(r["path"]).relative_to(tree)) for r in rows)
+    assert relative == sorted(str(p.relative_to(tree)) for p in tree.rglob("*.png"))
+    assert any(name.startswith("banded/") for name in relative) and any(name.startswith("dotted/") for name in relative)
+    for row in rows:
+        assert row["class_1"] == flat[Path(row["path"]).name]["class_1"]

@@ -29,9 +29,7 @@ TINY_FORMULA = {"image_size": 32, "search_size": 32, "num_chains": 64, "num_step
 # a 2-block ViT of width 32 pretrained for a few steps on 32 px fractals of 4 classes
 TINY_PRETRAIN = [
     "image_size=32",
-    "backbone.depth=2",
-    "backbone.embed_dim=32",
-    "backbone.num_heads=2",
+    "backbone=vit_micro",
     "formula.num_classes=4",
     "formula.search_size=32",
     "formula.num_chains=32",

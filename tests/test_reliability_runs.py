@@ -252,10 +252,7 @@ def test_every_experiment_builds_with_every_prompt_and_adapter(tmp_path, experim
 
 
 RUN_MODEL = [
-    "backbone.checkpoint_path=null",
-    "backbone.depth=2",
-    "backbone.embed_dim=32",
-    "backbone.num_heads=2",
+    "backbone=vit_micro",
     "prompt=vpt",
     "prompt.num_tokens=3",
 ]

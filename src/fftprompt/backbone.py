@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from fftprompt.tokens import TokenLayout
 from fftprompt.utils import atomic_write, to_plain
+from fftprompt.weights import file_sha256, locate_weights
 
 __all__ = [
     "DEMO_MODEL",
@@ -43,6 +44,7 @@ __all__ = [
     "load_backbone_checkpoint",
     "normalisation",
     "save_backbone_checkpoint",
+    "stock_architecture",
 ]
 
 DEMO_MODEL = "vit_demo_patch8"
@@ -60,18 +62,24 @@ _KEY_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "_orig_mod.")
 _CLASSIFIER_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
 # fftprompt's pooling modes that a timm classifier computes, as timm's global_pool names them
 _TIMM_GLOBAL_POOL = {"cls": "token", "mean": "avg"}
+# create_backbone arguments that choose weights, not the architecture
+_WEIGHTS_ARGUMENTS = ("name", "pretrained", "checkpoint_path", "checkpoint_sha256", "allow_missing_weights")
 
 
 # The demo ViT, registered with timm under an honest name: ViT-Ti's head width (32 per head) and normalisation,
 # 4 blocks of width 96, 8-pixel patches; no pretrained weights of timm's exist for it. timm's register_model reads
 # the pretrained configs from a module variable named default_cfgs.
 default_cfgs = generate_default_cfgs({f"{DEMO_MODEL}.untrained": _cfg(url="", mean=(0.5,) * 3, std=(0.5,) * 3)})
+_DEMO_ARGS = {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}
+# Names registered above exist in a process that imported fftprompt only; exported configs name the stock timm
+# entry that builds the same VisionTransformer from the same arguments (ViT-Ti shares the demo's head width and MLP).
+_STOCK_ARCHITECTURES = {DEMO_MODEL: ("vit_tiny_patch16_224", _DEMO_ARGS)}
 
 
 @register_model
 def vit_demo_patch8(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """fftprompt's demo ViT (4 blocks, width 96, 3 heads, 8-pixel patches); ``**kwargs`` as timm's ViTs."""
-    arguments = {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3, **kwargs}
+    arguments = {**_DEMO_ARGS, **kwargs}
     return build_model_with_cfg(
         VisionTransformer, DEMO_MODEL, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **arguments
     )
@@ -196,6 +204,8 @@ def create_backbone(
     pretrained: bool = False,
     checkpoint_path: str | Path | None = None,
     img_size: int | tuple[int, int] | None = None,
+    checkpoint_sha256: str | None = None,
+    allow_missing_weights: bool = False,
     **timm_kwargs: Any,
 ) -> Backbone:
     """Creates a frozen timm Vision Transformer.
@@ -207,11 +217,16 @@ def create_backbone(
             state dicts, optionally wrapped (``{"state_dict": ...}``, ``{"model": ...}``) or prefixed
             (``module.``, ``model.``). The positional embedding is resampled when ``img_size`` differs.
         img_size: Input size the model is built for (default: the model's own).
+        checkpoint_sha256: The SHA256 ``checkpoint_path`` must have (a rebuilt run passes the recorded one): when
+            the file moved, the shipped file of the same name with this SHA256 is taken
+            (:func:`fftprompt.weights.locate_weights`); other bytes are refused.
+        allow_missing_weights: Accept a ``checkpoint_path`` that lacks some of the model's weights (they keep their
+            random initialisation; a warning lists them); by default that is an error naming them.
         **timm_kwargs: Further arguments of ``timm.create_model`` (``patch_size``, ``embed_dim``, ``depth``,
             ``reg_tokens``, ``global_pool``, ``dynamic_img_size``, ...). ``num_classes`` is always 0.
 
     Returns:
-        The frozen backbone in ``eval()`` mode.
+        The frozen backbone in ``eval()`` mode; its ``config`` records the arguments, with the checkpoint's SHA256.
 
     Raises:
         ValueError: for an unknown name, a model that is not a timm VisionTransformer, or a checkpoint none of
@@ -221,10 +236,16 @@ def create_backbone(
         raise ValueError(
             "num_classes is not a backbone argument: the backbone has no classifier (the head is separate)"
         )
-    model = _create_vit(name, pretrained, checkpoint_path, img_size, num_classes=0, **timm_kwargs)
+    if checkpoint_path is not None:
+        checkpoint_path = locate_weights(checkpoint_path, checkpoint_sha256)
+    model = _create_vit(
+        name, pretrained, checkpoint_path, img_size, num_classes=0, allow_missing=allow_missing_weights, **timm_kwargs
+    )
     config: dict[str, Any] = to_plain({"name": name, "pretrained": pretrained, "img_size": img_size, **timm_kwargs})
     if checkpoint_path is not None:
-        config["checkpoint_path"] = str(checkpoint_path)
+        config.update(checkpoint_path=str(checkpoint_path), checkpoint_sha256=file_sha256(checkpoint_path))
+        if allow_missing_weights:
+            config["allow_missing_weights"] = True
     # arguments JSON cannot hold (e.g. a norm_layer class) are not recorded: such a backbone is rebuilt by hand
     return Backbone(model, name, config=config if _is_json(config) else {"name": name})
 
@@ -235,7 +256,9 @@ def classifier_config(backbone: Backbone, num_classes: int, pooling: str) -> dic
     The classifier is ``timm.create_model(config["architecture"], num_classes=K, **config["model_args"])``: the
     backbone's creation arguments, with ``global_pool`` (``"token"`` for ``pooling="cls"``, ``"avg"`` for the mean of
     the patch tokens) and ``fc_norm`` set so that its forward equals :func:`fftprompt.tokens.pool` (with
-    :meth:`Backbone.fc_norm`) followed by a linear head.
+    :meth:`Backbone.fc_norm`) followed by a linear head. The architecture is one timm itself registers (fftprompt's
+    own names become a stock ViT entry plus their arguments, see :func:`stock_architecture`), so that loading needs
+    timm only, not ``import fftprompt``.
 
     Args:
         backbone: The frozen backbone.
@@ -259,12 +282,17 @@ def classifier_config(backbone: Backbone, num_classes: int, pooling: str) -> dic
             f"pooling={pooling!r} has no timm classifier equivalent: timm pools the class token ('cls') or the mean "
             f"of the patch tokens ('mean'), expected one of {list(_TIMM_GLOBAL_POOL)}"
         )
-    recorded = {k: v for k, v in backbone.config.items() if k not in ("name", "pretrained", "checkpoint_path")}
-    model_args = {k: v for k, v in recorded.items() if v is not None}
-    model_args.update(global_pool=_TIMM_GLOBAL_POOL[pooling], fc_norm=not isinstance(model.fc_norm, nn.Identity))
+    architecture, model_args = stock_architecture(backbone.name)
+    recorded = {k: v for k, v in backbone.config.items() if k not in _WEIGHTS_ARGUMENTS}
+    model_args.update({k: v for k, v in recorded.items() if v is not None})
+    model_args.update(
+        img_size=list(backbone.img_size),  # timm's default input size is the entry's, not the run's
+        global_pool=_TIMM_GLOBAL_POOL[pooling],
+        fc_norm=not isinstance(model.fc_norm, nn.Identity),
+    )
     data_config = timm.data.resolve_model_data_config(model)
     return {
-        "architecture": backbone.name.split(".", 1)[0],
+        "architecture": architecture,
         "num_classes": int(num_classes),
         "num_features": backbone.embed_dim,
         "global_pool": model_args["global_pool"],
@@ -278,6 +306,24 @@ def classifier_config(backbone: Backbone, num_classes: int, pooling: str) -> dic
             "num_classes": int(num_classes),
         },
     }
+
+
+def stock_architecture(name: str) -> tuple[str, dict[str, Any]]:
+    """The timm entry (without pretrained tag) that a process without fftprompt can build, and the arguments that
+    make it the architecture ``name`` names: ``("vit_tiny_patch16_224", {"patch_size": 8, ...})`` for the demo ViT,
+    ``(name, {})`` for timm's own models."""
+    architecture = name.split(".", 1)[0]
+    if architecture in _STOCK_ARCHITECTURES:
+        stock, arguments = _STOCK_ARCHITECTURES[architecture]
+        return stock, dict(arguments)
+    if timm.is_model(architecture) and _registered_here(architecture):
+        raise ValueError(f"backbone {name!r} is registered by fftprompt and has no stock timm equivalent to export")
+    return architecture, {}
+
+
+def _registered_here(architecture: str) -> bool:
+    entrypoint = timm.models.model_entrypoint(architecture)
+    return str(getattr(entrypoint, "__module__", "")).split(".", 1)[0] == __name__.split(".", 1)[0]
 
 
 def create_classifier(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> nn.Module:
@@ -297,6 +343,7 @@ def create_pretraining_vit(
     pretrained: bool = False,
     checkpoint_path: str | Path | None = None,
     img_size: int | tuple[int, int] | None = None,
+    allow_missing_weights: bool = False,
     **timm_kwargs: Any,
 ) -> VisionTransformer:
     """A trainable timm Vision Transformer with a linear classifier of ``num_classes``, for (pre)training it whole.
@@ -310,7 +357,9 @@ def create_pretraining_vit(
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 for a pretraining classifier, got {num_classes}")
-    model = _create_vit(name, pretrained, checkpoint_path, img_size, num_classes=num_classes, **timm_kwargs)
+    model = _create_vit(
+        name, pretrained, checkpoint_path, img_size, num_classes, allow_missing=allow_missing_weights, **timm_kwargs
+    )
     model.requires_grad_(True)
     return model.train()
 
@@ -354,20 +403,24 @@ def save_backbone_checkpoint(
     return atomic_write(path, lambda temporary: save_file(state, str(temporary), metadata={"format": "pt"}))
 
 
-def load_backbone_checkpoint(model: nn.Module, checkpoint_path: str | Path) -> tuple[list[str], list[str]]:
+def load_backbone_checkpoint(
+    model: nn.Module, checkpoint_path: str | Path, *, allow_missing: bool = False
+) -> tuple[list[str], list[str]]:
     """Loads local weights into a timm VisionTransformer, reporting what did not match.
 
     Args:
         model: The timm model to load into (in place).
         checkpoint_path: ``.safetensors`` file or a ``torch.save`` file (read with ``weights_only=True``).
+        allow_missing: Accept a checkpoint without some of the model's weights (they stay as initialised, frozen
+            random blocks for a backbone: ``backbone.allow_missing_weights=true``); otherwise that is an error.
 
     Returns:
         ``(missing, unexpected)`` keys; a warning lists them when either is non-empty. Classifier weights
         (``head.*``) of the checkpoint are ignored: the backbone has no classifier.
 
     Raises:
-        ValueError: if the file is missing or unreadable, holds no tensors, has shapes that do not fit, or
-            matches none of the model's weights.
+        ValueError: if the file is missing or unreadable, holds no tensors, has shapes that do not fit, matches
+            none of the model's weights, or lacks some of them (unless ``allow_missing``).
     """
     path = Path(checkpoint_path)
     if not path.is_file():
@@ -390,7 +443,15 @@ def load_backbone_checkpoint(model: nn.Module, checkpoint_path: str | Path) -> t
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as error:
         raise ValueError(f"checkpoint {str(path)!r} does not fit the model: {error}") from error
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    missing = [key for key in result.missing_keys if key not in _CLASSIFIER_KEYS]
+    unexpected = list(result.unexpected_keys)
+    if missing and not allow_missing:
+        shown = missing if len(missing) <= 8 else [*missing[:8], f"... ({len(missing)} in all)"]
+        raise ValueError(
+            f"checkpoint {str(path)!r} lacks {len(missing)} of the model's weights: {shown}; they would stay "
+            "randomly initialised and frozen. Use a checkpoint of this architecture (same depth and sizes), or accept "
+            "them with allow_missing_weights=True (+backbone.allow_missing_weights=true on the command line)"
+        )
     if missing or unexpected:
         warnings.warn(
             f"checkpoint {str(path)!r}: {len(matched)} weights loaded; missing (left at init): {missing}; "
@@ -488,6 +549,7 @@ def _create_vit(
     checkpoint_path: str | Path | None,
     img_size: int | tuple[int, int] | None,
     num_classes: int,
+    allow_missing: bool = False,
     **timm_kwargs: Any,
 ) -> VisionTransformer:
     if not timm.is_model(name):
@@ -512,7 +574,7 @@ def _create_vit(
         ) from error
     _check_vision_transformer(model, name)
     if checkpoint_path is not None:
-        load_backbone_checkpoint(model, checkpoint_path)
+        load_backbone_checkpoint(model, checkpoint_path, allow_missing=allow_missing)
     return model
 
 

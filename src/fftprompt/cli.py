@@ -16,6 +16,7 @@ written under ``./runs/`` of the directory they are started in. Examples::
     fftprompt-export run_dir=runs/demo format=torchscript   # runs/demo/export/torchscript/model.torchscript.pt
     fftprompt-train hparams_search=fourierft prompt=none    # Optuna search (needs the search extra)
     fftprompt-pretrain paths.output_dir=runs/pretrain       # fractal-pretrained demo ViT + model card
+    fftprompt-probe data=dtd data.root=/data/dtd data.image_size=64   # linear/k-NN probes, metrics.json + probe.md
 
 Errors caused by the input (a bad data root or layout, a bad config value, a run directory that would be
 overwritten, a checkpoint that cannot be loaded safely) are printed as one ``error: <message>`` line on stderr with
@@ -47,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fftprompt.weights import RESOLVER, weights_path
 
-__all__ = ["eval_main", "explain_main", "export_main", "predict_main", "pretrain_main", "train_main"]
+__all__ = ["eval_main", "explain_main", "export_main", "predict_main", "pretrain_main", "probe_main", "train_main"]
 
 # exceptions whose message is meant for the user: fftprompt raises them for bad input and refused operations
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
@@ -141,6 +142,14 @@ def export_main(cfg: DictConfig) -> None:
 
     written = _reporting_errors(lambda c: export(**OmegaConf.to_container(c, resolve=True)), cfg)
     print("exported: " + ", ".join(str(path) for path in written.values()))
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="probe")
+def probe_main(cfg: DictConfig) -> None:
+    """``fftprompt-probe``: linear and k-NN probes on a backbone's or a run's tokens, FFT statistics, or both."""
+    from fftprompt.probe.command import probe
+
+    _reporting_errors(probe, cfg)
 
 
 def _main(app: Callable[[], Any]) -> None:

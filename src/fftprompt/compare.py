@@ -10,7 +10,6 @@ the adapter, and stands for their other entries unless those differ between runs
 per group) and ``comparison.png`` (the metric against trainable parameters, log x: the usual PEFT plot).
 
 The command uses argparse, not Hydra: it takes paths to many runs, not one run's config (as ``fftprompt-ablate``).
-:func:`mean_std`, :func:`format_mean_std` and :func:`markdown_table` are shared with ``fftprompt-ablate``'s tables.
 """
 
 from __future__ import annotations
@@ -29,7 +28,9 @@ from typing import Any
 
 from fftprompt.methods import METHOD_LABELS, method_of
 from fftprompt.report import save_figure
-from fftprompt.rundir import LOG_FILE, METRICS_FILE, RUN_CONFIG, read_config, read_metrics
+from fftprompt.rundir import read_config, read_metrics
+from fftprompt.runfiles import CHECKPOINT_DIR, HYDRA_CONFIG, LOG_FILE, METRICS_FILE, NOT_GROUPED, RUN_CONFIG, covering
+from fftprompt.tables import format_mean_std, markdown_table, mean_std
 from fftprompt.utils import atomic_write
 
 __all__ = [
@@ -39,41 +40,16 @@ __all__ = [
     "collect_runs",
     "compare",
     "find_run_dirs",
-    "format_mean_std",
     "group_runs",
     "main",
-    "markdown_table",
-    "mean_std",
 ]
 
 COMPARISON_FILES = ("comparison.md", "comparison.csv", "comparison.png")
 # what a job leaves before fftprompt writes its config: the log of the job, or Hydra's .hydra/ of older versions
-JOB_STARTED = (LOG_FILE, str(Path(".hydra") / "config.yaml"))
-# entries that never define a group: the seed is aggregated over; the rest locate or describe a run, not its model
-_NOT_GROUPED = re.compile(r"^(seed|overwrite|ckpt_path|paths\..*|report\..*)$")
+JOB_STARTED = (LOG_FILE, HYDRA_CONFIG)
 # entries a method stands for (unless they differ between runs of one method)
 _METHOD_PART = re.compile(r"^(prompt|adapter)(\..*)?$")
 _COUNTS = ("trainable_params", "total_params", "train_seconds")
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def format_mean_std(mean: float, std: float, digits: int = 3) -> str:
-    """``"0.683 ± 0.012"``."""
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def markdown_table(
-    header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None
-) -> list[str]:
-    """Markdown table lines; ``align`` per column ``"l"`` or ``"r"`` (default: left)."""
-    marks = ["---:" if a == "r" else "---" for a in (align or ["l"] * len(header))]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return lines
 
 
 @dataclass
@@ -183,7 +159,7 @@ def _read_run(run_dir: Path) -> RunRecord:
     if "adapter_path" in config:
         return RunRecord(run_dir, "evaluation", f"an fftprompt-eval output (of {config['adapter_path']})", flat)
     if metrics is None:
-        checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+        checkpoints = sorted(p.name for p in (run_dir / CHECKPOINT_DIR).glob("*.ckpt"))
         reason = f"no {METRICS_FILE}: " + (
             f"training stopped or is still running (checkpoints {', '.join(checkpoints)}; resume with ckpt_path=last)"
             if checkpoints
@@ -224,7 +200,7 @@ def group_runs(runs: Sequence[RunRecord]) -> tuple[list[str], list[Group]]:
     candidates = [
         k
         for k in keys
-        if not _NOT_GROUPED.match(k) and differs(k, finished) and not any(_locates_run(r, k) for r in finished)
+        if not covering(k, NOT_GROUPED) and differs(k, finished) and not any(_locates_run(r, k) for r in finished)
     ]
     by_method: dict[str, list[RunRecord]] = {}
     for run in finished:

@@ -72,19 +72,10 @@ def method_of(prompt_class: str, deep: bool, adapted: bool) -> str | None:
     return None
 
 
-# Hydra overrides of every run of a comparison (fftprompt-ablate, fftprompt-robustness): no logger, no checkpoints, no
-# validation loop (the final weights are tested, the same rule for every method), no progress bar or model summary,
-# no frequency-map figures, and a run directory that the command itself manages
-COMPARISON_OVERRIDES = (
-    "logger=none",
-    "callbacks=none",
-    "++trainer.enable_checkpointing=false",
-    "++trainer.enable_progress_bar=false",
-    "++trainer.enable_model_summary=false",
-    "++trainer.limit_val_batches=0",
-    "report.frequency_panels=0",
-    "overwrite=true",
-)
+# Hydra overrides of every run of a comparison (fftprompt-ablate, fftprompt-robustness): configs/mode/comparison.yaml
+# (no logger, no checkpoints, no validation loop, no progress bar or model summary, no frequency-map figures, and a
+# run directory that the command itself manages)
+COMPARISON_OVERRIDES = ("mode=comparison",)
 
 
 # the real datasets of the comparisons: the folder of a sample-data root each lives in (DTD's layout, MedMNIST's npz)

@@ -26,14 +26,13 @@ from fftprompt.backbone import Backbone, create_backbone
 from fftprompt.fourierft import FourierFTConfig, inject_fourierft
 from fftprompt.heads import ClassificationHead, LinearDecoder, PUPDecoder
 from fftprompt.prompts import FrequencyPrompt, ModelDims, NoPrompt, PromptSource, VFPTPrompt, VPTPrompt
+from fftprompt.runfiles import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from fftprompt.spectral import FrequencyFeatures, FrequencyMaps
 from fftprompt.tokens import Pooling, TokenLayout, check_pooling, pool, pooled_width
 from fftprompt.utils import Task, atomic_write, check_choice
 
 __all__ = ["PromptedViT", "create_model", "frozen_fingerprint", "load_model", "read_description"]
 
-ADAPTER_WEIGHTS = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter.json"
 _FORMAT = "fftprompt-adapter"
 _FORMAT_VERSION = 1
 _GROUPS = ("prompt", "adapter", "head")

@@ -7,17 +7,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from fftprompt.runfiles import RUN_ENTRIES
 from fftprompt.utils import is_installed
 
-__all__ = ["RUN_ENTRIES", "check_sweeper", "eval_overrides"]
+__all__ = ["check_sweeper", "eval_overrides"]
 
-# what fftprompt-eval takes from the evaluated run's config.yaml: the model, the data it was tested on, the seed
-RUN_ENTRIES = ("backbone", "features", "prompt", "adapter", "augment", "task", "data", "seed")
 _OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper"
 
 
 def eval_overrides(overrides: Sequence[str]) -> list[str]:
-    """``fftprompt-eval``'s overrides as Hydra composes them: a key below one of :data:`RUN_ENTRIES`
+    """``fftprompt-eval``'s overrides as Hydra composes them: a key below one of :data:`~fftprompt.runfiles.RUN_ENTRIES`
     (``data.root=...``) is force-added (``++``), since it belongs to the run's config (a folder dataset's root),
     which the packaged defaults need not have; :func:`eval_config` then applies it to the run's entry. Unchanged
     with ``use_run_config=false``."""

@@ -20,12 +20,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from fftprompt.runfiles import FIGURE_DIR, METRICS_FILE, REPORT_FILE  # noqa: E402
 from fftprompt.utils import atomic_write, write_json_atomic  # noqa: E402
 
 __all__ = [
-    "FIGURE_DIR",
-    "METRICS_FILE",
-    "REPORT_FILE",
     "plot_confusion_matrix",
     "plot_learning_curves",
     "plot_segmentation_samples",
@@ -36,9 +34,6 @@ __all__ = [
     "write_report",
 ]
 
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
-FIGURE_DIR = "figures"
 _EXPLANATION_CAPTIONS = {  # figures of fftprompt.explain.explain_model shown in report.md
     "rollout": "Explanations: attention rollout",
     "prompt_attention": "Explanations: prompt-generator cross-attention",

@@ -38,17 +38,18 @@ from fftprompt.augment import SEVERITIES, check_corruptions
 from fftprompt.backbone import Backbone, create_pretraining_vit, normalisation
 from fftprompt.lit import AtomicCheckpointIO, ClassificationModule
 from fftprompt.model import PromptedViT, create_model
-from fftprompt.overrides import RUN_ENTRIES, check_sweeper, eval_overrides
+from fftprompt.overrides import check_sweeper, eval_overrides
+from fftprompt.pipeline import InputPipeline, build_augment, build_datamodule
 from fftprompt.pretrain import FormulaPretrainModule, hardware, write_pretrained
 from fftprompt.report import print_summary
 from fftprompt.robustness import evaluate_corruptions
 from fftprompt.run_report import ReportSettings, write_run_report
+from fftprompt.runfiles import RUN_CONFIG, RUN_ENTRIES
 from fftprompt.spectral import FrequencyFeatures
 from fftprompt.utils import is_installed, to_plain
 from fftprompt.weights import RESOLVER, weights_path
 
 __all__ = [
-    "RUN_ENTRIES",
     "build",
     "build_backbone",
     "check_sweeper",
@@ -98,7 +99,7 @@ def eval_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     if not cfg.get("use_run_config", False) or source is None:
         return cfg
     run_dir = rundir.run_dir_of(Path(to_absolute_path(str(source))))
-    if not (run_dir / rundir.RUN_CONFIG).is_file():
+    if not (run_dir / RUN_CONFIG).is_file():
         return cfg
     saved = rundir.read_config(run_dir)
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_hydra_override()]
@@ -189,10 +190,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         pooling=str(cfg.task.pooling),
     )
     model.class_names = list(datamodule.class_names)  # recorded in adapter.json and checkpoints
-    augment_node = cfg.get("augment")
-    augment = None
-    if augment_node:
-        augment = instantiate(augment_node, mean=list(datamodule.mean), std=list(datamodule.std))
+    # built as a reloaded run builds it (fftprompt.pipeline): the filter eval applies is the one predict applies
+    augment = build_augment(to_plain(cfg.get("augment")), mean=datamodule.mean, std=datamodule.std)
     module = instantiate(cfg.task.module, model=model, num_classes=num_classes, augment=augment)
     return {
         "backbone": backbone,
@@ -201,6 +200,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         "module": module,
         "num_classes": num_classes,
         "augment": augment,
+        "pipeline": InputPipeline.of(datamodule, augment),
     }
 
 
@@ -220,7 +220,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Raises:
         ValueError: if the output directory holds an earlier run and neither ``overwrite`` nor resuming was asked,
             or ``ckpt_path=last`` has no checkpoint, or the config does not fit the data/run being resumed (every
-            entry but :data:`fftprompt.rundir.RESUME_MAY_CHANGE` must equal the run's ``config.yaml``).
+            entry but :data:`fftprompt.runfiles.RESUME_MAY_CHANGE` must equal the run's ``config.yaml``).
     """
     output_dir = _output_dir(cfg)
     overwrite = bool(cfg.get("overwrite", False))
@@ -460,11 +460,8 @@ def _instantiate_collection(node: DictConfig | None, group: str = "callbacks") -
 
 
 def _build_datamodule(cfg: DictConfig, backbone: Backbone) -> L.LightningDataModule:
-    overrides: dict[str, Any] = {"mean": list(backbone.mean), "std": list(backbone.std)}
-    root = cfg.data.get("root")
-    if root is not None:
-        overrides["root"] = to_absolute_path(str(root))
-    datamodule = instantiate(cfg.data, **overrides)
+    root = None if cfg.data.get("root") is None else to_absolute_path(str(cfg.data.root))
+    datamodule = build_datamodule(to_plain(cfg.data), mean=backbone.mean, std=backbone.std, root=root)
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule

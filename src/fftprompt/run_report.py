@@ -18,7 +18,8 @@ from torch import Tensor
 from fftprompt.explain import explain_model
 from fftprompt.lit import ClassificationModule
 from fftprompt.model import PromptedViT
-from fftprompt.report import FIGURE_DIR, write_report
+from fftprompt.report import write_report
+from fftprompt.runfiles import EXPLAIN_DIR, FIGURE_DIR
 from fftprompt.visualize import plot_frequency_panel
 
 __all__ = ["ReportSettings", "write_run_report"]
@@ -95,7 +96,7 @@ def write_run_report(
         kwargs["explanations"] = explain_model(
             model,
             images[:count],
-            figure_dir / "explain",
+            figure_dir / EXPLAIN_DIR,
             mean=list(datamodule.mean),
             std=list(datamodule.std),
             labels=targets[:count],

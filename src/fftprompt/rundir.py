@@ -1,6 +1,6 @@
-"""The run directory: the one module that knows its layout, reads a finished run back and guards it.
+"""The run directory: the one module that reads a finished run back and guards it.
 
-A run directory (``paths.output_dir`` of ``fftprompt-train``) holds::
+A run directory (``paths.output_dir`` of ``fftprompt-train``; the names: :mod:`fftprompt.runfiles`) holds::
 
     config.yaml                        the resolved config of the run
     metrics.json                       test metrics (``test/...``), parameter counts, timings, a config summary
@@ -30,7 +30,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,38 +38,32 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch import Tensor
 
-import fftprompt.data
-from fftprompt.backbone import Backbone, create_backbone
+from fftprompt.backbone import create_backbone
 from fftprompt.data.base import ImageDataModule
 from fftprompt.lit import CLASS_NAMES_KEY, FINGERPRINT_KEY
-from fftprompt.model import (
+from fftprompt.model import PromptedViT, frozen_fingerprint, load_model, read_description
+from fftprompt.pipeline import InputPipeline, build_augment, build_datamodule
+from fftprompt.runfiles import (
     ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    PromptedViT,
-    frozen_fingerprint,
-    load_model,
-    read_description,
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    LAUNCHES,
+    METRICS_FILE,
+    MODEL_KEYS,
+    REPLACED_MARK,
+    RESUME_COMPARED,
+    RESUME_MAY_CHANGE,
+    RESUME_MAY_GROW,
+    RUN_CONFIG,
+    covering,
 )
-from fftprompt.report import FIGURE_DIR, METRICS_FILE, REPORT_FILE
-from fftprompt.utils import atomic_write
+from fftprompt.utils import ABSENT, atomic_write, leaf_differences
+from fftprompt.utils import select as select_key
+from fftprompt.weights import file_sha256, locate_weights
 
 __all__ = [
-    "ADAPTER_CONFIG",
-    "ADAPTER_WEIGHTS",
-    "CHECKPOINT_DIR",
-    "EXPLAIN_DIR",
-    "FIGURE_DIR",
-    "LAST_CHECKPOINT",
-    "LAUNCHES",
-    "LOG_FILE",
-    "METRICS_FILE",
-    "MODEL_KEYS",
-    "REPORT_FILE",
-    "RESUME_COMPARED",
-    "RESUME_MAY_CHANGE",
-    "RESUME_MAY_GROW",
-    "RUN_CONFIG",
     "LoadedRun",
     "check_checkpoint",
     "check_classes",
@@ -91,39 +85,7 @@ __all__ = [
     "write_config",
 ]
 
-RUN_CONFIG = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-EXPLAIN_DIR = "explain"
-LAUNCHES = "launches.yaml"
-LOG_FILE = "cli.log"  # Hydra's job log (job name cli), created at its first line
-# config entries that define the model: evaluation must use the run's values
-MODEL_KEYS = ("backbone", "features", "prompt", "adapter", "task.name", "task.pooling", "task.head")
-# Resuming compares the whole config with the run's; these entries (and everything below them) may differ: what to
-# resume, where the run lives, what is reported and logged, progress output, callbacks other than checkpointing and
-# early stopping (profilers, timers, a test's killer), and how many loader processes read the same data. Everything
-# else (data, model, task and optimiser, seed, the trainer's schedule, precision and devices, which checkpoint is
-# kept, when training stops) changes what the resumed run trains, so a difference is refused. The most specific
-# entry of RESUME_MAY_CHANGE and RESUME_COMPARED that names a key decides.
-RESUME_MAY_CHANGE = (
-    "ckpt_path",
-    "overwrite",
-    "paths",
-    "report",
-    "logger",
-    "callbacks",
-    "callbacks.model_checkpoint.dirpath",
-    "trainer.default_root_dir",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "data.num_workers",
-    "data.pin_memory",
-)
-RESUME_COMPARED = ("callbacks.model_checkpoint", "callbacks.early_stopping")
-# entries that may grow when resuming (to extend a run; -1 or null: no limit)
-RESUME_MAY_GROW = ("trainer.max_epochs", "trainer.max_steps")
-_ABSENT = object()
+_CHECKPOINT, _WEIGHTS_FILE = "backbone.checkpoint_path", ("backbone.checkpoint_path", "backbone.checkpoint_sha256")
 
 
 # -- writing and guarding ------------------------------------------------------------------------------------------
@@ -172,10 +134,10 @@ def move_run_aside(run_dir: Path) -> Path | None:
             "paths.output_dir"
         )
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target, count = resolved.with_name(f"{resolved.name}.replaced-{stamp}"), 1
+    target, count = resolved.with_name(f"{resolved.name}{REPLACED_MARK}{stamp}"), 1
     while target.exists():
         count += 1
-        target = resolved.with_name(f"{resolved.name}.replaced-{stamp}-{count}")
+        target = resolved.with_name(f"{resolved.name}{REPLACED_MARK}{stamp}-{count}")
     os.rename(resolved, target)  # same parent directory: one atomic rename
     run_dir.mkdir()
     return target
@@ -261,9 +223,17 @@ def check_matches_run(select: Callable[[str], Any], run_dir: Path, purpose: str,
         return
     saved = read_config(run_dir)
     keys = [*MODEL_KEYS, "seed"] if randomly_initialised else list(MODEL_KEYS)
-    differences = [line for key in keys for line in _differences(_select(saved, key), select(key), key)]
+    differences = [
+        line
+        for key in keys
+        for line, leaf, *_ in leaf_differences(select_key(saved, key), select(key), key)
+        if leaf not in _WEIGHTS_FILE  # the same weights may lie elsewhere now: compared by SHA256 below
+    ]
+    mine, theirs = (_weights_sha256(run_dir, path) for path in (select(_CHECKPOINT), select_key(saved, _CHECKPOINT)))
+    if mine != theirs:
+        differences.append(f"{_CHECKPOINT}: weights with SHA256 {theirs} in the run, {mine} now (another model)")
     # a preprocessing filter (augment.preprocess) changes what the model sees at test time: it is part of the model
-    mine, theirs = (_preprocessing(a) for a in (select("augment"), _select(saved, "augment")))
+    mine, theirs = (_preprocessing(a) for a in (select("augment"), select_key(saved, "augment")))
     if mine != theirs:
         differences.append(f"augment (preprocessing): {theirs!r} in the run, {mine!r} now")
     if differences:
@@ -278,8 +248,8 @@ def check_resume(config: Mapping[str, Any], run_dir: Path, *, checkpoint: Path |
     """Refuses to resume the run in ``run_dir`` with a ``config`` (plain values) that trains differently.
 
     Every entry is compared with ``run_dir/config.yaml`` except :data:`RESUME_MAY_CHANGE` (but those under
-    :data:`RESUME_COMPARED`); :data:`RESUME_MAY_GROW` may only grow. Without a ``config.yaml`` (a checkpoint from
-    elsewhere) nothing can be compared: a warning says so.
+    :data:`RESUME_COMPARED`); :data:`RESUME_MAY_GROW` may only grow (the lists: :mod:`fftprompt.runfiles`). Without a
+    ``config.yaml`` (a checkpoint from elsewhere) nothing can be compared: a warning says so.
 
     Raises:
         ValueError: listing every entry that differs, with the run's and the new value, and how to proceed.
@@ -293,7 +263,7 @@ def check_resume(config: Mapping[str, Any], run_dir: Path, *, checkpoint: Path |
         )
         return
     differences = []
-    for line, key, theirs, mine in _leaf_differences(read_config(run_dir), dict(config), ""):
+    for line, key, theirs, mine in leaf_differences(read_config(run_dir), dict(config), ""):
         if _may_change_on_resume(key):
             continue
         if key in RESUME_MAY_GROW:
@@ -429,57 +399,77 @@ class LoadedRun:
         model: The model with the run's trained tensors, in ``eval()``.
         config: The run's resolved ``config.yaml`` as plain Python values.
         datamodule: The run's data module (with the backbone's normalisation, in-process loading), not set up.
+        pipeline: The model's input pipeline: ``datamodule.transform("test")``, then :meth:`logits` filters.
     """
 
     run_dir: Path
     model: PromptedViT
     config: dict[str, Any]
     datamodule: ImageDataModule
+    pipeline: InputPipeline
+
+    def logits(self, images: Tensor) -> Tensor:
+        """``(B, 3, S, S)`` test-transformed images -> outputs, the run's preprocessing filter applied as in eval."""
+        return self.model(self.pipeline.prepare(images))
 
 
-def load_run(run_dir: str | Path, *, data_root: str | Path | None = None, device: str = "cpu") -> LoadedRun:
-    """Rebuilds a finished run's model (and data module) from ``adapter.json``, ``adapter.safetensors`` and
-    ``config.yaml``.
+def load_run(
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    device: str = "cpu",
+    backbone: Mapping[str, Any] | None = None,
+) -> LoadedRun:
+    """Rebuilds a finished run's model, data and input pipeline from ``adapter.*`` and ``config.yaml``, as trained.
 
-    A randomly initialised backbone is drawn again from the run's seed, as training drew it; when the run has a
-    Lightning checkpoint, its fingerprint of the frozen weights must match the rebuilt model's.
+    Backbone weights are found by recorded path and SHA256 (:func:`fftprompt.weights.locate_weights`: a moved run or
+    a re-made clone finds the shipped file of that name). A random backbone is drawn again from the run's seed;
+    when the run has a Lightning checkpoint, its fingerprint of the frozen weights must match the rebuilt model's.
 
     Args:
         run_dir: Directory written by ``fftprompt-train``.
         data_root: Data root to use instead of the recorded one.
         device: Device to put the model on.
+        backbone: ``{"checkpoint_path": file}``: the run's backbone weights file where it is now (same SHA256).
     """
     run_dir = Path(run_dir)
     for required in (ADAPTER_CONFIG, RUN_CONFIG):
         if not (run_dir / required).is_file():
             raise ValueError(f"{run_dir / required} not found; expected a finished fftprompt-train run directory")
     config = read_config(run_dir)
-    description = json.loads((run_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    backbone_config = dict(description.get("backbone", {}).get("config") or {})
-    if backbone_config.get("pretrained") or backbone_config.get("checkpoint_path"):
-        model = load_model(run_dir)
-    else:
-        if "name" not in backbone_config or "seed" not in config:
-            raise ValueError(f"{run_dir}: cannot redraw the random backbone (no recorded timm arguments or seed)")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(config["seed"]))  # train() seeds, then builds the backbone first
-            backbone = create_backbone(**backbone_config)
-        model = load_model(run_dir, backbone=backbone)
+    backbone_config = dict(read_description(run_dir).get("backbone", {}).get("config") or {})
+    recorded, given = backbone_config.get("checkpoint_path"), (backbone or {}).get("checkpoint_path")
+    if set(backbone or {}) - {"checkpoint_path"} or (given is not None and recorded is None):
+        raise ValueError(
+            f"backbone={dict(backbone or {})}: a finished run takes only backbone.checkpoint_path, the weights file it "
+            f"was trained on where it is now ({run_dir} was trained on {recorded or 'no weights file'})"
+        )
+    if recorded is not None:
+        located = locate_weights(recorded, backbone_config.get("checkpoint_sha256"), given=given)
+        backbone_config["checkpoint_path"] = str(located)
+    elif not backbone_config.get("pretrained") and ("name" not in backbone_config or "seed" not in config):
+        raise ValueError(f"{run_dir}: cannot redraw the random backbone (no recorded timm arguments or seed)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(config.get("seed", 0)))  # train() seeds, then builds the backbone first (random weights)
+        model = load_model(run_dir, backbone=create_backbone(**backbone_config))
     check_frozen_weights(model, run_dir)
     model.to(device).eval()
-    return LoadedRun(run_dir, model, config, _datamodule(config, run_dir, model.backbone, data_root))
+    datamodule = _datamodule(config, run_dir, model, data_root)
+    augment = build_augment(config.get("augment"), mean=datamodule.mean, std=datamodule.std)
+    return LoadedRun(run_dir, model, config, datamodule, InputPipeline.of(datamodule, augment))
 
 
-def _datamodule(config: dict[str, Any], run_dir: Path, backbone: Backbone, root: str | Path | None) -> Any:
-    data = dict(config.get("data") or {})
-    target = str(data.pop("_target_", ""))
-    cls = getattr(fftprompt.data, target.rsplit(".", 1)[-1], None)
-    if not target.startswith("fftprompt.data.") or not (isinstance(cls, type) and issubclass(cls, ImageDataModule)):
-        raise ValueError(f"{run_dir / RUN_CONFIG}: data._target_={target!r} is not a data module of fftprompt.data")
-    if "root" in data:
-        data["root"] = str(root or data_root(run_dir, config))
-    data.update(mean=list(backbone.mean), std=list(backbone.std), num_workers=0)
-    return cls(**data)
+def _datamodule(config: dict[str, Any], run_dir: Path, model: PromptedViT, root: str | Path | None) -> ImageDataModule:
+    mean, std, root = model.backbone.mean, model.backbone.std, root or data_root(run_dir, config)
+    return build_datamodule(config.get("data") or {}, mean=mean, std=std, root=root, num_workers=0)
+
+
+def _weights_sha256(run_dir: Path, path: Any) -> str | None:
+    """SHA256 of the weights ``path`` names, as :func:`load_run` finds them (the recorded one for a moved file)."""
+    recorded = read_description(run_dir)["backbone"]["config"] if (run_dir / ADAPTER_CONFIG).is_file() else {}
+    if path is not None and str(path) == recorded.get("checkpoint_path") and not Path(str(path)).is_file():
+        return recorded.get("checkpoint_sha256") or file_sha256(locate_weights(str(path), None))
+    return None if path is None else file_sha256(locate_weights(str(path), None))
 
 
 def _preprocessing(augment: Any) -> dict[str, Any] | None:
@@ -497,46 +487,15 @@ def data_root(run_dir: Path, config: Mapping[str, Any]) -> str | None:
     return None if given is None else str(recorded or given)
 
 
-def _leaf_differences(saved: Any, current: Any, key: str) -> Iterator[tuple[str, str, Any, Any]]:
-    """``(line, key, saved value, current value)`` for every entry that differs, descending into mappings present on
-    both sides; an entry missing on one side is reported whole."""
-    if isinstance(saved, Mapping) and isinstance(current, Mapping):
-        for name in sorted(set(saved) | set(current), key=str):
-            child = f"{key}.{name}" if key else str(name)
-            yield from _leaf_differences(saved.get(name, _ABSENT), current.get(name, _ABSENT), child)
-    elif saved != current:
-        yield f"{key}: {_show(saved)} in the run, {_show(current)} now", key, saved, current
-
-
-def _differences(saved: Any, current: Any, key: str) -> list[str]:
-    return [line for line, *_ in _leaf_differences(saved, current, key)]
-
-
-def _show(value: Any) -> str:
-    if value is _ABSENT:
-        return "absent"
-    text = repr(value)
-    return text if len(text) <= 100 else f"{text[:97]}..."
-
-
 def _may_change_on_resume(key: str) -> bool:
     """Whether the most specific entry of :data:`RESUME_MAY_CHANGE` / :data:`RESUME_COMPARED` naming ``key`` (or a
     mapping above it) lets it change."""
-    names = [n for n in (*RESUME_MAY_CHANGE, *RESUME_COMPARED) if key == n or key.startswith(f"{n}.")]
+    names = covering(key, (*RESUME_MAY_CHANGE, *RESUME_COMPARED))
     return bool(names) and max(names, key=len) in RESUME_MAY_CHANGE
 
 
 def _limit(value: Any) -> float:
     """A run-length limit as a number: -1, null or absent mean no limit."""
-    if value is _ABSENT or value is None or value == -1:
+    if value is ABSENT or value is None or value == -1:
         return math.inf
     return float(value)
-
-
-def _select(config: Mapping[str, Any], key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node

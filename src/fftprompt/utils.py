@@ -12,11 +12,12 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 __all__ = [
+    "ABSENT",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TASKS",
@@ -25,6 +26,8 @@ __all__ = [
     "check_choice",
     "is_installed",
     "jsonable",
+    "leaf_differences",
+    "select",
     "to_plain",
     "write_json_atomic",
     "write_section",
@@ -154,6 +157,37 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [to_plain(v) for v in value]
     return value
+
+
+ABSENT = object()  # a key missing from one of two compared configs
+
+
+def leaf_differences(saved: Any, current: Any, key: str) -> Iterator[tuple[str, str, Any, Any]]:
+    """``(line, key, saved value, current value)`` for every entry of two plain configs that differs, descending into
+    mappings present on both sides; an entry missing on one side (:data:`ABSENT`) is reported whole."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        for name in sorted(set(saved) | set(current), key=str):
+            child = f"{key}.{name}" if key else str(name)
+            yield from leaf_differences(saved.get(name, ABSENT), current.get(name, ABSENT), child)
+    elif saved != current:
+        yield f"{key}: {_show(saved)} in the run, {_show(current)} now", key, saved, current
+
+
+def _show(value: Any) -> str:
+    if value is ABSENT:
+        return "absent"
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:97]}..."
+
+
+def select(config: Mapping[str, Any], key: str) -> Any:
+    """The value of the dotted ``key`` (``"task.name"``) in a plain config, None when it is missing."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def is_installed(module: str) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 from fftprompt.ablate.plan import LABELS
 from fftprompt.ablate.tables import BASELINES, OURS, goal_check
-from fftprompt.compare import format_mean_std, markdown_table
+from fftprompt.tables import format_mean_std, markdown_table
 from fftprompt.utils import write_json_atomic, write_section
 
 __all__ = ["PROBE_LIFT_GOAL", "SECTION", "format_comparison", "plot_comparison", "write_comparison"]

@@ -26,12 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from fftprompt.ablate.plan import Variant, plan_variants
 from fftprompt.ablate.settings import Setting, plan_settings
 from fftprompt.ablate.tables import summarise
-from fftprompt.fourierft import FourierFTConfig
+from fftprompt.fourierft import FourierFTConfig, count_fourierft_matrices
 from fftprompt.methods import COMPARISON_OVERRIDES
-from fftprompt.model import create_model
 from fftprompt.prompts import ModelDims
 from fftprompt.run import build, build_backbone, compose, train
-from fftprompt.rundir import METRICS_FILE, finished_metrics
+from fftprompt.rundir import finished_metrics
+from fftprompt.runfiles import METRICS_FILE
 
 __all__ = [
     "FULL_OVERRIDES",
@@ -43,7 +43,7 @@ __all__ = [
     "run_workers",
 ]
 
-# every run: no logger, no checkpoints, no validation loop, no progress bar or summary, no frequency-map figures
+# every run: mode=comparison (no logger, checkpoints, validation loop, progress bar or summary, frequency-map figures)
 RUN_OVERRIDES = COMPARISON_OVERRIDES
 # the classic ablation: the demo config with fewer images; its 39 runs took 27 min with one 1-thread process on a
 # shared 2-core machine (docs/ablation.md)
@@ -71,9 +71,7 @@ def plan_ablation(
     dims = ModelDims.of(backbone, features)
     adapter = base.get("adapter")
     targets = tuple(adapter.targets) if adapter else FourierFTConfig().targets
-    # with one entry per adapted matrix, the adapter's parameter count is the number of matrices
-    probe = create_model(backbone, 2, adapter=FourierFTConfig(n_frequency=1, targets=targets))
-    matrices = sum(p.numel() for p in probe.trainable_parameters()["adapter"])
+    matrices = count_fourierft_matrices(backbone.model, FourierFTConfig(targets=targets))
     variants, description = plan_variants(dims, matrices, names, budget)
     return variants, {**description, "fourierft_targets": list(targets)}
 

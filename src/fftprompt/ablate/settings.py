@@ -19,8 +19,8 @@ __all__ = ["BACKBONES", "DATASETS", "FEW_SHOT_DATASETS", "QUICK_MODEL", "Setting
 DATASETS = ("generated", "dtd", "breastmnist")
 BACKBONES = ("pretrained", "random")
 FEW_SHOT_DATASETS = ("dtd",)  # --shots applies to these (few-shot is where prompt methods are compared)
-# --quick: a randomly initialised 2-block ViT of width 32 (the shipped weights are the demo's size)
-QUICK_MODEL = ("backbone.checkpoint_path=null", "backbone.depth=2", "backbone.embed_dim=32", "backbone.num_heads=2")
+# --quick: the randomly initialised 2-block ViT of width 32 of configs/backbone/vit_micro.yaml
+QUICK_MODEL = ("backbone=vit_micro",)
 
 _BACKBONE_OVERRIDES = {"pretrained": (), "random": ("backbone.checkpoint_path=null",)}
 # (overrides, epochs): the generated benchmark as in the classic ablation (1000 training images, 10 epochs); the

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fftprompt.ablate.plan import ABLATIONS, LABELS, Variant
-from fftprompt.compare import format_mean_std, markdown_table, mean_std
+from fftprompt.tables import format_mean_std, markdown_table, mean_std
 from fftprompt.utils import write_section
 
 __all__ = ["format_markdown", "goal_check", "plot", "summarise", "write_outputs"]

@@ -53,6 +53,7 @@ class SpectralAugment:
     """
 
     pixel_space: ClassVar[bool] = True  # work on de-normalised [0, 1] images (clipped) instead of normalised ones
+    per_image: ClassVar[bool] = False  # evaluation() is a function of each image alone (an export can include it)
 
     def __init__(
         self,
@@ -247,6 +248,7 @@ class BandFilter(SpectralAugment):
     """
 
     pixel_space = False
+    per_image = True
 
     def __init__(
         self, kind: BandKind = "lowpass", low: float = 0.0, high: float = 0.5, gain: float = 1.0, **common: object

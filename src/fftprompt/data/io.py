@@ -7,7 +7,8 @@ to RGB, alpha is dropped, 8-bit files give ``uint8`` and 16-bit files give ``flo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import glob
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,37 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     """Sorted image files in ``folder`` (and its subfolders when ``recursive``)."""
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in candidates if p.is_file() and is_image_file(p))
+
+
+def image_paths(spec: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The image files named by paths, globs and folders (one or a list), in order; raises when an entry names none.
+
+    A folder gives its image files and those of its sub-folders (class folders, say), sorted by path; a file named
+    twice (by a folder and by its own path, say) is listed once.
+    """
+    entries = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    paths: list[Path] = []
+    seen: set[Path] = set()
+    for entry in entries:
+        text = str(entry)
+        if any(c in text for c in "*?["):
+            found = [p for p in map(Path, sorted(glob.glob(text, recursive=True))) if p.is_file()]
+        elif Path(text).is_dir():
+            found = list_images(Path(text), recursive=True)
+        elif Path(text).is_file():
+            found = [Path(text)]
+        else:
+            found = []
+        if not found:
+            raise ValueError(
+                f"images entry {text!r} names no image file, folder of images or matching glob; expected paths, a "
+                "glob, a folder, or a split of the run's data as '<split>[:<count>]' (e.g. test or test:8)"
+            )
+        for path in found:
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                paths.append(path)
+    return paths
 
 
 def _open(path: Path) -> Image.Image:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+
+# an images= value that names a run's own split: "test" (every item) or "test:8" (8 items, evenly spaced)
+_SPLIT_SELECTION = re.compile(r"^(train|val|test)(?::(\d+))?$")
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> tuple[float, float]:
@@ -87,3 +92,31 @@ def per_class_subset(labels: Sequence[int] | np.ndarray, per_class: int, seed: i
             raise ValueError(f"class {int(value)} has {len(members)} items, fewer than per_class={per_class}")
         kept.append(members[:per_class])
     return np.sort(np.concatenate(kept)).astype(np.int64)
+
+
+def split_selection(value: object) -> tuple[str, int | None] | None:
+    """``(split, count)`` when an ``images=`` value names items of a run's split, else ``None`` (paths, globs, lists).
+
+    ``"test"`` gives ``("test", None)`` (every item), ``"test:8"`` gives ``("test", 8)``; likewise ``train`` and
+    ``val``. A bare split name that is also a file or folder in the working directory is ambiguous: a ``ValueError``
+    that says how to write either.
+    """
+    match = _SPLIT_SELECTION.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        return None
+    split, count = match.group(1), match.group(2)
+    if count is None and Path(split).exists():
+        raise ValueError(
+            f"images={value!r} names both the run's {split} split and the path ./{split}; write images=./{split} for "
+            f"the files or images={split}:N for N items of the split"
+        )
+    if count is not None and int(count) < 1:
+        raise ValueError(f"images={value!r}: expected at least 1 image ({split}:N with N >= 1, or {split} for all)")
+    return split, None if count is None else int(count)
+
+
+def evenly_spaced(length: int, count: int | None) -> list[int]:
+    """Ascending indices of ``min(count, length)`` items spread evenly over ``range(length)`` (all for ``None``)."""
+    if count is None or count >= length:
+        return list(range(length))
+    return sorted({int(i) for i in np.linspace(0, length - 1, count).round()})

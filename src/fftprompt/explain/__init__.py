@@ -10,8 +10,9 @@ otherwise. The parts: :mod:`.rollout` (attention rollout, generator cross-attent
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fftprompt.explain.attribution import ATTRIBUTION_GROUPS, Attribution, Baseline, integrated_gradients
 from fftprompt.explain.images import load_images
@@ -24,7 +25,8 @@ from fftprompt.explain.rollout import (
     prompt_attention,
     rollout_matrix,
 )
-from fftprompt.rundir import EXPLAIN_DIR, load_run
+from fftprompt.rundir import load_run
+from fftprompt.runfiles import EXPLAIN_DIR
 from fftprompt.spectral import FrequencyFeatures
 
 __all__ = [
@@ -55,8 +57,12 @@ def explain(
     data_root: str | Path | None = None,
     device: str = "cpu",
     dpi: int = 80,
+    backbone: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Explains a finished run on a few images: figures and ``explain.md`` (see :func:`explain_model`).
+
+    The images are prepared by the run's input pipeline (its preprocessing filter applied, if it has one): the
+    explanations are of what the model sees.
 
     Args:
         run_dir: Directory written by ``fftprompt-train``.
@@ -70,12 +76,16 @@ def explain(
         data_root: Data root instead of the one recorded in the run.
         device: Device to run on.
         dpi: Resolution of the PNGs.
+        backbone: ``{"checkpoint_path": file}``: the run's backbone weights file, moved (same SHA256).
 
     Returns:
         Name -> written file, as :func:`explain_model`.
     """
-    run = load_run(run_dir, data_root=data_root, device=device)
+    run = load_run(run_dir, data_root=data_root, device=device, backbone=backbone)
     batch, targets, captions, description = load_images(images, run)
+    batch = run.pipeline.prepare(batch.to(device))
+    if run.pipeline.preprocess is not None:
+        description += f" Filtered by the run's preprocessing {run.pipeline.preprocess!r}."
     notes = [f"Run: `{run.run_dir}`. Images: {description}"]
     try:  # file datasets scan their root for the class names
         class_names: list[str] | None = run.datamodule.class_names
@@ -90,7 +100,7 @@ def explain(
     if profiles:
         model = run.model
         features = model.features or FrequencyFeatures(patch_size=model.backbone.patch_size).to(device)
-        loader = ((x.to(device), y) for x, y in run.datamodule.test_dataloader())
+        loader = ((run.pipeline.prepare(x.to(device)), y) for x, y in run.datamodule.test_dataloader())
         profile = class_profiles(features, loader, run.datamodule.class_names, max_images=profile_images)
     return explain_model(
         run.model,

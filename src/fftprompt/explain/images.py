@@ -1,58 +1,27 @@
-"""The images to explain, from an ``images=`` value: ``"<split>:<count>"`` of the run's data, or files."""
+"""The images to explain, from an ``images=`` value: ``"<split>[:<count>]"`` of the run's data, or files."""
 
 from __future__ import annotations
 
-import glob
-import re
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torchvision import tv_tensors
 
-from fftprompt.data.io import list_images, read_image
+from fftprompt.data.io import image_paths, read_image
+from fftprompt.data.splits import evenly_spaced, split_selection
 from fftprompt.rundir import LoadedRun
 
-__all__ = ["image_paths", "load_images"]
-
-_SPLIT_SPEC = re.compile(r"^(train|val|test):(\d+)$")
-
-
-def image_paths(spec: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The image files named by paths, globs and folders (one or a list), in order; raises when an entry names none."""
-    entries = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    paths: list[Path] = []
-    for entry in entries:
-        text = str(entry)
-        if any(c in text for c in "*?["):
-            found = [p for p in map(Path, sorted(glob.glob(text, recursive=True))) if p.is_file()]
-        elif Path(text).is_dir():
-            found = list_images(Path(text))
-        elif Path(text).is_file():
-            found = [Path(text)]
-        else:
-            found = []
-        if not found:
-            raise ValueError(
-                f"images entry {text!r} names no image file, folder of images or matching glob; expected paths, a "
-                "glob, a folder or '<split>:<count>' (e.g. test:8)"
-            )
-        paths += found
-    return paths
+__all__ = ["load_images"]
 
 
 def load_images(spec: Any, run: LoadedRun) -> tuple[Tensor, Tensor | None, list[str], str]:
     """``(images (B, C, H, W), targets or None, captions, description)`` for an ``images=`` value."""
-    match = _SPLIT_SPEC.match(spec.strip()) if isinstance(spec, str) else None
-    if match:
-        split, count = match.group(1), int(match.group(2))
+    selection = split_selection(spec)
+    if selection is not None:
+        split, count = selection
         dataset = run.datamodule.dataset(split)  # type: ignore[arg-type]
-        if count < 1:
-            raise ValueError(f"images={spec!r}: expected at least 1 image")
-        indices = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round()})
+        indices = evenly_spaced(len(dataset), count)  # type: ignore[arg-type]
         items = [dataset[i] for i in indices]
         images, targets = torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
         description = f"{len(indices)} {split} images of {type(run.datamodule).__name__}, evenly spaced in the split."

@@ -25,6 +25,7 @@ from fftprompt.explain.profiles import ClassProfiles
 from fftprompt.explain.rollout import attention_rollout, prompt_attention
 from fftprompt.model import PromptedViT
 from fftprompt.prompts import FrequencyPrompt
+from fftprompt.runfiles import EXPLAIN_REPORT
 from fftprompt.spectral import SYMMETRY_NAMES
 
 __all__ = ["explain_model"]
@@ -132,7 +133,7 @@ def explain_model(
     if profiles is not None:
         written["class_profiles"] = save_figure(plot_class_profiles(profiles), out_dir / "class_profiles.png", dpi)
         lines += _profiles_section(profiles, written["class_profiles"])
-    markdown = out_dir / "explain.md"
+    markdown = out_dir / EXPLAIN_REPORT
     markdown.write_text("\n".join(lines) + "\n", encoding="utf-8")
     written["markdown"] = markdown
     return written

@@ -19,6 +19,7 @@ from fftprompt.fourierft.config import QKV_BLOCKS, REGEX_PREFIX, VIT_B_N_FREQUEN
 from fftprompt.fourierft.indices import fourierft_locations
 from fftprompt.fourierft.layer import FourierFTLinear
 from fftprompt.fourierft.model import (
+    count_fourierft_matrices,
     fourierft_state_dict,
     inject_fourierft,
     load_fourierft_state_dict,
@@ -35,6 +36,7 @@ __all__ = [
     "FourierFTLinear",
     "GradMode",
     "Init",
+    "count_fourierft_matrices",
     "fourierft_locations",
     "fourierft_state_dict",
     "inject_fourierft",

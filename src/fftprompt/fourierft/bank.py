@@ -37,7 +37,7 @@ from fftprompt.fourierft.functional import _fft_batch, _fft_dtype, _FourierFTDel
 if TYPE_CHECKING:
     from fftprompt.fourierft.layer import FourierFTLinear
 
-__all__ = ["FourierFTBank"]
+__all__ = ["FourierFTBank", "version_key"]
 
 
 @dataclass
@@ -55,15 +55,15 @@ class FourierFTBank:
     """Synthesises the deltas of FourierFT layers of equal shape together (see the module docstring).
 
     Args:
-        layers: The FourierFT layers of one model; each is attached to this bank (``layer._bank``).
+        layers: The FourierFT layers of one model; each is attached to this bank (``layer.bank``).
     """
 
     def __init__(self, layers: Sequence[FourierFTLinear]) -> None:
         self.layers = list(layers)
         self._shape_groups: dict[Hashable, list[FourierFTLinear]] = {}
         for layer in self.layers:
-            self._shape_groups.setdefault(layer._shape_key(), []).append(layer)
-            layer._bank = self
+            self._shape_groups.setdefault(layer.shape_key(), []).append(layer)
+            layer.bank = self
         self._synthesis: dict[Hashable, _Synthesis] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -79,11 +79,11 @@ class FourierFTBank:
             differentiable: Whether the deltas carry the dense coefficient gradient (``grad_mode`` ``"dense"`` with
                 gradients enabled); the layers of a group share this.
         """
-        coefficients = layer._coefficient_list()
-        key = (layer._shape_key(), coefficients[0].device, coefficients[0].dtype, differentiable)
+        coefficients = layer.coefficient_list()
+        key = (layer.shape_key(), coefficients[0].device, coefficients[0].dtype, differentiable)
         synthesis = self._synthesis.get(key)
         lid = id(layer)
-        if synthesis is None or lid not in synthesis.pending or synthesis.versions[lid] != _version_key(coefficients):
+        if synthesis is None or lid not in synthesis.pending or synthesis.versions[lid] != version_key(coefficients):
             synthesis = self._begin(layer, key, dtype, differentiable)
             self._synthesis[key] = synthesis
         if lid not in synthesis.deltas:
@@ -102,12 +102,12 @@ class FourierFTBank:
             if member is not layer:
                 if member.merged:
                     continue
-                coefficients = member._coefficient_list()
+                coefficients = member.coefficient_list()
                 if (coefficients[0].device, coefficients[0].dtype) != key[1:3]:
                     continue
-                if member._batched_dense(dtype) != differentiable:
+                if member.batched_dense(dtype) != differentiable:
                     continue
-                if not differentiable and not torch.is_grad_enabled() and member._has_merged_weight(dtype):
+                if not differentiable and not torch.is_grad_enabled() and member.has_merged_weight(dtype):
                     continue
             members.append(member)
         return members
@@ -132,7 +132,7 @@ class FourierFTBank:
         return _Synthesis(
             chunks=chunks,
             chunk_of={id(m): index for index, chunk in enumerate(chunks) for m in chunk},
-            versions={id(m): _version_key(m._coefficient_list()) for m in members},
+            versions={id(m): version_key(m.coefficient_list()) for m in members},
             pending={id(m) for m in members},
             deltas={},
         )
@@ -140,20 +140,20 @@ class FourierFTBank:
     def _synthesise(self, chunk: list[Any], synthesis: _Synthesis, differentiable: bool) -> None:
         """One batched synthesis of the deltas of ``chunk``'s layers."""
         first = chunk[0]
-        lists = [member._coefficient_list() for member in chunk]
+        lists = [member.coefficient_list() for member in chunk]
         parameters = [p for coefficients in lists for p in coefficients]
         settings = (first.block_rows, first.in_features, first.config.scaling)
         if differentiable:
             stacked = torch.stack(parameters)
-            deltas = _FourierFTDeltas.apply(stacked, first._half_index, first._dense_index, *settings)
+            deltas = _FourierFTDeltas.apply(stacked, first.half_index, first.dense_index, *settings)
         else:
             with torch.no_grad():
-                deltas = _synthesise_deltas(torch.stack(parameters), first._half_index, *settings)
+                deltas = _synthesise_deltas(torch.stack(parameters), first.half_index, *settings)
         # one layer: no split (its backward would copy the gradient once more)
         pieces = (deltas,) if len(chunk) == 1 else deltas.split([len(coefficients) for coefficients in lists])
         synthesis.deltas.update({id(m): piece for m, piece in zip(chunk, pieces, strict=True)})
 
 
-def _version_key(tensors: Sequence[Tensor]) -> Hashable:
+def version_key(tensors: Sequence[Tensor]) -> Hashable:
     """Changes whenever one of ``tensors`` is modified in place or replaced."""
     return tuple((t._version, t.data_ptr()) for t in tensors)

@@ -130,8 +130,8 @@ def _layer_indices(block_rows: int, d_in: int, n_frequency: int, seed: int, num_
     crow, col, inverse = _fft_sampling_index(rows, cols, block_rows, d_in, num_blocks)
     return {
         "locations": locations,
-        "_half_index": _half_spectrum_index(rows, cols, block_rows, d_in),
-        "_dense_index": _dense_gather_index(rows, cols, block_rows, d_in),
+        "half_index": _half_spectrum_index(rows, cols, block_rows, d_in),
+        "dense_index": _dense_gather_index(rows, cols, block_rows, d_in),
         "_fft_crow": crow,
         "_fft_col": col,
         "_fft_inverse": inverse,

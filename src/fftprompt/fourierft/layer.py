@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fftprompt.fourierft.bank import FourierFTBank, _version_key
+from fftprompt.fourierft.bank import FourierFTBank, version_key
 from fftprompt.fourierft.config import QKV_BLOCKS, FourierFTConfig
 from fftprompt.fourierft.functional import (
     _batches_dense_gradient,
@@ -56,6 +56,10 @@ class FourierFTLinear(nn.Module):
     Attributes:
         fourierft_spectrum: The trainable coefficients, ``(n,)`` each, keyed ``"full"`` or by block name.
         merged: Whether the delta is currently added to ``base_layer.weight``.
+        bank: The :class:`~fftprompt.fourierft.bank.FourierFTBank` that synthesises this layer's deltas (its own until
+            :func:`~fftprompt.fourierft.model.inject_fourierft` gathers the model's layers in one).
+        half_index, dense_index: Where the coefficients sit in the half spectrum and in the dense matrix (buffers
+            derived from the seed, never saved), read by the bank's batched synthesis.
 
     Raises:
         ValueError: ``base_layer`` is not an ``nn.Linear``, ``blocks`` are not distinct q/k/v names or do not divide
@@ -115,17 +119,17 @@ class FourierFTLinear(nn.Module):
             self.register_buffer(key, index.to(device), persistent=False)
         self._cache: tuple[tuple[Any, ...], Tensor] | None = None  # merged weight without gradients
         self._bias_cache: tuple[tuple[Any, ...], Tensor] | None = None  # frozen bias in the compute dtype
-        self._bank = FourierFTBank([self])  # inject_fourierft moves the layer into its model's bank
+        self.bank = FourierFTBank([self])  # inject_fourierft moves the layer into its model's bank
 
-    def _coefficient_list(self) -> list[Tensor]:
+    def coefficient_list(self) -> list[Tensor]:
         """The ``nb`` coefficient vectors ``(n,)``, blocks in q, k, v order."""
         return [self.fourierft_spectrum[key] for key in self.block_names]
 
     def _coefficients(self) -> Tensor:
         """``(nb, n)`` coefficients, blocks in q, k, v order."""
-        return _stack(self._coefficient_list())
+        return _stack(self.coefficient_list())
 
-    def _shape_key(self) -> tuple[Any, ...]:
+    def shape_key(self) -> tuple[Any, ...]:
         """Layers with equal keys share their entry locations (and a :class:`FourierFTBank` group)."""
         config = self.config
         return (self.block_rows, self.in_features, config.n_frequency, config.seed, config.scaling)
@@ -141,21 +145,21 @@ class FourierFTLinear(nn.Module):
             self.config.n_frequency,
         )
 
-    def _batched_dense(self, dtype: torch.dtype) -> bool:
+    def batched_dense(self, dtype: torch.dtype) -> bool:
         """Whether a forward now takes the dense coefficient gradient through differentiable deltas, batched over the
         bank's group (:func:`~fftprompt.fourierft.functional._batches_dense_gradient`)."""
         return (
             torch.is_grad_enabled()
-            and any(p.requires_grad for p in self._coefficient_list())
+            and any(p.requires_grad for p in self.coefficient_list())
             and self._grad_mode(dtype) == "dense"
             and _batches_dense_gradient(self.base_layer.weight.device)
         )
 
     def _merged_key(self, dtype: torch.dtype) -> tuple[Any, ...]:
         weight = self.base_layer.weight
-        return (_version_key(self._coefficient_list()), weight._version, weight.data_ptr(), dtype)
+        return (version_key(self.coefficient_list()), weight._version, weight.data_ptr(), dtype)
 
-    def _has_merged_weight(self, dtype: torch.dtype) -> bool:
+    def has_merged_weight(self, dtype: torch.dtype) -> bool:
         """Whether the cached ``W + dW`` (kept without gradients) is current for ``dtype``."""
         return self._cache is not None and self._cache[0] == self._merged_key(dtype)
 
@@ -203,7 +207,7 @@ class FourierFTLinear(nn.Module):
         weight, bias = self.base_layer.weight, self.base_layer.bias
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
-        coefficients = self._coefficient_list()
+        coefficients = self.coefficient_list()
         trains_coefficients = any(p.requires_grad for p in coefficients)
         compiling = torch.compiler.is_compiling()
         requires_grad = torch.is_grad_enabled() and (
@@ -213,23 +217,23 @@ class FourierFTLinear(nn.Module):
             return F.linear(x.to(dtype), self._merged_weight(dtype, compiling), self._bias(dtype, compiling))
         self._cache = None  # an evaluation cache would otherwise hold a weight copy through training
         mode = self._grad_mode(dtype)
-        batched = self._batched_dense(dtype)
+        batched = self.batched_dense(dtype)
         settings = (self.block_rows, self.in_features, self.config.scaling)
         if compiling:  # traced: every layer synthesises its own deltas inside the graph
             stacked = _stack(coefficients)
             if batched:
-                deltas = _FourierFTDeltas.apply(stacked, self._half_index, self._dense_index, *settings)
+                deltas = _FourierFTDeltas.apply(stacked, self.half_index, self.dense_index, *settings)
             else:
-                deltas = _synthesise_deltas(stacked.detach(), self._half_index, *settings)
+                deltas = _synthesise_deltas(stacked.detach(), self.half_index, *settings)
         else:
-            deltas = self._bank.deltas(self, dtype, differentiable=batched)
+            deltas = self.bank.deltas(self, dtype, differentiable=batched)
         return _FourierFTLinearFunction.apply(
             x,
             weight,
             self._bias(dtype, compiling),
             deltas,
             _stack(coefficients) if trains_coefficients and not batched else None,
-            self._dense_index,
+            self.dense_index,
             self._fft_crow,
             self._fft_col,
             self._fft_inverse,
@@ -244,13 +248,13 @@ class FourierFTLinear(nn.Module):
         """``W + dW`` in ``dtype`` without gradients, cached until a coefficient or the weight changes."""
         if compiling:
             deltas = _synthesise_deltas(
-                self._coefficients(), self._half_index, self.block_rows, self.in_features, self.config.scaling
+                self._coefficients(), self.half_index, self.block_rows, self.in_features, self.config.scaling
             )
             return _merge_weight(self.base_layer.weight, deltas, self.block_ids, self.block_rows, dtype)
         key = self._merged_key(dtype)
         if self._cache is None or self._cache[0] != key:
             self._cache = None  # release the stale copy before building the new one
-            deltas = self._bank.deltas(self, dtype, differentiable=False)
+            deltas = self.bank.deltas(self, dtype, differentiable=False)
             self._cache = (key, _merge_weight(self.base_layer.weight, deltas, self.block_ids, self.block_rows, dtype))
         return self._cache[1]
 

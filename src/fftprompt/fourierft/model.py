@@ -17,6 +17,7 @@ from fftprompt.fourierft.config import QKV_BLOCKS, REGEX_PREFIX, FourierFTConfig
 from fftprompt.fourierft.layer import FULL_LAYER, FourierFTLinear
 
 __all__ = [
+    "count_fourierft_matrices",
     "fourierft_state_dict",
     "inject_fourierft",
     "load_fourierft_state_dict",
@@ -64,6 +65,36 @@ def _match_targets(linears: Mapping[str, nn.Linear], targets: tuple[str, ...]) -
     return plan, unmatched
 
 
+def _plan(model: nn.Module, config: FourierFTConfig) -> tuple[dict[str, nn.Linear], dict[str, set[str]]]:
+    """The linear layers of ``model`` and what ``config.targets`` adapt of them (:func:`_match_targets`), checked."""
+    if not isinstance(config, FourierFTConfig):
+        raise ValueError(f"FourierFT: config is a {type(config).__name__}; expected a FourierFTConfig")
+    linears = _adaptable_linears(model)
+    plan, unmatched = _match_targets(linears, config.targets)
+    if unmatched:
+        raise ValueError(
+            f"FourierFT targets {unmatched} match no layer of {type(model).__name__}; available: "
+            f"{_available_targets(linears)}"
+        )
+    for name, kinds in plan.items():
+        if FULL_LAYER in kinds and len(kinds) > 1:
+            raise ValueError(
+                f"FourierFT targets adapt {name!r} both whole and as blocks {sorted(kinds - {FULL_LAYER})}; choose one"
+            )
+    return linears, plan
+
+
+def count_fourierft_matrices(model: nn.Module, config: FourierFTConfig) -> int:
+    """How many matrices :func:`inject_fourierft` would adapt in ``model`` (a ``q``/``k``/``v`` row block counts as
+    one), found without building any layer: ``n_frequency`` coefficients each.
+
+    Raises:
+        ValueError: as :func:`inject_fourierft` for targets that match nothing or adapt a layer twice.
+    """
+    _, plan = _plan(model, config)
+    return sum(len(kinds) for kinds in plan.values())
+
+
 def inject_fourierft(model: nn.Module, config: FourierFTConfig) -> list[str]:
     """Replace the targeted linear layers of ``model`` in place by :class:`FourierFTLinear` wrappers.
 
@@ -82,20 +113,7 @@ def inject_fourierft(model: nn.Module, config: FourierFTConfig) -> list[str]:
             a row count not divisible by 3, or ``n_frequency`` exceeds a matrix's size (naming the layer). No layer is
             replaced then.
     """
-    if not isinstance(config, FourierFTConfig):
-        raise ValueError(f"inject_fourierft: config is a {type(config).__name__}; expected a FourierFTConfig")
-    linears = _adaptable_linears(model)
-    plan, unmatched = _match_targets(linears, config.targets)
-    if unmatched:
-        raise ValueError(
-            f"FourierFT targets {unmatched} match no layer of {type(model).__name__}; available: "
-            f"{_available_targets(linears)}"
-        )
-    for name, kinds in plan.items():
-        if FULL_LAYER in kinds and len(kinds) > 1:
-            raise ValueError(
-                f"FourierFT targets adapt {name!r} both whole and as blocks {sorted(kinds - {FULL_LAYER})}; choose one"
-            )
+    linears, plan = _plan(model, config)
     # every wrapper is built (and its shape checked) before the first one replaces its layer
     wrappers = {
         name: FourierFTLinear(

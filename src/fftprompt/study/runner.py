@@ -44,7 +44,8 @@ SHIFTED_DOMAINS: dict[str, str] = {
 # every run as in fftprompt-ablate (final weights tested), and no explanation figures in the reports
 # the study's documented runs use the randomly initialised demo backbone (docs/robustness.md)
 RUN_OVERRIDES = (*COMPARISON_OVERRIDES, "report.explain_images=0", "backbone.checkpoint_path=null")
-QUICK_MODEL = ("backbone.depth=2", "backbone.embed_dim=32", "backbone.num_heads=2")
+# --quick: the 2-block ViT of width 32 of configs/backbone/vit_micro.yaml (after the dataset's backbone=vit_demo)
+QUICK_MODEL = ("backbone=vit_micro",)
 
 
 @dataclass
@@ -118,6 +119,7 @@ def _train_or_reuse(overrides: list[str], run_dir: Path, rerun: bool) -> tuple[d
 
 
 def _evaluate_or_reuse(overrides: list[str], eval_dir: Path, rerun: bool) -> dict[str, Any]:
+    # callbacks=none again: eval.yaml's own callbacks (a progress bar) win over mode=comparison's
     cfg = compose([*overrides, "callbacks=none", f"paths.output_dir={eval_dir}"], config_name="eval")
     metrics = None if rerun else finished_metrics(eval_dir, OmegaConf.to_container(cfg, resolve=True))
     return metrics if metrics is not None else evaluate(cfg)

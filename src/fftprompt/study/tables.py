@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fftprompt.methods import METHOD_LABELS
+from fftprompt.tables import format_mean_std
 
 __all__ = ["DISCUSSION", "format_markdown", "goal_check", "summarise"]
 
@@ -60,7 +61,7 @@ def goal_check(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _cell(stat: tuple[float, float]) -> str:
-    return f"{stat[0]:.3f} ± {stat[1]:.3f}"
+    return format_mean_std(*stat)
 
 
 def format_markdown(report: dict[str, Any]) -> str:
