@@ -44,6 +44,7 @@ TRAINED_METHODS: dict[str, Method] = {
     "vpt_shallow": Method("VPT shallow", prompt="vpt", adapter="none"),
     "vpt_deep": Method("VPT deep", prompt="vpt_deep", adapter="none"),
     "vfpt": Method("VFPT", prompt="vfpt", adapter="none"),
+    "vapt": Method("VAPT", prompt="vapt", adapter="none"),
     "fft_shallow": Method("fft prompts shallow", prompt="fft", adapter="none"),
     "fft_deep": Method("fft prompts deep", prompt="fft_deep", adapter="none"),
     "fourierft": Method("FourierFT", prompt="none", adapter="fourierft"),
@@ -57,6 +58,7 @@ _PROMPT_OPTIONS: dict[tuple[str, bool], str] = {
     ("VPTPrompt", False): "vpt",
     ("VPTPrompt", True): "vpt_deep",
     ("VFPTPrompt", True): "vfpt",
+    ("VAPTPrompt", True): "vapt",
     ("FrequencyPrompt", False): "fft",
     ("FrequencyPrompt", True): "fft_deep",
 }
