@@ -18,7 +18,7 @@ _BLOCK = re.compile(
     r"(?P<marker><!-- docs-test: needs-run \((?P<why>.*?)\) -->\n)?```python\n(?P<code>.*?)^```", re.M | re.S
 )
 # the blocks that are only compiled: explain() needs a trained run (tests/test_explain.py trains one and calls it)
-NEEDS_RUN = {"docs/explain.md#1"}
+NEEDS_RUN = {"docs/explain.md#1", "README.md#2"}
 
 
 def python_blocks() -> list[tuple[str, str, str | None]]:

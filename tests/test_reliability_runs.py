@@ -245,7 +245,7 @@ def test_every_experiment_builds_with_every_prompt_and_adapter(tmp_path, experim
                 instantiate(cfg.data, mean=list(backbone.mean), std=list(backbone.std), **root)
             except Exception as error:  # collect every failing combination, not only the first
                 failures.append(f"{' '.join(overrides[:3])}: {type(error).__name__}: {str(error).splitlines()[0]}")
-    assert len(combinations) == 8 * 3 and not failures, "\n".join(failures)
+    assert len(combinations) == 9 * 3 and not failures, "\n".join(failures)
 
 
 # ---------------------------------------------------------------------------------------------------- fftprompt-eval

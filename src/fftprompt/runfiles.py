@@ -35,6 +35,7 @@ __all__ = [
     "PREDICTIONS_FILE",
     "PREDICT_DIR",
     "PREDICT_SUMMARY",
+    "PROBE_TABLE",
     "REPLACED_MARK",
     "REPORT_FILE",
     "RESUME_COMPARED",
@@ -75,6 +76,9 @@ PREDICTIONS_FILE = "predictions.csv"  # classification: one row per image
 MASK_DIR = "masks"  # segmentation: one PNG per image
 OVERLAY_FIGURE = "overlays.png"
 PREDICT_SUMMARY = "predict.json"
+
+# fftprompt-probe (its out_dir: metrics.json as above, and the table)
+PROBE_TABLE = "probe.md"
 
 # fftprompt-export (RUN/export/<format> unless out_dir= says otherwise); the timm and PEFT names are those libraries'
 EXPORT_DIR = "export"

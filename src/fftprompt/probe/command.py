@@ -24,14 +24,12 @@ from fftprompt.data.base import ImageDataModule
 from fftprompt.probe.features import extract_features, pooled_tokens
 from fftprompt.probe.protocol import evaluate_probes, random_splits
 from fftprompt.rundir import load_run, move_run_aside
+from fftprompt.runfiles import METRICS_FILE, PROBE_TABLE
 from fftprompt.spectral import FrequencyFeatures
 from fftprompt.tables import format_mean_std, markdown_table, mean_std
 from fftprompt.utils import atomic_write, check_choice, to_plain
 
-__all__ = ["METRICS", "TABLE", "probe"]
-
-METRICS = "metrics.json"
-TABLE = "probe.md"
+__all__ = ["probe"]
 _SPLITS = ("train", "val", "test")
 
 
@@ -133,10 +131,10 @@ def probe(cfg: DictConfig, echo: Callable[[str], None] = print) -> dict[str, Any
         "config": _config_record(cfg),
     }
     table = _table(metrics)
-    atomic_write(out_dir / METRICS, lambda t: t.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8"))
-    atomic_write(out_dir / TABLE, lambda t: t.write_text("\n".join(table) + "\n", encoding="utf-8"))
+    atomic_write(out_dir / METRICS_FILE, lambda t: t.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8"))
+    atomic_write(out_dir / PROBE_TABLE, lambda t: t.write_text("\n".join(table) + "\n", encoding="utf-8"))
     echo("\n".join(table))
-    echo(f"probe results: {out_dir / METRICS}, {out_dir / TABLE}")
+    echo(f"probe results: {out_dir / METRICS_FILE}, {out_dir / PROBE_TABLE}")
     return metrics
 
 
@@ -156,11 +154,11 @@ def _out_dir(cfg: DictConfig) -> Path:
 
 def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
     """Never replaces an earlier result silently: refused, or with ``overwrite=true`` moved aside whole."""
-    if not (out_dir / METRICS).exists():
+    if not (out_dir / METRICS_FILE).exists():
         return
     if not overwrite:
         raise ValueError(
-            f"{out_dir} already holds a probe result ({METRICS}); choose another out_dir or pass overwrite=true"
+            f"{out_dir} already holds a probe result ({METRICS_FILE}); choose another out_dir or pass overwrite=true"
         )
     print(f"overwrite=true: moved the earlier result {out_dir} aside to {move_run_aside(out_dir)}", flush=True)
 
