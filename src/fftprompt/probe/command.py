@@ -27,6 +27,7 @@ from fftprompt.rundir import load_run, move_run_aside
 from fftprompt.runfiles import METRICS_FILE, PROBE_TABLE
 from fftprompt.spectral import FrequencyFeatures
 from fftprompt.tables import format_mean_std, markdown_table, mean_std
+from fftprompt.tokens import pool as pool_tokens
 from fftprompt.utils import atomic_write, check_choice, to_plain
 
 __all__ = ["probe"]
@@ -171,10 +172,10 @@ def _encoder_and_data(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule,
         run = load_run(to_absolute_path(str(cfg.run_dir)), data_root=cfg.data_root, device=str(cfg.device))
         model = run.model
         pooling = str(cfg.pooling or model.pooling)
-        num_prompt_tokens = model.num_prompt_tokens
+        layout = model.token_layout()
 
         def pool(tokens: torch.Tensor) -> torch.Tensor:
-            return model.backbone.pool(tokens, pooling, num_prompt_tokens)
+            return pool_tokens(tokens, layout, pooling, norm=model.backbone.fc_norm)
 
         encoder = {"pooled": lambda images: pooled_tokens(model.forward_features, pool, images)}
         backbone: Backbone = model.backbone
@@ -189,7 +190,12 @@ def _encoder_and_data(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule,
             raise ValueError("no data: give data=<config> (e.g. data=dtd data.root=/data/dtd) or a run_dir=")
         backbone = instantiate(cfg.backbone)
         pooling = str(cfg.pooling or "cls")
-        encoder = {"pooled": lambda images: pooled_tokens(backbone, lambda t: backbone.pool(t, pooling), images)}
+        layout = backbone.token_layout()
+        encoder = {
+            "pooled": lambda images: pooled_tokens(
+                backbone, lambda t: pool_tokens(t, layout, pooling, norm=backbone.fc_norm), images
+            )
+        }
         datamodule = _datamodule(data, backbone)
         checkpoint = cfg.backbone.get("checkpoint_path")
         source = {
