@@ -39,7 +39,7 @@ test-extras: install
 	if grep "^SKIPPED" $(VENV)/test-extras.log | grep -v "is installed"; then \
 		echo "test-extras: the tests above skipped: an extra is missing"; exit 1; fi; \
 	exit $$status
-	$(BIN)/python -m pip list 2>/dev/null | grep -i -E '^(torch|hydra-optuna-sweeper|optuna|wandb|mlflow|tensorboard|onnx|onnxscript|onnxruntime) '
+	$(BIN)/python -m pip list 2>/dev/null | grep -i -E '^(torch|lightning|hydra-core|hydra-optuna-sweeper|optuna|wandb|mlflow|tensorboard|onnx|onnxscript|onnxruntime) '
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
