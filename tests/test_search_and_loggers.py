@@ -14,6 +14,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -178,8 +179,13 @@ def read_wandb(run: Path, metrics: dict) -> None:
 
     assert wandb.run is None  # closed by train: a sweep's next trial gets its own run
     (log,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
-    records = wandb_records(log)
-    kinds = [record.WhichOneof("record_type") for record in records]
+    # W&B's service process writes the log: under load it may land a moment after finish() returned
+    for _ in range(120):
+        records = wandb_records(log)
+        kinds = [record.WhichOneof("record_type") for record in records]
+        if kinds and kinds[-1] == "exit":
+            break
+        time.sleep(0.25)
     assert kinds.count("run") == 1 and kinds[-1] == "exit"
     history = [{wandb_key(item): json.loads(item.value_json) for item in r.history.item} for r in records]
     assert len([row for row in history if "val/acc" in row]) == 2  # one per epoch

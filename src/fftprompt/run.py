@@ -448,8 +448,8 @@ def _instantiate_optional(node: Any) -> Any:
 
 def _finish_loggers(loggers: Sequence[Logger]) -> None:
     """Ends the process-wide run a W&B logger opened (Lightning leaves it open), so that the next training in this
-    process (a sweep's next trial) gets its own run instead of logging into this one, and the offline run's files
-    (summary, history) are complete when ``train`` returns."""
+    process (a sweep's next trial) gets its own run instead of logging into this one; W&B's service process then
+    completes the run's files (offline: ``wandb/offline-run-*``)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
             logger.experiment.finish()
