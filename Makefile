@@ -30,7 +30,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ## The optional integrations for real (Optuna search, W&B offline, MLflow, TensorBoard, ONNX): installs the extras
-## into $(VENV), runs their tests and fails when one of them skipped for a missing package.
+## into $(VENV), runs their tests and fails when one of them skipped for a missing package. CI: VENV=.venv-extras.
 EXTRAS_TESTS := tests/test_search_and_loggers.py tests/test_export_onnx.py tests/test_realdft.py
 test-extras: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,search,wandb,mlflow,tensorboard,onnx]'
