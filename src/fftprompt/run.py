@@ -28,7 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate, to_absolute_path
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -240,51 +240,58 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks = _instantiate_collection(cfg.get("callbacks"))
     loggers = _instantiate_collection(cfg.get("logger"), "logger")
     trainer = _make_trainer(cfg, callbacks=callbacks, logger=loggers or False)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if trainer.is_global_zero:
-        rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
-        rundir.record_launch(output_dir, _launch("fftprompt-train", resumed_from=resume, replaced=replaced))
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero:
+            rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
+            rundir.record_launch(output_dir, _launch("fftprompt-train", resumed_from=resume, replaced=replaced))
 
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        # PromptedViT keeps the frozen backbone in eval() on purpose (no dropout / drop-path, as in VPT)
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
-    train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            # PromptedViT keeps the frozen backbone in eval() on purpose (no dropout / drop-path, as in VPT)
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            trainer.fit(
+                module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True
+            )
+        train_seconds = time.perf_counter() - start
 
-    best_validation = _best_validation(trainer)
-    test_checkpoint, weights = _test_checkpoint(trainer)
-    start = time.perf_counter()
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, verbose=False, weights_only=True)
-    test_seconds = time.perf_counter() - start
+        best_validation = _best_validation(trainer)
+        test_checkpoint, weights = _test_checkpoint(trainer)
+        start = time.perf_counter()
+        results = trainer.test(
+            module, datamodule=datamodule, ckpt_path=test_checkpoint, verbose=False, weights_only=True
+        )
+        test_seconds = time.perf_counter() - start
 
-    metrics = _test_metrics(results)
-    confusion = _test_confusion(module)  # a collective under DDP: every rank takes part
-    metrics.update(
-        trainable_params=model.num_trainable_parameters(),
-        total_params=model.num_total_parameters(),
-        train_seconds=round(train_seconds, 3),
-        test_seconds=round(test_seconds, 3),
-        epochs=int(trainer.current_epoch),
-        steps=int(trainer.global_step),
-        tested_weights=weights,
-        **best_validation,
-    )
-    report = None
-    if trainer.is_global_zero:
-        model.save_trainable(output_dir, overwrite=True)  # the directory was checked for an earlier run above
-        report = _write_report(cfg, output_dir, metrics, parts, loggers, "fftprompt training run", confusion)
-        print_summary(metrics, report, title=f"test metrics ({weights} weights)")
-    objects = {
-        "cfg": cfg,
-        "model": model,
-        "module": module,
-        "datamodule": datamodule,
-        "trainer": trainer,
-        "output_dir": output_dir,
-        "report": report,
-    }
-    return metrics, objects
+        metrics = _test_metrics(results)
+        confusion = _test_confusion(module)  # a collective under DDP: every rank takes part
+        metrics.update(
+            trainable_params=model.num_trainable_parameters(),
+            total_params=model.num_total_parameters(),
+            train_seconds=round(train_seconds, 3),
+            test_seconds=round(test_seconds, 3),
+            epochs=int(trainer.current_epoch),
+            steps=int(trainer.global_step),
+            tested_weights=weights,
+            **best_validation,
+        )
+        report = None
+        if trainer.is_global_zero:
+            model.save_trainable(output_dir, overwrite=True)  # the directory was checked for an earlier run above
+            report = _write_report(cfg, output_dir, metrics, parts, loggers, "fftprompt training run", confusion)
+            print_summary(metrics, report, title=f"test metrics ({weights} weights)")
+        objects = {
+            "cfg": cfg,
+            "model": model,
+            "module": module,
+            "datamodule": datamodule,
+            "trainer": trainer,
+            "output_dir": output_dir,
+            "report": report,
+        }
+        return metrics, objects
+    finally:
+        _finish_loggers(loggers)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -437,6 +444,15 @@ def _instantiate_optional(node: Any) -> Any:
     if node is None or (isinstance(node, DictConfig) and len(node) == 0):
         return None
     return instantiate(node)
+
+
+def _finish_loggers(loggers: Sequence[Logger]) -> None:
+    """Ends the process-wide run a W&B logger opened (Lightning leaves it open), so that the next training in this
+    process (a sweep's next trial) gets its own run instead of logging into this one; W&B's service process then
+    completes the run's files (offline: ``wandb/offline-run-*``)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
 
 
 def _instantiate_collection(node: DictConfig | None, group: str = "callbacks") -> list[Any]:
