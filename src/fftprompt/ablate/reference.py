@@ -18,15 +18,15 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from fftprompt.probe import evaluate_probes, extract_features, pooled_tokens
 from fftprompt.run import build, compose
+from fftprompt.spectral import FrequencyFeatures
 from fftprompt.tokens import pool
-from fftprompt.utils import write_json_atomic
+from fftprompt.utils import to_plain, write_json_atomic
 
 __all__ = ["REFERENCES", "add_references", "reference_parameters", "reference_rows", "reference_table_rows"]
 
@@ -104,16 +104,21 @@ def reference_table_rows(
 
 
 def reference_rows(cfg: DictConfig, batch_size: int = 64) -> list[dict[str, Any]]:
-    """:func:`reference_table_rows` for the backbone and data of ``cfg`` (a composed classification train config;
-    augmentation off, the backbone's normalisation, the backbone built after seeding with ``cfg.seed``)."""
+    """:func:`reference_table_rows` for the frozen backbone (without the config's prompts and adapter) and the data of
+    ``cfg`` (a composed classification train config; augmentation off, the backbone's normalisation, the backbone
+    built after seeding with ``cfg.seed``)."""
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.data.augment = False  # the features of the images as tested, for the training split too
+        # the frozen backbone alone: an adapter's FourierFT coefficients start random and would shift the tokens
+        cfg.prompt, cfg.adapter = None, None
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     parts = build(cfg)
     backbone, datamodule = parts["backbone"], parts["datamodule"]
+    settings = {key: value for key, value in to_plain(cfg.features).items() if not key.startswith("_")}
+    frequency = FrequencyFeatures(patch_size=backbone.patch_size, **settings)
+    # the backbone's own readout (the class token unless the config pools the patches' mean)
     pooling = str(cfg.task.pooling) if str(cfg.task.pooling) in ("cls", "mean") else "cls"
-    frequency = instantiate(cfg.features)(patch_size=backbone.patch_size)
     layout = backbone.token_layout()
 
     def encode(images: Tensor) -> Tensor:
