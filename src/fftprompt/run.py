@@ -44,9 +44,9 @@ from fftprompt.pretrain import FormulaPretrainModule, hardware, write_pretrained
 from fftprompt.report import print_summary
 from fftprompt.robustness import evaluate_corruptions
 from fftprompt.run_report import ReportSettings, write_run_report
-from fftprompt.runfiles import RUN_CONFIG, RUN_ENTRIES
+from fftprompt.runfiles import METRICS_FILE, RUN_CONFIG, RUN_ENTRIES
 from fftprompt.spectral import FrequencyFeatures
-from fftprompt.utils import is_installed, to_plain
+from fftprompt.utils import is_installed, to_plain, write_json_atomic
 from fftprompt.weights import RESOLVER, weights_path
 
 __all__ = [
@@ -256,15 +256,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         train_seconds = time.perf_counter() - start
 
         best_validation = _best_validation(trainer)
-        test_checkpoint, weights = _test_checkpoint(trainer)
-        start = time.perf_counter()
-        results = trainer.test(
-            module, datamodule=datamodule, ckpt_path=test_checkpoint, verbose=False, weights_only=True
-        )
-        test_seconds = time.perf_counter() - start
-
-        metrics = _test_metrics(results)
-        confusion = _test_confusion(module)  # a collective under DDP: every rank takes part
+        tested = bool(cfg.get("test", True))
+        metrics, confusion, test_seconds, weights = {}, None, 0.0, "untested"
+        if tested:
+            test_checkpoint, weights = _test_checkpoint(trainer)
+            start = time.perf_counter()
+            results = trainer.test(
+                module, datamodule=datamodule, ckpt_path=test_checkpoint, verbose=False, weights_only=True
+            )
+            test_seconds = time.perf_counter() - start
+            metrics = _test_metrics(results)
+            confusion = _test_confusion(module)  # a collective under DDP: every rank takes part
         metrics.update(
             trainable_params=model.num_trainable_parameters(),
             total_params=model.num_total_parameters(),
@@ -278,8 +280,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         report = None
         if trainer.is_global_zero:
             model.save_trainable(output_dir, overwrite=True)  # the directory was checked for an earlier run above
-            report = _write_report(cfg, output_dir, metrics, parts, loggers, "fftprompt training run", confusion)
-            print_summary(metrics, report, title=f"test metrics ({weights} weights)")
+            if tested:
+                report = _write_report(cfg, output_dir, metrics, parts, loggers, "fftprompt training run", confusion)
+                print_summary(metrics, report, title=f"test metrics ({weights} weights)")
+            else:  # test=false: no report, whose figures would show test images; metrics.json only
+                write_json_atomic(output_dir / METRICS_FILE, {**metrics, "config": _summary(cfg, parts)})
         objects = {
             "cfg": cfg,
             "model": model,
@@ -563,11 +568,16 @@ def _check_matches_run(cfg: DictConfig, run_dir: Path, purpose: str) -> None:
 
 
 def _best_validation(trainer: L.Trainer) -> dict[str, float]:
-    """``{"<monitor>_best": score}`` (e.g. ``val/acc_best``) of the checkpoint callback, when it monitored one."""
+    """``{"<monitor>_best": score, "<monitor>_best_epoch": epoch}`` (e.g. ``val/acc_best``) of the checkpoint
+    callback, when it monitored one (the epoch, counted from 0, read from the best checkpoint when it is on disk)."""
     callback = trainer.checkpoint_callback
-    if isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_score is not None:
-        return {f"{callback.monitor}_best": float(callback.best_model_score)}
-    return {}
+    if not (isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_score is not None):
+        return {}
+    best = {f"{callback.monitor}_best": float(callback.best_model_score)}
+    if callback.best_model_path and Path(callback.best_model_path).is_file():
+        checkpoint = torch.load(callback.best_model_path, map_location="cpu", weights_only=True)
+        best[f"{callback.monitor}_best_epoch"] = int(checkpoint["epoch"])
+    return best
 
 
 def _test_checkpoint(trainer: L.Trainer) -> tuple[str | None, str]:

@@ -116,6 +116,7 @@ RESUME_MAY_CHANGE = (
     "overwrite",
     "paths",
     "report",
+    "test",
     "logger",
     "callbacks",
     "callbacks.model_checkpoint.dirpath",
@@ -132,7 +133,7 @@ RESUME_MAY_GROW = ("trainer.max_epochs", "trainer.max_steps")
 # What never separates runs in fftprompt-compare's table: the seed is aggregated over (mean ± std), the rest locate
 # or describe a run, not what it trains. Unlike RESUME_MAY_CHANGE the seed belongs here and logging does not: two
 # runs that differ only in their logger are still compared as two settings.
-NOT_GROUPED = ("seed", "overwrite", "ckpt_path", "paths", "report")
+NOT_GROUPED = ("seed", "overwrite", "ckpt_path", "paths", "report", "test")
 
 
 def covering(key: str, entries: Sequence[str]) -> list[str]:
