@@ -30,7 +30,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ## The optional integrations for real (Optuna search, W&B offline, MLflow, TensorBoard, ONNX): installs the extras
-## into $(VENV), runs their tests and fails when one of them skipped for a missing package.
+## into $(VENV), runs their tests and fails when one of them skipped for a missing package. CI: VENV=.venv-extras.
 EXTRAS_TESTS := tests/test_search_and_loggers.py tests/test_export_onnx.py tests/test_realdft.py
 test-extras: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,search,wandb,mlflow,tensorboard,onnx]'
@@ -39,7 +39,7 @@ test-extras: install
 	if grep "^SKIPPED" $(VENV)/test-extras.log | grep -v "is installed"; then \
 		echo "test-extras: the tests above skipped: an extra is missing"; exit 1; fi; \
 	exit $$status
-	$(BIN)/python -m pip list 2>/dev/null | grep -i -E '^(torch|hydra-optuna-sweeper|optuna|wandb|mlflow|tensorboard|onnx|onnxscript|onnxruntime) '
+	$(BIN)/python -m pip list 2>/dev/null | grep -i -E '^(torch|lightning|hydra-core|hydra-optuna-sweeper|optuna|wandb|mlflow|tensorboard|onnx|onnxscript|onnxruntime) '
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -167,6 +167,7 @@ def test_bench_methods_rows_and_parameter_counts(tmp_path, capsys):
             assert row["trainable_params"] == expected[method], method
         assert row["train_step_ms"] > 0 and row["inference_ms_per_image"] > 0, method
         assert row["peak_train_mb"] >= row["state_mb"] > 0, method
+        assert row["trainable_bytes"] == 4 * row["trainable_params"], method  # float32 by default
         assert row["label"] in table
     assert rows["full_finetune"]["trainable_params"] == rows["full_finetune"]["total_params"]
     assert rows["linear_probe"]["total_params"] == rows["full_finetune"]["total_params"]
@@ -182,6 +183,24 @@ def test_bench_methods_rows_and_parameter_counts(tmp_path, capsys):
     assert ratios["train step fft_shallow/vpt_shallow (fastest steps)"] == pytest.approx(fastest)
     assert ("train step fourierft/fourierft_peft" in ratios) == peft_available()
     assert "fft_shallow/vpt_shallow" in table
+
+
+def test_bench_methods_reports_trainable_bytes_per_adapter_dtype(capsys):
+    args = [*TINY_ARGS, "--methods", "linear_probe,fourierft", "--no-memory", "--steps", "1", "--warmup", "0"]
+    reports = {}
+    for dtype in (None, "bfloat16", "float16"):
+        extra = [] if dtype is None else ["--adapter-dtype", dtype]
+        assert bench_main(["methods", *args, *extra, "--n-frequency", "200", "--json", "-"]) == 0
+        reports[dtype] = {r["method"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    head, coefficients = (32 * 5 + 5) * 4, 2 * 200  # float32 head; one qkv matrix per block
+    for dtype, size in ((None, 4), ("bfloat16", 2), ("float16", 2)):
+        rows = reports[dtype]
+        assert rows["linear_probe"]["trainable_bytes"] == head
+        assert rows["fourierft"]["trainable_bytes"] == head + coefficients * size, dtype
+        assert rows["fourierft"]["trainable_params"] == reports[None]["fourierft"]["trainable_params"]
+    with pytest.raises(SystemExit):
+        bench_main(["methods", "--adapter-dtype", "float64"])
+    assert "float64" in capsys.readouterr().err
 
 
 @needs_peft

@@ -17,15 +17,25 @@ from fftprompt.utils import write_json_atomic
 
 
 def fake_run(
-    root: Path, name: str, *, prompt: str, noise: float, seed: int, acc: float, params: int, tokens: int = 4
+    root: Path,
+    name: str,
+    *,
+    prompt: str,
+    noise: float,
+    seed: int,
+    acc: float,
+    params: int,
+    tokens: int = 4,
+    adapter: dict | None = None,
+    data: dict | None = None,
 ) -> Path:
     """A run directory as fftprompt-train leaves it (config.yaml, metrics.json), without training."""
     run = root / name
     config = {
         "seed": seed,
-        "data": {"_target_": "fftprompt.data.SymmetryDataModule", "noise_std": noise, "image_size": 32},
+        "data": {"_target_": "fftprompt.data.SymmetryDataModule", "noise_std": noise, "image_size": 32, **(data or {})},
         "prompt": {"_target_": f"fftprompt.prompts.{prompt}", "num_tokens": tokens, "deep": prompt == "VFPTPrompt"},
-        "adapter": None,
+        "adapter": adapter,
         "paths": {"output_dir": str(run)},
         "callbacks": {"model_checkpoint": {"dirpath": f"{run}/checkpoints", "monitor": "val/acc"}},
     }
@@ -59,6 +69,60 @@ def test_groups_by_the_settings_that_differ_and_aggregates_seeds(tmp_path):
     fake_run(tmp_path, "extra", prompt="VPTPrompt", noise=0.03, seed=0, acc=0.9, params=200, tokens=16)
     columns, groups = group_runs(collect_runs([tmp_path]))
     assert columns == ["method", "data.noise_std", "prompt.num_tokens"] and len(groups) == 5
+
+
+def test_replaced_and_copied_runs_are_not_extra_seeds(tmp_path, capsys):
+    # overwrite=true moved the first try aside; the run was then copied by hand: one run, not three seeds
+    fake_run(tmp_path, "run.replaced-20250101-120000", prompt="VPTPrompt", noise=0.1, seed=0, acc=0.467, params=100)
+    fake_run(tmp_path, "run", prompt="VPTPrompt", noise=0.1, seed=0, acc=0.2, params=100)
+    shutil.copytree(tmp_path / "run", tmp_path / "run-copy")
+    fake_run(tmp_path, "other", prompt="VPTPrompt", noise=0.1, seed=1, acc=0.3, params=100)
+    runs = collect_runs([tmp_path])
+    status = {r.run_dir.name: r.status for r in runs}
+    assert status == {"other": "finished", "run": "finished", "run-copy": "duplicate",
+                      "run.replaced-20250101-120000": "replaced"}  # fmt: skip
+    _, (group,) = group_runs(runs)
+    assert sorted(group.values("test/acc")) == [0.2, 0.3]
+    assert main([str(tmp_path), "--output", str(tmp_path / "table")]) == 0
+    markdown = (tmp_path / "table" / "comparison.md").read_text()
+    assert "2 finished runs in 1 groups" in markdown
+    assert "skipped 1 runs moved aside by `overwrite=true`; 1 copies of a compared run counted once" in markdown
+    assert f"a copy of `{tmp_path / 'run'}`" in markdown
+    capsys.readouterr()
+
+
+def test_labels_come_from_the_methods_and_paths_are_not_grouped(tmp_path):
+    fourierft = {"_target_": "fftprompt.fourierft.FourierFTConfig", "n_frequency": 100}
+    for index, (prompt, adapter) in enumerate((("FrequencyPrompt", fourierft), ("VPTPrompt", fourierft))):
+        # two copies of the data at different absolute paths, and shipped weights at different places
+        data = {"root": f"/data/copy{index}"}
+        fake_run(tmp_path, f"r{index}", prompt=prompt, noise=0.1, seed=0, acc=0.5, params=10, adapter=adapter,
+                 data=data)  # fmt: skip
+    columns, groups = group_runs(collect_runs([tmp_path]))
+    assert columns == ["method"]
+    assert [g.key for g in groups] == [("fft prompts + FourierFT",), ("VPT shallow + FourierFT",)]
+    assert main([str(tmp_path), "--output", str(tmp_path / "t")]) == 0
+    markdown = (tmp_path / "t" / "comparison.md").read_text()
+    assert "differ but are not grouped by: `data.root`" in markdown
+
+
+def test_by_chooses_the_grouping_columns(tmp_path, capsys):
+    for noise in (0.03, 0.1):
+        for tokens in (4, 8):
+            fake_run(tmp_path, f"{noise}-{tokens}", prompt="VPTPrompt", noise=noise, seed=0, acc=noise + tokens / 100,
+                     params=tokens, tokens=tokens)  # fmt: skip
+    runs = collect_runs([tmp_path])
+    assert group_runs(runs)[0] == ["data.noise_std", "prompt.num_tokens"]
+    columns, groups = group_runs(runs, by=["prompt.num_tokens"])
+    assert columns == ["prompt.num_tokens"] and [len(g.runs) for g in groups] == [2, 2]
+    assert group_runs(runs, by=["method", "data"])[0] == ["method", "data._target_"]
+    with pytest.raises(ValueError, match="--by 'prompt.tokens' is neither 'method' nor a config entry"):
+        group_runs(runs, by=["prompt.tokens"])
+    assert main([str(tmp_path), "--output", str(tmp_path / "t"), "--by", "data.noise_std"]) == 0
+    markdown = (tmp_path / "t" / "comparison.md").read_text()
+    assert "Grouped by `--by`: `data.noise_std`. Runs of one group also differ in `prompt.num_tokens`." in markdown
+    assert main([str(tmp_path), "--output", str(tmp_path / "u"), "--by", "nope"]) == 2
+    assert "--by 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ def test_onnx_export_of_the_prompted_model_runs_in_onnxruntime(classification_ru
     info = json.loads(written["info"].read_text())
     opset = {entry.domain: entry.version for entry in onnx.load(str(written["model.onnx"])).opset_import}[""]
     assert info["onnx"]["opset"] == opset and info["tolerance"] == ONNX_TOLERANCE
-    assert info["preprocessing"]["image_size"] == 32 and len(info["preprocessing"]["mean"]) == 3
+    assert info["pipeline"]["image_size"] == 32 and len(info["pipeline"]["mean"]) == 3
     assert info["max_abs_difference"] < ONNX_TOLERANCE and info["versions"]["onnxruntime"]
     # no complex tensors and no FFT operator left in the graph: the DFTs are matrix products
     operators = {node.op_type for node in onnx.load(str(written["model.onnx"])).graph.node}

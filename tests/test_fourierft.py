@@ -182,7 +182,7 @@ def test_vit_base_q_v_has_72000_coefficients_named_fourierft():
     ("blocks", "d_out", "d_in"), [(None, 12, 10), (None, 7, 13), (("q", "v"), 24, 8), (("k",), 9, 7)]
 )
 def test_gradcheck_float64(grad_mode, blocks, d_out, d_in):
-    torch.manual_seed(0)
+    torch.manual_seed(1)
     layer = FourierFTLinear(
         nn.Linear(d_in, d_out), FourierFTConfig(n_frequency=20, grad_mode=grad_mode), blocks=blocks
     ).double()
@@ -304,7 +304,7 @@ def test_zero_init_reproduces_the_base_model():
 
 
 def test_no_grad_cache_is_reused_and_invalidated_when_coefficients_change():
-    torch.manual_seed(0)
+    torch.manual_seed(1)
     layer = FourierFTLinear(nn.Linear(16, 24), FourierFTConfig(n_frequency=30))
     x = torch.randn(4, 16)
     with torch.no_grad():
@@ -531,6 +531,7 @@ def test_n_frequency_larger_than_matrix_names_the_layer():
         ({"targets": ("qkv", "v")}, "cannot be combined"),
         ({"init": "uniform"}, "init='uniform'"),
         ({"grad_mode": "sparse"}, "grad_mode='sparse'"),
+        ({"dtype": "float64"}, "dtype='float64'"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -570,6 +571,111 @@ def test_bf16_autocast_on_cpu_runs_with_float32_coefficients(grad_mode):
     grad = layer.fourierft_spectrum["q"].grad
     assert layer.fourierft_spectrum["q"].dtype == grad.dtype == torch.float32
     assert rel_err(grad, reference_grad) < 0.1
+
+
+# storage dtype of the coefficients: relative error of outputs and gradients against the float32 path (coefficients
+# rounded once, the delta once more after the FFT)
+ADAPTER_DTYPES = {"bfloat16": (torch.bfloat16, 1e-2), "float16": (torch.float16, 2e-3)}
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+@pytest.mark.parametrize("dtype", sorted(ADAPTER_DTYPES))
+def test_adapter_dtype_stores_coefficients_and_matches_float32_and_peft(dtype, grad_mode):
+    torch_dtype, tolerance = ADAPTER_DTYPES[dtype]
+    torch.manual_seed(0)
+    qkv = nn.Linear(32, 96)
+    torch.manual_seed(1)
+    fp32 = FourierFTLinear(copy.deepcopy(qkv), FourierFTConfig(n_frequency=80, grad_mode=grad_mode), blocks=("q", "v"))
+    torch.manual_seed(1)
+    layer = FourierFTLinear(
+        copy.deepcopy(qkv), FourierFTConfig(n_frequency=80, grad_mode=grad_mode, dtype=dtype), blocks=("q", "v")
+    )
+    for block in ("q", "v"):  # the same normal draws, rounded
+        coefficients = layer.fourierft_spectrum[block]
+        assert coefficients.dtype == torch_dtype
+        torch.testing.assert_close(coefficients, fp32.fourierft_spectrum[block].to(torch_dtype), rtol=0, atol=0)
+    assert layer.get_delta_weight().dtype == torch_dtype
+    x = torch.randn(4, 3, 32)
+    expected, actual = fp32(x), layer(x)
+    assert actual.dtype == torch.float32  # the compute dtype is the weight's, not the adapter's
+    assert rel_err(actual, expected) < tolerance
+    with torch.no_grad():  # the cached merged weight
+        torch.testing.assert_close(layer(x), actual, rtol=0, atol=0)
+    upstream = torch.randn_like(expected)
+    (expected * upstream).sum().backward()
+    (actual * upstream).sum().backward()
+    for block in ("q", "v"):
+        grad = layer.fourierft_spectrum[block].grad
+        assert grad.dtype == torch_dtype
+        assert rel_err(grad.float(), fp32.fourierft_spectrum[block].grad) < tolerance
+    # PEFT with its spectrum in the same dtype (FFT in float32, delta cast after it) on the separate q and v layers
+    for index, block in ((0, "q"), (2, "v")):
+        part = nn.Linear(32, 32)
+        with torch.no_grad():
+            part.weight.copy_(qkv.weight[index * 32 : (index + 1) * 32])
+            part.bias.copy_(qkv.bias[index * 32 : (index + 1) * 32])
+        part = peft_layer(part, n_frequency=80)
+        spectrum = part.fourierft_spectrum["default"]
+        spectrum.data = layer.fourierft_spectrum[block].detach().clone()
+        torch.testing.assert_close(
+            layer.get_delta_weight()[index * 32 : (index + 1) * 32], part.get_delta_weight("default"), rtol=0, atol=0
+        )
+        reference = part(x)
+        assert rel_err(actual[..., index * 32 : (index + 1) * 32], reference) < tolerance  # PEFT rounds x too
+        (reference_grad,) = torch.autograd.grad(
+            (reference * upstream[..., index * 32 : (index + 1) * 32]).sum(), spectrum
+        )
+        assert reference_grad.dtype == torch_dtype
+        assert rel_err(layer.fourierft_spectrum[block].grad.float(), reference_grad.float()) < tolerance
+
+
+@pytest.mark.parametrize("dtype", sorted(ADAPTER_DTYPES))
+def test_adapter_dtype_survives_model_conversion_and_state_dict_round_trip(dtype):
+    torch_dtype, tolerance = ADAPTER_DTYPES[dtype]
+    config = FourierFTConfig(n_frequency=40, targets=("q", "v", "fc1"), dtype=dtype)
+    model = tiny_vit()
+    inject_fourierft(model, config)
+    state = fourierft_state_dict(model)
+    assert {value.dtype for value in state.values()} == {torch_dtype}
+    x = images()
+    with torch.no_grad():
+        before = model(x)
+        # Lightning's bf16-true / a user's .double(): the weights follow, the coefficients keep their dtype and values
+        model.to(torch.float64)
+        assert {v.dtype for v in fourierft_state_dict(model).values()} == {torch_dtype}
+        assert all(torch.equal(fourierft_state_dict(model)[k], v) for k, v in state.items())
+        assert model.head.weight.dtype == torch.float64
+        assert rel_err(model(x.double()).float(), before) < tolerance
+        model.float()
+        restored = tiny_vit()
+        inject_fourierft(restored, config)
+        load_fourierft_state_dict(restored, state)
+        assert {v.dtype for v in fourierft_state_dict(restored).values()} == {torch_dtype}
+        torch.testing.assert_close(restored(x), before, rtol=0, atol=0)
+    # the default (None) converts with the model, as before
+    default = tiny_vit()
+    inject_fourierft(default, FourierFTConfig(n_frequency=40))
+    default.to(torch.bfloat16)
+    assert {v.dtype for v in fourierft_state_dict(default).values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("dtype", sorted(ADAPTER_DTYPES))
+def test_adapter_dtype_under_bf16_autocast_and_merge(dtype):
+    torch_dtype, _ = ADAPTER_DTYPES[dtype]
+    model = tiny_vit()
+    inject_fourierft(model, FourierFTConfig(n_frequency=50, targets=("q", "v"), dtype=dtype))
+    x = images()
+    with torch.no_grad():
+        reference = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16 and rel_err(out.float(), reference) < 5e-2
+    out.float().square().sum().backward()
+    grad = model.blocks[0].attn.qkv.fourierft_spectrum["q"].grad
+    assert grad.dtype == torch_dtype and torch.isfinite(grad).all()
+    with torch.no_grad():
+        merged = merge_fourierft(copy.deepcopy(model))
+        torch.testing.assert_close(merged(x), reference, rtol=1e-5, atol=1e-5)
 
 
 class _TinyBlock(nn.Module):

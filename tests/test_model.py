@@ -192,9 +192,9 @@ def test_trainable_groups_count_prompt_and_head():
     assert groups["adapter"] == []
 
 
-@pytest.mark.parametrize("prompt", ["vpt_deep", "fft"])
-def test_save_load_round_trip(tmp_path, prompt):
-    adapter = FourierFTConfig(n_frequency=16)
+@pytest.mark.parametrize(("prompt", "adapter_dtype"), [("vpt_deep", None), ("fft", None), ("fft", "bfloat16")])
+def test_save_load_round_trip(tmp_path, prompt, adapter_dtype):
+    adapter = FourierFTConfig(n_frequency=16, dtype=adapter_dtype)
     model = tiny_model(prompt, adapter=adapter)
     with torch.no_grad():  # move every trainable tensor away from its initial value
         for group in model.trainable_parameters().values():
@@ -217,6 +217,9 @@ def test_save_load_round_trip(tmp_path, prompt):
     assert torch.equal(fresh(x), expected)
     rebuilt = load_model(tmp_path / "adapter.json", backbone=tiny_backbone()).eval()
     assert torch.equal(rebuilt(x), expected)
+    coefficient_dtype = torch.float32 if adapter_dtype is None else torch.bfloat16
+    for loaded in (fresh, rebuilt):  # the adapter keeps its dtype through adapter.json and adapter.safetensors
+        assert {p.dtype for _, p in loaded._named_trainable()["adapter"]} == {coefficient_dtype}
 
 
 def test_load_model_rebuilds_a_backbone_with_recorded_weights(tmp_path):

@@ -23,13 +23,7 @@ from fftprompt.probe import (
 from fftprompt.spectral import FrequencyFeatures
 
 # the tiny backbone (2 blocks, width 32) on a few generated 32 px symmetry images
-TINY = [
-    "backbone.checkpoint_path=null",
-    "backbone.depth=2",
-    "backbone.embed_dim=32",
-    "backbone.num_heads=2",
-    "ks=[1,5]",
-]
+TINY = ["backbone=vit_micro", "ks=[1,5]"]
 TINY_DATA = [
     "data=symmetry",
     "data.image_size=32",

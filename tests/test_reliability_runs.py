@@ -245,7 +245,7 @@ def test_every_experiment_builds_with_every_prompt_and_adapter(tmp_path, experim
                 instantiate(cfg.data, mean=list(backbone.mean), std=list(backbone.std), **root)
             except Exception as error:  # collect every failing combination, not only the first
                 failures.append(f"{' '.join(overrides[:3])}: {type(error).__name__}: {str(error).splitlines()[0]}")
-    assert len(combinations) == 8 * 3 and not failures, "\n".join(failures)
+    assert len(combinations) == 9 * 3 and not failures, "\n".join(failures)
 
 
 # ---------------------------------------------------------------------------------------------------- fftprompt-eval
@@ -355,6 +355,40 @@ def test_the_run_directory_records_its_launches_and_a_refused_command_changes_no
     assert tested["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
     (launch,) = yaml.safe_load((tmp_path / "eval" / "launches.yaml").read_text())
     assert launch["command"] == "fftprompt-eval " + shlex.join(evaluation[1:]) and launch["weights"] == str(run)
+    # Lightning's lines once (Hydra's console and cli.log, not also its own "INFO: ..." handler), without its tips
+    printed = evaluated.stdout + evaluated.stderr
+    assert printed.count("GPU available") == 1 and "Tip" not in printed and "INFO: " not in printed
+    assert "GPU available" in (tmp_path / "eval" / "cli.log").read_text()
+
+
+def test_a_refused_command_leaves_nothing_new(tmp_path):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "cli.log").write_text("an earlier command's log\n")
+    bad = [*TINY_MODEL, *QUIET, *TINY_SYMMETRY, "prompt.num_tokens=-3"]
+    refused_eval, refused_new, refused_kept = run_cli(
+        ["eval", f"adapter_path={tmp_path / 'nothere'}"],
+        [*bad, f"paths.output_dir={tmp_path / 'new' / 'deep'}"],
+        [*bad, f"paths.output_dir={kept}"],
+        cwd=tmp_path,
+    )
+    assert error_lines(refused_eval)[0].startswith("error: adapter_path=") and refused_eval.returncode == 2
+    for result in (refused_new, refused_kept):
+        assert result.returncode == 2 and error_lines(result)[0].startswith("error: num_tokens=-3"), result.stderr
+    # no runs/eval/<date>/<time>/ nor new/deep/cli.log; the log of the folder that existed is as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert snapshot(kept) == {"cli.log": b"an earlier command's log\n"}
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; sys.argv = ['fftprompt-train', '--help']\n"
+        "from fftprompt.cli import train_main\n"
+        "try:\n    train_main()\nexcept SystemExit:\n    pass\n"
+        "print('heavy:', sorted(m for m in ('torch', 'timm', 'lightning') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "== Config ==" in result.stdout and "heavy: []" in result.stdout, result.stdout[-500:] + result.stderr
 
 
 # ---------------------------------------------------------------------------------------------------- sweeps

@@ -172,3 +172,46 @@ def test_segmentation_trains_with_fda_and_is_evaluated_by_dice_under_corruptions
     )
     results = evaluate(cfg)
     assert 0.0 <= results["test/corruption/contrast/1/dice"] <= 1.0 and "test/corruption/mean/dice" in results
+
+
+class _CountingTrainer:
+    """Stands in for a Lightning trainer: records the corruptions it tests, returns a made-up accuracy."""
+
+    def __init__(self) -> None:
+        self.tested: list[tuple[str, int]] = []
+
+    def test(self, module, dataloaders, verbose):
+        dataset = dataloaders.dataset
+        self.tested.append((dataset.corruption, dataset.severity))
+        return [{"test/acc": 0.5 - 0.05 * dataset.severity}]
+
+
+@pytest.mark.parametrize(
+    ("size", "no_ops"), [(32, {"defocus_blur": [1, 2, 3], "gaussian_blur": [1]}), (64, {"defocus_blur": [1]})]
+)
+def test_corruptions_that_leave_the_images_unchanged_are_flagged_and_left_out_of_the_means(size, no_ops):
+    from types import SimpleNamespace
+
+    from fftprompt.robustness import evaluate_corruptions
+
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    pixels = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))  # texture: any blur shows
+    dataset = [((pixels[i] - 0.5) / 0.25, i % 2) for i in range(4)]
+    datamodule = SimpleNamespace(dataset=lambda split: dataset, mean=mean, std=std, batch_size=4, num_workers=0)
+    trainer = _CountingTrainer()
+    names, levels = ["defocus_blur", "gaussian_blur", "contrast"], [1, 2, 3, 4, 5]
+    results = evaluate_corruptions(trainer, None, datamodule, names, levels, clean_metrics={"test/acc": 0.6})
+    assert results.no_ops == no_ops
+    tested = [(n, s) for n in names for s in levels if s not in no_ops.get(n, [])]
+    assert trainer.tested == tested
+    metrics = results.metrics()
+    for name, severities in no_ops.items():
+        for severity in severities:
+            assert metrics[f"test/corruption/{name}/{severity}/no_op"] == 1.0
+            assert f"test/corruption/{name}/{severity}/acc" not in metrics
+    # the means are over the tested corruptions only
+    accuracy = {n: [0.5 - 0.05 * s for m, s in tested if m == n] for n in names}
+    assert metrics["test/corruption/defocus_blur/mean/acc"] == pytest.approx(np.mean(accuracy["defocus_blur"]))
+    assert metrics["test/corruption/mean/acc"] == pytest.approx(np.mean([np.mean(v) for v in accuracy.values()]))
+    table = results.markdown()
+    assert "| defocus_blur | no-op |" in table and "left out of the means" in table

@@ -1,13 +1,20 @@
-"""Hyper-parameter search configs (Hydra's Optuna sweeper, optional) and the optional loggers (wandb, mlflow).
+"""Hyper-parameter search configs (Hydra's Optuna sweeper, optional) and the optional loggers (wandb, mlflow,
+tensorboard).
 
-Neither the sweeper nor the logger packages are needed here: the search configs are composed with a stand-in for
-the sweeper's config when the plugin is absent (the real one when present), and a missing package must give an error
-that names it.
+Neither the sweeper nor the logger packages are needed by ``make test``: the search configs are composed with a
+stand-in for the sweeper's config when the plugin is absent (the real one when present), and a missing package must
+give an error that names it. ``make test-extras`` installs them all and runs a 3-trial search and each logger for
+real, reading their files back with the packages' own readers (it fails when a test here skipped).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import fftprompt
-from conftest import tiny_config
+from conftest import QUIET, TINY_MODEL, TINY_SYMMETRY, tiny_config
 from fftprompt.run import compose, optimized_metric, train
 
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
@@ -136,20 +143,129 @@ def test_train_records_the_best_validation_score_that_searches_optimise(tmp_path
         optimized_metric(cfg, metrics)
 
 
+def wandb_records(path: Path) -> list:
+    """The protobuf records of an offline ``run-*.wandb`` file: W&B's transaction log, LevelDB's log format (a
+    7-byte file header, then 32 KiB blocks of chunks ``crc32, length, type`` with types full/first/middle/last)."""
+    from wandb.proto import wandb_internal_pb2
+
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    records, pending, position, block = [], b"", 7, 32768
+    while position + 7 <= len(raw):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[position : position + 7])
+        if kind == 0:
+            break
+        pending += raw[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # full or last chunk: a record is complete
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def wandb_key(item) -> str:
+    """A history or summary item's metric name (``key``, or ``nested_key`` parts for names with ``/``)."""
+    return item.key or "/".join(item.nested_key)
+
+
+def read_wandb(run: Path, metrics: dict) -> None:
+    """The offline W&B run, read back from its transaction log: closed, a validation curve, the test metrics."""
+    import wandb
+
+    assert wandb.run is None  # closed by train: a sweep's next trial gets its own run
+    (log,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
+    # W&B's service process writes the log: under load it may land a moment after finish() returned
+    for _ in range(120):
+        records = wandb_records(log)
+        kinds = [record.WhichOneof("record_type") for record in records]
+        if kinds and kinds[-1] == "exit":
+            break
+        time.sleep(0.25)
+    assert kinds.count("run") == 1 and kinds[-1] == "exit"
+    history = [{wandb_key(item): json.loads(item.value_json) for item in r.history.item} for r in records]
+    assert len([row for row in history if "val/acc" in row]) == 2  # one per epoch
+    summary = {wandb_key(item): json.loads(item.value_json) for r in records for item in r.summary.update}
+    assert summary["test/acc"] == pytest.approx(metrics["test/acc"])
+
+
+def read_mlflow(run: Path, metrics: dict) -> None:
+    """The MLflow run in the local SQLite store (no tracking URI set), finished, with the test metrics."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fftprompt")
+    assert experiment.artifact_location.endswith(str(run / "mlartifacts"))
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert logged.info.status == "FINISHED"
+    assert logged.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert "val/acc" in logged.data.metrics and "adapter_lr" in logged.data.params
+
+
+def read_tensorboard(run: Path, metrics: dict) -> None:
+    """TensorBoard's own event reader finds the validation curve and the test metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (run / "tensorboard").glob("version_*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    tags = accumulator.Tags()["scalars"]
+    assert {"val/acc", "test/acc"} <= set(tags)
+    assert len(accumulator.Scalars("val/acc")) == 2  # one per epoch
+    assert accumulator.Scalars("test/acc")[-1].value == pytest.approx(metrics["test/acc"])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("logger", "package", "files"), [("wandb", "wandb", "wandb"), ("mlflow", "mlflow", "mlruns")])
-def test_optional_loggers_run_offline_or_name_the_missing_package(logger, package, files, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("logger", "package", "extra", "read"),
+    [
+        ("wandb", "wandb", "wandb", read_wandb),
+        ("mlflow", "mlflow", "mlflow", read_mlflow),
+        ("tensorboard", "tensorboard", "tensorboard", read_tensorboard),
+    ],
+)
+def test_optional_loggers_run_offline_or_name_the_missing_package(logger, package, extra, read, tmp_path, monkeypatch):
     run = tmp_path / "run"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = tiny_config(run, f"logger={logger}", "trainer.max_epochs=1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory (MLflow's default ./mlruns)
+    cfg = tiny_config(run, f"logger={logger}", "trainer.max_epochs=2")
     assert set(cfg.logger) == {"csv", logger}
     if not installed(package):
-        with pytest.raises(
-            ValueError, match=rf"logger.{logger} .* needs the {package} package.*fftprompt\[{package}\]"
-        ):
+        with pytest.raises(ValueError, match=rf"logger.{logger} .* needs the {package} package.*fftprompt\[{extra}\]"):
             train(cfg)
         assert not run.exists()  # stopped before anything was written
-        return
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    train(cfg)
-    assert (run / "metrics.json").is_file() and any((run / files).iterdir())
+        pytest.skip(f"{package} is not installed: the missing-package error was checked (make test-extras runs it)")
+    metrics, _ = train(cfg)
+    read(run, metrics)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SWEEPER, reason="hydra-optuna-sweeper is not installed (make test-extras runs this)")
+def test_a_three_trial_optuna_search_runs_and_records_the_best_trial(tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = [*TINY_MODEL, *QUIET, *TINY_SYMMETRY]
+    overrides += ["hparams_search=fourierft", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"]
+    overrides += ["trainer.max_epochs=1", "hydra.sweeper.sampler.n_startup_trials=2"]
+    script = "import sys; from fftprompt.cli import train_main; sys.argv[0] = 'fftprompt-train'; train_main()"
+    done = subprocess.run(
+        [sys.executable, "-c", script, *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in trials] == ["0", "1", "2"]
+    scores = [json.loads((trial / "metrics.json").read_text())["val/acc_best"] for trial in trials]
+    rates = [OmegaConf.load(trial / "config.yaml").task.module.adapter_lr for trial in trials]
+    assert len(set(rates)) == 3 and all(1e-3 <= rate <= 1.0 for rate in rates)  # each trial its own draw
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert results.best_value == pytest.approx(max(scores))
+    assert set(results.best_params) == SWEPT["fourierft"]
+    best_rates = [rate for rate, score in zip(rates, scores, strict=True) if score == max(scores)]  # ties possible
+    assert results.best_params["task.module.adapter_lr"] == pytest.approx(best_rates[0]) or any(
+        results.best_params["task.module.adapter_lr"] == pytest.approx(rate) for rate in best_rates
+    )

@@ -81,3 +81,15 @@ def test_bad_options_are_usage_errors(capsys, monkeypatch):
     monkeypatch.delenv("FFTPROMPT_SAMPLE_DATA", raising=False)
     assert main(["--datasets", "dtd", "--quick", "--output", "/nonexistent/out"]) == 2
     assert "needs the sample data" in capsys.readouterr().err
+
+
+def test_no_op_corruptions_are_named_in_the_document():
+    from fftprompt.study.tables import _no_op_note
+
+    record = {"dataset": "shift", "corruptions": {"gaussian_blur": {"1": None, "3": 0.4}, "jpeg": {"1": 0.5}}}
+    note = _no_op_note([record, {**record, "dataset": "dtd", "corruptions": {"jpeg": {"1": 0.5}}}])
+    assert note == (
+        " No-ops at the image size, not tested and left out of *corrupted* and *drop* (shift: gaussian_blur 1): "
+        "they change no pixel by half an 8-bit level."
+    )
+    assert _no_op_note([{"dataset": "dtd", "corruptions": {"jpeg": {"1": 0.5}}}]) == ""

@@ -26,29 +26,44 @@ sweep (``-m``) a failing job is reported and the next one runs; at the end the f
 status is 2 (1 if a job diverged or failed unexpectedly).
 
 ``paths.output_dir=DIR`` also sets ``hydra.run.dir=DIR`` (unless given), so that Hydra's run directory, where the
-log ``cli.log`` goes, is the run directory instead of a time-stamped folder beside it.
+log ``cli.log`` goes, is the run directory instead of a time-stamped folder beside it. A refused command (exit status
+2) leaves nothing new behind: the folders Hydra made for it and the log lines it wrote are removed
+(:class:`LeaveNoTrace`). Lightning's log lines go through Hydra's logging once (console and ``cli.log``), without its
+advertising tips.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fftprompt.weights import RESOLVER, weights_path
 
-__all__ = ["eval_main", "explain_main", "export_main", "predict_main", "pretrain_main", "probe_main", "train_main"]
+__all__ = [
+    "LeaveNoTrace",
+    "eval_main",
+    "explain_main",
+    "export_main",
+    "predict_main",
+    "pretrain_main",
+    "probe_main",
+    "train_main",
+]
 
 # exceptions whose message is meant for the user: fftprompt raises them for bad input and refused operations
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
@@ -65,6 +80,77 @@ class _Sweep:
 
 
 _SWEEP = _Sweep()
+
+
+@dataclass
+class _Made:
+    """What Hydra is about to make for a single run: folders that did not exist, the sizes of the files already in
+    the run directory (a refused command truncates a log it appended to, and deletes one it created)."""
+
+    run_dir: Path | None = None
+    new_dirs: list[Path] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+_MADE = _Made()
+
+
+class LeaveNoTrace(Callback):
+    """Hydra callback (``hydra.callbacks`` in ``configs/hydra/default.yaml``): before Hydra creates a single run's
+    directory, notes what exists, so that :func:`_remove_leftovers` can undo what a refused command made."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(str(config.hydra.run.dir)).absolute()
+        _MADE.run_dir = run_dir
+        _MADE.new_dirs = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
+        _MADE.sizes = {p.name: p.stat().st_size for p in run_dir.iterdir() if p.is_file()} if run_dir.is_dir() else {}
+
+
+def _remove_leftovers() -> None:
+    """Undoes what a refused single run left: its log file (created, or lines appended) and the folders Hydra made."""
+    run_dir = _MADE.run_dir
+    if run_dir is None:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        path = Path(getattr(handler, "baseFilename", "/"))
+        if isinstance(handler, logging.FileHandler) and path.parent == run_dir:
+            root.removeHandler(handler)
+            handler.close()
+            if path.name in _MADE.sizes and path.is_file():
+                os.truncate(path, _MADE.sizes[path.name])
+            elif path.is_file():
+                path.unlink()
+    for folder in _MADE.new_dirs:  # deepest first; a folder that holds anything stays
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertising (``💡 Tip: ... litlogger``, ``litmodels``) printed by every Trainer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _one_log_stream() -> None:
+    """Lightning's records go through Hydra's handlers once: Lightning's own console handlers (which print every line
+    a second time as ``INFO: ...``) are removed when Hydra's logging is set up, and its tips are dropped."""
+    import lightning  # noqa: F401  (its import adds the handlers removed here)
+    import lightning.pytorch  # noqa: F401
+
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
+            logger = logging.getLogger(name)
+            for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+                logger.removeHandler(handler)
+            logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
 
 
 def train_main() -> None:
@@ -192,6 +278,7 @@ def _reporting_errors(function: Callable[[DictConfig], Any], cfg: DictConfig) ->
 
     from fftprompt.lit import NonFiniteLossError
 
+    _one_log_stream()
     sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     job = _job_label() if sweep else ""
     if sweep:
@@ -211,6 +298,8 @@ def _reporting_errors(function: Callable[[DictConfig], Any], cfg: DictConfig) ->
         message = _user_message(error) if expected else f"{type(error).__name__}: {error}"
         if not sweep:
             print(f"error: {message}", file=sys.stderr, flush=True)
+            if status == 2:
+                _remove_leftovers()
             sys.exit(status)
         if full_error or not expected:
             traceback.print_exc()
@@ -248,4 +337,7 @@ def _user_message(error: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    train_main()
+    # run the imported module's copy: Hydra instantiates LeaveNoTrace from fftprompt.cli, whose notes must be those read
+    from fftprompt.cli import train_main as _imported_train_main
+
+    _imported_train_main()

@@ -4,8 +4,12 @@ Every run directory under the given paths (a run, a Hydra multirun folder, an ab
 :mod:`fftprompt.rundir`: ``config.yaml`` and ``metrics.json``. Finished runs are grouped by the config entries whose
 values differ between them, except the seed (aggregated: mean ± sample standard deviation over the ``n`` runs of a
 group) and entries that only locate a run (``paths.*``, anything holding its own output directory, report
-settings). The method (linear probe, VPT, VFPT, fft prompts, FourierFT, ...) is derived from the prompt class and
-the adapter, and stands for their other entries unless those differ between runs of one method. Outputs:
+settings) or name a file or folder (absolute paths, ``*root``, ``*dir``, ``*path``: listed when they differ, grouped
+only when asked with ``--by``). ``--by KEY,...`` chooses the grouping columns instead. A run moved aside by
+``overwrite=true`` (``<run>.replaced-<time>``) is skipped, and a copy of a run (the same config but its paths, the
+same ``metrics.json``) is counted once; the report says how many. The method (linear probe, VPT, VFPT, fft
+prompts, FourierFT, ...) is labelled by :func:`fftprompt.methods.method_label` from the prompt class and the adapter,
+and stands for their other entries unless those differ between runs of one method. Outputs:
 ``comparison.md`` (the table, runs that are unfinished or failed and why, every run), ``comparison.csv`` (one row
 per group) and ``comparison.png`` (the metric against trainable parameters, log x: the usual PEFT plot).
 
@@ -26,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fftprompt.methods import METHOD_LABELS, method_of
+from fftprompt.methods import METHOD_LABELS, method_label
 from fftprompt.report import save_figure
-from fftprompt.rundir import read_config, read_metrics
+from fftprompt.rundir import moved_aside_from, read_config, read_metrics
 from fftprompt.runfiles import CHECKPOINT_DIR, HYDRA_CONFIG, LOG_FILE, METRICS_FILE, NOT_GROUPED, RUN_CONFIG, covering
 from fftprompt.tables import format_mean_std, markdown_table, mean_std
 from fftprompt.utils import atomic_write
@@ -40,6 +44,7 @@ __all__ = [
     "collect_runs",
     "compare",
     "find_run_dirs",
+    "differing_paths",
     "group_runs",
     "main",
 ]
@@ -49,6 +54,9 @@ COMPARISON_FILES = ("comparison.md", "comparison.csv", "comparison.png")
 JOB_STARTED = (LOG_FILE, HYDRA_CONFIG)
 # entries a method stands for (unless they differ between runs of one method)
 _METHOD_PART = re.compile(r"^(prompt|adapter)(\..*)?$")
+# entries that name a file or folder: where a run or its data lies, not what it trained (grouped only with --by)
+_PATH_KEY = re.compile(r"(^|\.|_)(root|dir|dirpath|path|file)$")
+_ABSOLUTE_PATH = re.compile(r'^"(/|~|[A-Za-z]:[\\\\/])')
 _COUNTS = ("trainable_params", "total_params", "train_seconds")
 
 
@@ -60,7 +68,8 @@ class RunRecord:
         run_dir: The directory.
         status: ``"finished"`` (metrics.json), ``"unfinished"`` (config.yaml, no metrics.json: running, stopped or
             failed during training), ``"failed"`` (Hydra started the job but the run wrote no config.yaml, or its
-            files cannot be read) or ``"evaluation"`` (an ``fftprompt-eval`` output, not a training run).
+            files cannot be read), ``"evaluation"`` (an ``fftprompt-eval`` output, not a training run),
+            ``"replaced"`` (moved aside by ``overwrite=true``) or ``"duplicate"`` (a copy of an earlier run).
         reason: Why a run is not finished, for the report.
         config: The flattened ``config.yaml`` (dotted keys -> JSON text of the value).
         metrics: ``metrics.json`` of a finished run.
@@ -82,10 +91,12 @@ class RunRecord:
         prompt = json.loads(self.config.get("prompt._target_", '""')).rsplit(".", 1)[-1]
         deep = json.loads(self.config.get("prompt.deep", "false"))
         adapted = json.loads(self.config.get("adapter", "null")) is not None or "adapter._target_" in self.config
-        name = method_of(prompt or "NoPrompt", bool(deep), adapted)
-        if name is not None:
-            return METHOD_LABELS[name]
-        return f"{prompt}{' deep' if deep else ''}{' + FourierFT' if adapted else ''}"
+        return method_label(prompt or "NoPrompt", bool(deep), adapted)
+
+    @property
+    def defining(self) -> dict[str, str]:
+        """The config entries that define the run: all but the seed, its paths and entries holding its directory."""
+        return {k: v for k, v in self.config.items() if not covering(k, NOT_GROUPED) and not _locates_run(self, k)}
 
 
 @dataclass
@@ -146,6 +157,9 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _read_run(run_dir: Path) -> RunRecord:
+    replaced_by = moved_aside_from(run_dir)
+    if replaced_by is not None:
+        return RunRecord(run_dir, "replaced", f"moved aside by overwrite=true when `{replaced_by}` was run again")
     if not (run_dir / RUN_CONFIG).is_file():
         return RunRecord(
             run_dir, "failed", f"Hydra started the job but it wrote no {RUN_CONFIG} (failed before training)"
@@ -172,8 +186,21 @@ def _read_run(run_dir: Path) -> RunRecord:
 
 
 def collect_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
-    """Every run directory at or below ``paths``, read (see :class:`RunRecord` for the statuses)."""
-    return [_read_run(run_dir) for run_dir in find_run_dirs(paths)]
+    """Every run directory at or below ``paths``, read (see :class:`RunRecord` for the statuses); a finished run
+    with the same defining config, seed and ``metrics.json`` as one found before it is a ``"duplicate"`` (a copied
+    run directory: a new run would differ at least in its training time)."""
+    runs = [_read_run(run_dir) for run_dir in find_run_dirs(paths)]
+    first: dict[str, RunRecord] = {}
+    for index, run in enumerate(runs):
+        if run.status != "finished":
+            continue
+        identity = json.dumps([run.seed, run.defining, run.metrics], sort_keys=True)
+        if identity in first:
+            reason = f"a copy of `{first[identity].run_dir}` (same config and {METRICS_FILE}): counted once"
+            runs[index] = RunRecord(run.run_dir, "duplicate", reason, run.config, run.metrics)
+        else:
+            first[identity] = run
+    return runs
 
 
 def _locates_run(run: RunRecord, key: str) -> bool:
@@ -183,8 +210,46 @@ def _locates_run(run: RunRecord, key: str) -> bool:
     return bool(output_dir) and value is not None and str(output_dir) in value
 
 
-def group_runs(runs: Sequence[RunRecord]) -> tuple[list[str], list[Group]]:
-    """Groups the finished runs by the settings that differ between them (see the module docstring).
+def _names_path(run: RunRecord, key: str) -> bool:
+    """Whether the entry ``key`` of ``run`` names a file or folder (by its key or an absolute path as its value)."""
+    return bool(_PATH_KEY.search(key)) or bool(_ABSOLUTE_PATH.match(run.config.get(key, "")))
+
+
+def differing_paths(runs: Sequence[RunRecord]) -> list[str]:
+    """The entries of the finished ``runs`` that name files or folders and differ between them (not grouped by
+    default, see :func:`group_runs`)."""
+    finished = [r for r in runs if r.status == "finished"]
+    keys = sorted({k for r in finished for k in r.defining})
+    missing = json.dumps(None)
+    return [
+        k
+        for k in keys
+        if len({r.config.get(k, missing) for r in finished}) > 1 and any(_names_path(r, k) for r in finished)
+    ]
+
+
+def _chosen_columns(finished: Sequence[RunRecord], by: Sequence[str]) -> list[str]:
+    """``--by``'s keys as grouping columns (``method``, a dotted config key, or a group whose ``_target_`` is meant)."""
+    keys = {k for r in finished for k in r.config}
+    columns = []
+    for key in by:
+        column = key if key == "method" or key in keys else f"{key}._target_"
+        if column != "method" and column not in keys:
+            near = sorted(k for k in keys if k.startswith(key.split(".")[0]))[:8]
+            expected = near or sorted(keys)[:8]
+            raise ValueError(
+                f"--by {key!r} is neither 'method' nor a config entry of these runs; expected e.g. {expected}"
+            )
+        columns.append(column)
+    return columns
+
+
+def group_runs(runs: Sequence[RunRecord], by: Sequence[str] | None = None) -> tuple[list[str], list[Group]]:
+    """Groups the finished runs by the settings that differ between them (see the module docstring), or by ``by``.
+
+    Args:
+        runs: Read runs; only the finished ones are grouped.
+        by: The grouping columns (``"method"`` and dotted config keys) instead of the differing settings.
 
     Returns:
         The grouping columns (``"method"`` and dotted config keys) and the groups, sorted by their values (methods
@@ -193,6 +258,8 @@ def group_runs(runs: Sequence[RunRecord]) -> tuple[list[str], list[Group]]:
     finished = [r for r in runs if r.status == "finished"]
     keys = sorted({k for r in finished for k in r.config})
     missing = json.dumps(None)
+    if by is not None:
+        return _grouped(finished, _chosen_columns(finished, by))
 
     def differs(key: str, within: Sequence[RunRecord]) -> bool:
         return len({r.config.get(key, missing) for r in within}) > 1
@@ -200,7 +267,9 @@ def group_runs(runs: Sequence[RunRecord]) -> tuple[list[str], list[Group]]:
     candidates = [
         k
         for k in keys
-        if not covering(k, NOT_GROUPED) and differs(k, finished) and not any(_locates_run(r, k) for r in finished)
+        if not covering(k, NOT_GROUPED)
+        and differs(k, finished)
+        and not any(_locates_run(r, k) or _names_path(r, k) for r in finished)
     ]
     by_method: dict[str, list[RunRecord]] = {}
     for run in finished:
@@ -209,6 +278,11 @@ def group_runs(runs: Sequence[RunRecord]) -> tuple[list[str], list[Group]]:
     columns += [
         k for k in candidates if not _METHOD_PART.match(k) or any(differs(k, same) for same in by_method.values())
     ]
+    return _grouped(finished, columns)
+
+
+def _grouped(finished: Sequence[RunRecord], columns: list[str]) -> tuple[list[str], list[Group]]:
+    missing = json.dumps(None)
     groups: dict[tuple[str, ...], Group] = {}
     for run in finished:
         key = tuple(json.dumps(run.method) if c == "method" else run.config.get(c, missing) for c in columns)
@@ -262,7 +336,12 @@ def _params_text(group: Group) -> str:
 
 
 def compare(
-    paths: Sequence[str | Path], output: str | Path, *, metric: str | None = None, overwrite: bool = False
+    paths: Sequence[str | Path],
+    output: str | Path,
+    *,
+    metric: str | None = None,
+    overwrite: bool = False,
+    by: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Collects, groups and aggregates the runs under ``paths`` and writes ``comparison.{md,csv,png}``.
 
@@ -271,6 +350,7 @@ def compare(
         output: Folder for the three files.
         metric: Metric of the plot (default ``test/acc``, else ``test/miou``, else the first test metric).
         overwrite: Replace an earlier comparison's files in ``output``.
+        by: Grouping columns (``"method"``, dotted config keys) instead of the settings that differ.
 
     Returns:
         ``{"columns", "groups", "runs", "metric", "files", "markdown"}``.
@@ -280,7 +360,7 @@ def compare(
     if existing and not overwrite:
         raise ValueError(f"{existing[0]} exists (an earlier comparison); choose another --output or pass --overwrite")
     runs = collect_runs(paths)
-    columns, groups = group_runs(runs)
+    columns, groups = group_runs(runs, by)
     metrics = _metrics(groups)
     if not groups:
         problems = "; ".join(f"{r.run_dir}: {r.status}, {r.reason}" for r in runs[:3])
@@ -289,7 +369,7 @@ def compare(
         metric = next((m for m in ("test/acc", "test/miou") if m in metrics), metrics[0])
     elif metric not in metrics:
         raise ValueError(f"--metric {metric!r} is not a metric of these runs; they have {metrics}")
-    markdown = _markdown(paths, runs, columns, groups, metrics, metric)
+    markdown = _markdown(paths, runs, columns, groups, metrics, metric, chosen=by is not None)
     output.mkdir(parents=True, exist_ok=True)
     files = [
         atomic_write(output / COMPARISON_FILES[0], lambda t: t.write_text(markdown, encoding="utf-8")),
@@ -316,23 +396,39 @@ def _markdown(
     groups: Sequence[Group],
     metrics: Sequence[str],
     metric: str,
+    *,
+    chosen: bool = False,
 ) -> str:
     finished = sum(len(g.runs) for g in groups)
     others = [r for r in runs if r.status != "finished"]
+    skipped = {status: sum(r.status == status for r in runs) for status in ("replaced", "duplicate")}
     shown_columns = [_column_name(c) for c in columns]
+    paths_differ = [k for k in differing_paths(runs) if k not in columns]
+    if chosen:
+        grouping = f"Grouped by `--by`: {', '.join(f'`{c}`' for c in shown_columns)}." if columns else "One group."
+        unshown = [k for k, _ in _differing_within(groups).items() if k not in paths_differ]
+        if unshown:
+            grouping += f" Runs of one group also differ in {', '.join(f'`{_column_name(k)}`' for k in unshown)}."
+    elif columns:
+        grouping = (
+            f"Grouped by the settings that differ: {', '.join(f'`{c}`' for c in shown_columns)}; the runs share every "
+            "other setting but the seed, `paths` and `report` (`method` stands for the prompt and adapter settings)."
+        )
+    else:
+        grouping = "The runs differ only in their seeds."
+    if paths_differ:
+        named = ", ".join(f"`{k}`" for k in paths_differ)
+        grouping += f" Entries naming files or folders differ but are not grouped by: {named} (`--by` groups by them)."
     lines = [
         f"# Comparison of {len(runs)} runs",
         "",
         f"From {', '.join(f'`{p}`' for p in paths)}: {finished} finished runs in {len(groups)} groups"
         + (f", {len(others)} not compared (listed below)" if others else "")
+        + (f"; skipped {skipped['replaced']} runs moved aside by `overwrite=true`" if skipped["replaced"] else "")
+        + (f"; {skipped['duplicate']} copies of a compared run counted once" if skipped["duplicate"] else "")
         + ". Metrics: mean ± sample standard deviation over the n runs (seeds) of a group.",
         "",
-        (
-            f"Grouped by the settings that differ: {', '.join(f'`{c}`' for c in shown_columns)}; the runs share every "
-            "other setting but the seed, `paths` and `report` (`method` stands for the prompt and adapter settings)."
-            if columns
-            else "The runs differ only in their seeds."
-        ),
+        grouping,
         "",
     ]
     header = [*shown_columns, "n", "seeds", *metrics, "trainable params", "train time (s)"]
@@ -358,6 +454,17 @@ def _markdown(
     lines += markdown_table(["run", "group", "seed", *metrics], run_rows, ["l", "l", "r"] + ["r"] * len(metrics))
     lines.append("")
     return "\n".join(lines)
+
+
+def _differing_within(groups: Sequence[Group]) -> dict[str, None]:
+    """The defining entries (but the seed) that differ between the runs of one group, in order of first sight."""
+    found: dict[str, None] = {}
+    for group in groups:
+        keys = sorted({k for r in group.runs for k in r.defining})
+        for key in keys:
+            if len({r.defining.get(key) for r in group.runs}) > 1:
+                found.setdefault(key)
+    return found
 
 
 def _csv(columns: Sequence[str], groups: Sequence[Group], metrics: Sequence[str]) -> str:
@@ -418,9 +525,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default=".", help="folder of comparison.md/.csv/.png (default: here)")
     parser.add_argument("--metric", default=None, help="metric of the plot (default test/acc, else test/miou)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --output")
+    parser.add_argument(
+        "--by",
+        default=None,
+        help="grouping columns, comma-separated: 'method' and config keys such as data.noise_std (default: the "
+        "settings that differ, paths excluded)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    by = None if args.by is None else [key.strip() for key in args.by.split(",") if key.strip()]
     try:
-        result = compare(args.paths, args.output, metric=args.metric, overwrite=args.overwrite)
+        result = compare(args.paths, args.output, metric=args.metric, overwrite=args.overwrite, by=by)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2

@@ -17,6 +17,7 @@ __all__ = [
     "SAMPLE_DATASETS",
     "TRAINED_METHODS",
     "Method",
+    "method_label",
     "method_of",
     "sample_data_overrides",
 ]
@@ -43,6 +44,7 @@ TRAINED_METHODS: dict[str, Method] = {
     "vpt_shallow": Method("VPT shallow", prompt="vpt", adapter="none"),
     "vpt_deep": Method("VPT deep", prompt="vpt_deep", adapter="none"),
     "vfpt": Method("VFPT", prompt="vfpt", adapter="none"),
+    "vapt": Method("VAPT", prompt="vapt", adapter="none"),
     "fft_shallow": Method("fft prompts shallow", prompt="fft", adapter="none"),
     "fft_deep": Method("fft prompts deep", prompt="fft_deep", adapter="none"),
     "fourierft": Method("FourierFT", prompt="none", adapter="fourierft"),
@@ -56,6 +58,7 @@ _PROMPT_OPTIONS: dict[tuple[str, bool], str] = {
     ("VPTPrompt", False): "vpt",
     ("VPTPrompt", True): "vpt_deep",
     ("VFPTPrompt", True): "vfpt",
+    ("VAPTPrompt", True): "vapt",
     ("FrequencyPrompt", False): "fft",
     ("FrequencyPrompt", True): "fft_deep",
 }
@@ -70,6 +73,19 @@ def method_of(prompt_class: str, deep: bool, adapted: bool) -> str | None:
         if (method.prompt, method.adapter) == (prompt, adapter):
             return name
     return None
+
+
+def method_label(prompt_class: str, deep: bool, adapted: bool) -> str:
+    """The table label of a run with this prompt class and FourierFT or not: a method's label from
+    :data:`TRAINED_METHODS`; other combinations join the prompt's label (or its class name with ``shallow``/``deep``
+    when no method uses that prompt) and ``+ FourierFT`` (e.g. ``"VPT deep + FourierFT"``, ``"VFPTPrompt
+    shallow"``)."""
+    name = method_of(prompt_class, deep, adapted)
+    if name is not None:
+        return METHOD_LABELS[name]
+    prompt_only = method_of(prompt_class, deep, False)
+    prompt = METHOD_LABELS[prompt_only] if prompt_only else f"{prompt_class} {'deep' if deep else 'shallow'}"
+    return f"{prompt} + FourierFT" if adapted else prompt
 
 
 # Hydra overrides of every run of a comparison (fftprompt-ablate, fftprompt-robustness): configs/mode/comparison.yaml

@@ -30,6 +30,7 @@ from fftprompt.runfiles import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from fftprompt.spectral import FrequencyFeatures, FrequencyMaps
 from fftprompt.tokens import Pooling, TokenLayout, check_pooling, pool, pooled_width
 from fftprompt.utils import Task, atomic_write, check_choice
+from fftprompt.vapt import VAPTPrompt
 
 __all__ = ["PromptedViT", "create_model", "frozen_fingerprint", "load_model", "read_description"]
 
@@ -38,7 +39,7 @@ _FORMAT_VERSION = 1
 _GROUPS = ("prompt", "adapter", "head")
 # the only classes an adapter.json may name; nothing else is ever instantiated from a checkpoint
 _PROMPT_CLASSES: dict[str, type[PromptSource]] = {
-    cls.__name__: cls for cls in (NoPrompt, VPTPrompt, VFPTPrompt, FrequencyPrompt)
+    cls.__name__: cls for cls in (NoPrompt, VPTPrompt, VFPTPrompt, FrequencyPrompt, VAPTPrompt)
 }
 _HEAD_CLASSES: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (ClassificationHead, LinearDecoder, PUPDecoder)
@@ -167,11 +168,17 @@ class PromptedViT(nn.Module):
         prefix, patches = x[:, layout.prefix], x[:, layout.num_prefix_tokens :]
         prompts = self.prompt(images, maps, patches)
         prompts = prompts.to(x.dtype)
-        first = prompts[0] if self.prompt.deep else prompts
+        # per-layer sources (VAPT) return the first block's prompts and make each later block's from its input
+        per_layer = self.prompt.deep and self.prompt.per_layer
+        first = prompts[0] if self.prompt.deep and not per_layer else prompts
         x = torch.cat([prefix, first, patches], dim=1)
         for index, block in enumerate(backbone.blocks):
             if self.prompt.deep and index > 0:
-                x = torch.cat([x[:, layout.prefix], prompts[index], x[:, layout.patches]], dim=1)
+                if per_layer:
+                    fresh = self.prompt.prompts_for_layer(index, x[:, layout.patches]).to(x.dtype)
+                else:
+                    fresh = prompts[index]
+                x = torch.cat([x[:, layout.prefix], fresh, x[:, layout.patches]], dim=1)
             x = block(x)
         return backbone.norm(x), layout
 

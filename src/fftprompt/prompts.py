@@ -1,8 +1,10 @@
-"""Prompt sources: none, VPT (shallow/deep), VFPT and frequency-conditioned prompts.
+"""Prompt sources: none, VPT (shallow/deep), VFPT and frequency-conditioned prompts (VAPT: :mod:`fftprompt.vapt`).
 
 Every source is an ``nn.Module`` with one call, ``(images, maps, patch_tokens) -> prompts`` of shape ``(B, P, D)``
 (shallow: inserted once, after timm's positional embedding) or ``(L, B, P, D)`` (deep: one set per block, replacing
-the prompt slots at the input of every block). :class:`fftprompt.model.PromptedViT` owns the token order.
+the prompt slots at the input of every block). A deep source with ``per_layer = True`` instead returns the first
+block's ``(B, P, D)`` and gives every later block's prompts from that block's input tokens through
+``prompts_for_layer``, called inside the block loop. :class:`fftprompt.model.PromptedViT` owns the token order.
 """
 
 from __future__ import annotations
@@ -76,12 +78,15 @@ class PromptSource(nn.Module, abc.ABC):
         num_tokens: Prompt tokens ``P`` per prompted layer.
         deep: True when :meth:`forward` returns one prompt set per block ``(L, B, P, D)``.
         requires_maps: True when :meth:`forward` reads the ``FrequencyMaps``.
+        per_layer: True when a deep source's later blocks get their prompts from :meth:`prompts_for_layer` (called
+            with each block's input tokens) and :meth:`forward` returns the first block's ``(B, P, D)`` only.
         config: JSON-serialisable constructor arguments (without ``dims``), recorded in adapter checkpoints.
     """
 
     num_tokens: int = 0
     deep: bool = False
     requires_maps: bool = False
+    per_layer: bool = False
 
     def __init__(self, dims: ModelDims, config: dict[str, Any]) -> None:
         super().__init__()
@@ -104,8 +109,13 @@ class PromptSource(nn.Module, abc.ABC):
                 embedding, before the first block).
 
         Returns:
-            ``(B, P, D)`` when shallow, ``(L, B, P, D)`` when deep.
+            ``(B, P, D)`` when shallow or ``per_layer``, ``(L, B, P, D)`` when deep.
         """
+
+    def prompts_for_layer(self, index: int, patch_tokens: Tensor) -> Tensor:
+        """Prompts of block ``index >= 1`` from its input patch tokens ``(B, h * w, D) -> (B, P, D)``; called by
+        :class:`fftprompt.model.PromptedViT` only for deep sources with ``per_layer = True``, which define it."""
+        raise TypeError(f"{type(self).__name__} makes all its prompts in forward (per_layer is False)")
 
     def num_parameters(self) -> int:
         """Number of trainable parameters of this source."""

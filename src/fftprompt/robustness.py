@@ -10,6 +10,11 @@ same on every run, whatever the batch size or number of processes.
 Metrics (``test/corruption/...``, the primary metric ``m`` being ``acc`` for classification and ``dice`` for
 segmentation): ``<name>/<severity>/<m>``, ``<name>/mean/<m>`` (over the severities), ``<name>/relative_drop``
 (``(clean - mean) / clean``), and over all corruptions ``mean/<m>`` and ``relative_drop``.
+
+A corruption that changes no pixel of the test images by half an 8-bit level or more at the run's image size (the
+blurs' kernels shrink with the size: ``defocus_blur`` 1 at 64 px, 1-3 at 32 px, ``gaussian_blur`` 1 at 32 px) is not
+tested: it is a no-op, marked ``<name>/<severity>/no_op`` (1.0) instead of a metric, shown as such in the table and
+left out of the means and drops.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from fftprompt.augment.functional import seeded_generator
 __all__ = ["CorruptedDataset", "CorruptionResults", "evaluate_corruptions"]
 
 PREFIX = "test/corruption"
+# a corruption that moves no pixel by this much (half an 8-bit level, in [0, 1]) leaves the images as they were
+NO_OP_TOLERANCE = 0.5 / 255
+_NO_OP_PROBE = 8  # test images compared with their corrupted copies
 
 
 class CorruptedDataset(Dataset):
@@ -76,18 +84,23 @@ class CorruptionResults:
     Attributes:
         metric: ``"acc"`` or ``"dice"``.
         clean: the metric on the uncorrupted test split.
-        table: ``{corruption: {severity: metric}}``.
+        table: ``{corruption: {severity: metric}}`` of the tested (not no-op) corruptions.
+        no_ops: ``{corruption: [severities]}`` that left the images unchanged at their size, not tested.
     """
 
     metric: str
     clean: float
     table: dict[str, dict[int, float]] = field(default_factory=dict)
+    no_ops: dict[str, list[int]] = field(default_factory=dict)
 
     def corruption_mean(self, name: str) -> float:
-        return statistics.fmean(self.table[name].values())
+        """Mean over the tested severities (NaN when every severity was a no-op)."""
+        return statistics.fmean(self.table[name].values()) if self.table.get(name) else float("nan")
 
     def mean(self) -> float:
-        return statistics.fmean(self.corruption_mean(name) for name in self.table)
+        """Mean over the corruptions with a tested severity (NaN when none has one)."""
+        tested = [self.corruption_mean(name) for name in self.table if self.table[name]]
+        return statistics.fmean(tested) if tested else float("nan")
 
     def relative_drop(self, value: float) -> float:
         """``(clean - value) / clean`` (NaN when the clean metric is 0)."""
@@ -99,15 +112,20 @@ class CorruptionResults:
         for name, row in self.table.items():
             for severity, value in row.items():
                 out[f"{PREFIX}/{name}/{severity}/{self.metric}"] = value
-            out[f"{PREFIX}/{name}/mean/{self.metric}"] = self.corruption_mean(name)
-            out[f"{PREFIX}/{name}/relative_drop"] = self.relative_drop(self.corruption_mean(name))
+            for severity in self.no_ops.get(name, []):
+                out[f"{PREFIX}/{name}/{severity}/no_op"] = 1.0
+            if row:
+                out[f"{PREFIX}/{name}/mean/{self.metric}"] = self.corruption_mean(name)
+                out[f"{PREFIX}/{name}/relative_drop"] = self.relative_drop(self.corruption_mean(name))
         out[f"{PREFIX}/mean/{self.metric}"] = self.mean()
         out[f"{PREFIX}/relative_drop"] = self.relative_drop(self.mean())
         return out
 
     def markdown(self) -> str:
         """The table for ``report.md``: one row per corruption, one column per severity, mean and relative drop."""
-        severities = sorted({s for row in self.table.values() for s in row})
+        severities = sorted(
+            {s for row in self.table.values() for s in row} | {s for v in self.no_ops.values() for s in v}
+        )
         label = {"acc": "accuracy", "dice": "foreground Dice"}.get(self.metric, self.metric)
         lines = [
             f"Test {label} under ImageNet-C-style corruptions (Hendrycks and Dietterich, ICLR 2019) by severity; "
@@ -118,12 +136,31 @@ class CorruptionResults:
             "|---|" + "---:|" * (len(severities) + 2),
         ]
         for name, row in self.table.items():
-            cells = " | ".join(f"{row[s]:.4f}" if s in row else "" for s in severities)
+            skipped = self.no_ops.get(name, [])
+            cells = " | ".join(f"{row[s]:.4f}" if s in row else "no-op" if s in skipped else "" for s in severities)
             mean = self.corruption_mean(name)
-            lines.append(f"| {name} | {cells} | {mean:.4f} | {self.relative_drop(mean):+.1%} |")
+            shown = f"{mean:.4f} | {self.relative_drop(mean):+.1%}" if row else "— | —"
+            lines.append(f"| {name} | {cells} | {shown} |")
         blank = " | ".join("" for _ in severities)
         lines.append(f"| **all** | {blank} | **{self.mean():.4f}** | **{self.relative_drop(self.mean()):+.1%}** |")
+        if any(self.no_ops.values()):
+            listed = ", ".join(f"{name} {','.join(map(str, levels))}" for name, levels in self.no_ops.items() if levels)
+            lines += [
+                "",
+                f"no-op ({listed}): the corruption changes no pixel by half an 8-bit level at this image size, so it "
+                "was not tested and is left out of the means and relative drops.",
+            ]
         return "\n".join(lines)
+
+
+def _is_no_op(clean: Dataset, corrupted: CorruptedDataset) -> bool:
+    """Whether ``corrupted`` leaves the first test images unchanged (within :data:`NO_OP_TOLERANCE`, in pixels)."""
+    for index in range(min(len(clean), _NO_OP_PROBE)):  # type: ignore[arg-type]
+        before = (clean[index][0].float() * corrupted._std + corrupted._mean).clamp(0.0, 1.0)
+        after = (corrupted[index][0] * corrupted._std + corrupted._mean).clamp(0.0, 1.0)
+        if (after - before).abs().max() >= NO_OP_TOLERANCE:
+            return False
+    return True
 
 
 def evaluate_corruptions(
@@ -160,8 +197,12 @@ def evaluate_corruptions(
     for name in names:
         results.table[name] = {}
         for level in levels:
+            corrupted = CorruptedDataset(dataset, name, level, datamodule.mean, datamodule.std, seed)
+            if _is_no_op(dataset, corrupted):
+                results.no_ops.setdefault(name, []).append(level)
+                continue
             loader = DataLoader(
-                CorruptedDataset(dataset, name, level, datamodule.mean, datamodule.std, seed),
+                corrupted,
                 batch_size=datamodule.batch_size,
                 num_workers=datamodule.num_workers,
                 shuffle=False,

@@ -28,7 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate, to_absolute_path
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -44,9 +44,9 @@ from fftprompt.pretrain import FormulaPretrainModule, hardware, write_pretrained
 from fftprompt.report import print_summary
 from fftprompt.robustness import evaluate_corruptions
 from fftprompt.run_report import ReportSettings, write_run_report
-from fftprompt.runfiles import RUN_CONFIG, RUN_ENTRIES
+from fftprompt.runfiles import METRICS_FILE, RUN_CONFIG, RUN_ENTRIES
 from fftprompt.spectral import FrequencyFeatures
-from fftprompt.utils import is_installed, to_plain
+from fftprompt.utils import is_installed, to_plain, write_json_atomic
 from fftprompt.weights import RESOLVER, weights_path
 
 __all__ = [
@@ -240,51 +240,63 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks = _instantiate_collection(cfg.get("callbacks"))
     loggers = _instantiate_collection(cfg.get("logger"), "logger")
     trainer = _make_trainer(cfg, callbacks=callbacks, logger=loggers or False)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if trainer.is_global_zero:
-        rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
-        rundir.record_launch(output_dir, _launch("fftprompt-train", resumed_from=resume, replaced=replaced))
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero:
+            rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
+            rundir.record_launch(output_dir, _launch("fftprompt-train", resumed_from=resume, replaced=replaced))
 
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        # PromptedViT keeps the frozen backbone in eval() on purpose (no dropout / drop-path, as in VPT)
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
-    train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            # PromptedViT keeps the frozen backbone in eval() on purpose (no dropout / drop-path, as in VPT)
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            trainer.fit(
+                module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True
+            )
+        train_seconds = time.perf_counter() - start
 
-    best_validation = _best_validation(trainer)
-    test_checkpoint, weights = _test_checkpoint(trainer)
-    start = time.perf_counter()
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, verbose=False, weights_only=True)
-    test_seconds = time.perf_counter() - start
-
-    metrics = _test_metrics(results)
-    confusion = _test_confusion(module)  # a collective under DDP: every rank takes part
-    metrics.update(
-        trainable_params=model.num_trainable_parameters(),
-        total_params=model.num_total_parameters(),
-        train_seconds=round(train_seconds, 3),
-        test_seconds=round(test_seconds, 3),
-        epochs=int(trainer.current_epoch),
-        steps=int(trainer.global_step),
-        tested_weights=weights,
-        **best_validation,
-    )
-    report = None
-    if trainer.is_global_zero:
-        model.save_trainable(output_dir, overwrite=True)  # the directory was checked for an earlier run above
-        report = _write_report(cfg, output_dir, metrics, parts, loggers, "fftprompt training run", confusion)
-        print_summary(metrics, report, title=f"test metrics ({weights} weights)")
-    objects = {
-        "cfg": cfg,
-        "model": model,
-        "module": module,
-        "datamodule": datamodule,
-        "trainer": trainer,
-        "output_dir": output_dir,
-        "report": report,
-    }
-    return metrics, objects
+        best_validation = _best_validation(trainer)
+        tested = bool(cfg.get("test", True))
+        metrics, confusion, test_seconds, weights = {}, None, 0.0, "untested"
+        if tested:
+            test_checkpoint, weights = _test_checkpoint(trainer)
+            start = time.perf_counter()
+            results = trainer.test(
+                module, datamodule=datamodule, ckpt_path=test_checkpoint, verbose=False, weights_only=True
+            )
+            test_seconds = time.perf_counter() - start
+            metrics = _test_metrics(results)
+            confusion = _test_confusion(module)  # a collective under DDP: every rank takes part
+        metrics.update(
+            trainable_params=model.num_trainable_parameters(),
+            total_params=model.num_total_parameters(),
+            train_seconds=round(train_seconds, 3),
+            test_seconds=round(test_seconds, 3),
+            epochs=int(trainer.current_epoch),
+            steps=int(trainer.global_step),
+            tested_weights=weights,
+            **best_validation,
+        )
+        report = None
+        if trainer.is_global_zero:
+            model.save_trainable(output_dir, overwrite=True)  # the directory was checked for an earlier run above
+            if tested:
+                report = _write_report(cfg, output_dir, metrics, parts, loggers, "fftprompt training run", confusion)
+                print_summary(metrics, report, title=f"test metrics ({weights} weights)")
+            else:  # test=false: no report, whose figures would show test images; metrics.json only
+                write_json_atomic(output_dir / METRICS_FILE, {**metrics, "config": _summary(cfg, parts)})
+        objects = {
+            "cfg": cfg,
+            "model": model,
+            "module": module,
+            "datamodule": datamodule,
+            "trainer": trainer,
+            "output_dir": output_dir,
+            "report": report,
+        }
+        return metrics, objects
+    finally:
+        _finish_loggers(loggers)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -439,6 +451,15 @@ def _instantiate_optional(node: Any) -> Any:
     return instantiate(node)
 
 
+def _finish_loggers(loggers: Sequence[Logger]) -> None:
+    """Ends the process-wide run a W&B logger opened (Lightning leaves it open), so that the next training in this
+    process (a sweep's next trial) gets its own run instead of logging into this one; W&B's service process then
+    completes the run's files (offline: ``wandb/offline-run-*``)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
+
+
 def _instantiate_collection(node: DictConfig | None, group: str = "callbacks") -> list[Any]:
     """Instantiates every entry with a ``_target_`` of a ``callbacks``/``logger`` mapping (null entries dropped)."""
     if node is None:
@@ -547,11 +568,16 @@ def _check_matches_run(cfg: DictConfig, run_dir: Path, purpose: str) -> None:
 
 
 def _best_validation(trainer: L.Trainer) -> dict[str, float]:
-    """``{"<monitor>_best": score}`` (e.g. ``val/acc_best``) of the checkpoint callback, when it monitored one."""
+    """``{"<monitor>_best": score, "<monitor>_best_epoch": epoch}`` (e.g. ``val/acc_best``) of the checkpoint
+    callback, when it monitored one (the epoch, counted from 0, read from the best checkpoint when it is on disk)."""
     callback = trainer.checkpoint_callback
-    if isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_score is not None:
-        return {f"{callback.monitor}_best": float(callback.best_model_score)}
-    return {}
+    if not (isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_score is not None):
+        return {}
+    best = {f"{callback.monitor}_best": float(callback.best_model_score)}
+    if callback.best_model_path and Path(callback.best_model_path).is_file():
+        checkpoint = torch.load(callback.best_model_path, map_location="cpu", weights_only=True)
+        best[f"{callback.monitor}_best_epoch"] = int(checkpoint["epoch"])
+    return best
 
 
 def _test_checkpoint(trainer: L.Trainer) -> tuple[str | None, str]:

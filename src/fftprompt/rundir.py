@@ -74,6 +74,7 @@ __all__ = [
     "finished_metrics",
     "load_run",
     "move_run_aside",
+    "moved_aside_from",
     "read_class_names",
     "read_config",
     "read_launches",
@@ -141,6 +142,17 @@ def move_run_aside(run_dir: Path) -> Path | None:
     os.rename(resolved, target)  # same parent directory: one atomic rename
     run_dir.mkdir()
     return target
+
+
+# the name move_run_aside gives an earlier run: <run>.replaced-<date>-<time>[-<count>]
+_MOVED_ASIDE = re.compile(re.escape(REPLACED_MARK) + r"\d{8}-\d{6}(-\d+)?$")
+
+
+def moved_aside_from(run_dir: Path) -> Path | None:
+    """The run directory whose ``overwrite=true`` moved ``run_dir`` aside (:func:`move_run_aside`), or None when
+    ``run_dir`` was not moved aside."""
+    match = _MOVED_ASIDE.search(Path(run_dir).name)
+    return None if match is None else Path(run_dir).with_name(Path(run_dir).name[: match.start()])
 
 
 def run_dir_of(path: Path) -> Path:

@@ -35,6 +35,7 @@ __all__ = [
     "PREDICTIONS_FILE",
     "PREDICT_DIR",
     "PREDICT_SUMMARY",
+    "PROBE_TABLE",
     "REPLACED_MARK",
     "REPORT_FILE",
     "RESUME_COMPARED",
@@ -76,6 +77,9 @@ MASK_DIR = "masks"  # segmentation: one PNG per image
 OVERLAY_FIGURE = "overlays.png"
 PREDICT_SUMMARY = "predict.json"
 
+# fftprompt-probe (its out_dir: metrics.json as above, and the table)
+PROBE_TABLE = "probe.md"
+
 # fftprompt-export (RUN/export/<format> unless out_dir= says otherwise); the timm and PEFT names are those libraries'
 EXPORT_DIR = "export"
 EXPORT_INFO = "export.json"
@@ -112,6 +116,7 @@ RESUME_MAY_CHANGE = (
     "overwrite",
     "paths",
     "report",
+    "test",
     "logger",
     "callbacks",
     "callbacks.model_checkpoint.dirpath",
@@ -128,7 +133,7 @@ RESUME_MAY_GROW = ("trainer.max_epochs", "trainer.max_steps")
 # What never separates runs in fftprompt-compare's table: the seed is aggregated over (mean ± std), the rest locate
 # or describe a run, not what it trains. Unlike RESUME_MAY_CHANGE the seed belongs here and logging does not: two
 # runs that differ only in their logger are still compared as two settings.
-NOT_GROUPED = ("seed", "overwrite", "ckpt_path", "paths", "report")
+NOT_GROUPED = ("seed", "overwrite", "ckpt_path", "paths", "report", "test")
 
 
 def covering(key: str, entries: Sequence[str]) -> list[str]:

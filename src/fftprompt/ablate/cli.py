@@ -19,9 +19,25 @@ from pathlib import Path
 
 from fftprompt.ablate.comparison import format_comparison, write_comparison
 from fftprompt.ablate.plan import ABLATIONS, METHODS
+from fftprompt.ablate.reference import add_references
 from fftprompt.ablate.runner import FULL_EPOCHS, QUICK_EPOCHS, load_average, run_ablation, run_settings, run_workers
-from fftprompt.ablate.settings import BACKBONES, DATASETS, FEW_SHOT_DATASETS, Setting, plan_settings
+from fftprompt.ablate.settings import (
+    BACKBONES,
+    DATASETS,
+    FEW_SHOT_DATASETS,
+    SEGMENTATION_DATASETS,
+    Setting,
+    plan_settings,
+)
 from fftprompt.ablate.tables import format_markdown, write_outputs
+from fftprompt.ablate.tuned import run_tuned
+from fftprompt.ablate.tuning import (
+    DEFAULT_LR_SCALES,
+    DEFAULT_WEIGHT_DECAYS,
+    TUNED_KEYS,
+    WEIGHT_DECAY_KEY,
+    plan_trials,
+)
 from fftprompt.methods import SAMPLE_DATASETS
 
 __all__ = ["main", "parse_args"]
@@ -102,6 +118,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)  # worker I of N: every N-th run from I
     parser.add_argument("--runs-only", action="store_true", help=argparse.SUPPRESS)  # worker: train, write nothing
     parser.add_argument("--rerun", action="store_true", help="train again even when a finished run matches")
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="the tuned protocol (a comparison): every method gets the same grid --lr-scales x --weight-decays, "
+        "trained on the training split with validation, the setting and epoch chosen on validation, then the "
+        "chosen setting trained with every seed and its best-validation checkpoint tested once",
+    )
+    parser.add_argument(
+        "--lr-scales",
+        default=",".join(f"{v:g}" for v in DEFAULT_LR_SCALES),
+        help="--tune: factors applied to every learning rate of each method (its own defaults)",
+    )
+    parser.add_argument(
+        "--weight-decays",
+        default=",".join(f"{v:g}" for v in DEFAULT_WEIGHT_DECAYS),
+        help=f"--tune: values of {WEIGHT_DECAY_KEY}",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config")
     args = parser.parse_args(list(argv))
     try:
@@ -114,6 +147,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--shots {args.shots!r}: expected comma-separated numbers of images per class such as 5,10")
     if any(k < 1 for k in args.shots) or len(set(args.shots)) != len(args.shots):
         parser.error(f"--shots {args.shots}: expected distinct positive numbers of images per class")
+    try:
+        args.lr_scales = [float(v) for v in args.lr_scales.split(",") if v]
+        args.weight_decays = [float(v) for v in args.weight_decays.split(",") if v]
+        plan_trials({}, args.lr_scales, args.weight_decays)
+    except ValueError as error:
+        parser.error(f"--lr-scales/--weight-decays: {error}")
     args.datasets = _names(args.datasets, DATASETS, "--datasets", parser)
     default_backbone = "random" if args.quick else "pretrained"
     args.backbones = _names(args.backbones or default_backbone, BACKBONES, "--backbones", parser)
@@ -124,7 +163,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(str(error))
     if not args.settings:
         parser.error("nothing to run: --datasets and --backbones must name at least one each")
-    folders = [SAMPLE_DATASETS[d] for d in args.datasets if d in SAMPLE_DATASETS]
+    folders = [{**SAMPLE_DATASETS, **SEGMENTATION_DATASETS}[d] for d in args.datasets if d != "generated"]
     missing = [folder for folder in folders if not (args.data_root / folder).is_dir()]
     if missing:
         parser.error(
@@ -153,6 +192,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides {bad}: expected Hydra overrides such as trainer.max_epochs=3")
+    tuned = [o for o in args.overrides if o.split("=", 1)[0].lstrip("+~") in TUNED_KEYS]
+    if args.tune and tuned:
+        parser.error(f"overrides {tuned}: --tune sets these for every trial; drop them (the grid scales the defaults)")
     return args
 
 
@@ -168,8 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs > 1 and not args.runs_only:
         trained = run_workers(args)
         args.rerun = False  # the workers trained what was asked; this process only collects
-    if not is_classic(args.settings):
-        reports = run_settings(args, args.settings, trained)
+    if args.tune or not is_classic(args.settings):
+        if args.tune:
+            reports = [run_tuned(args, setting, trained) for setting in args.settings]
+        else:
+            reports = run_settings(args, args.settings, trained)
         if args.runs_only:
             return 0
         meta = {
@@ -178,7 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_before": load_before,
             "load_after": load_average(),
             "data_root": None if args.data_root is None else str(args.data_root),
+            "protocol": "tuned" if args.tune else "untuned",
+            **({"grid": {"lr_scales": args.lr_scales, "weight_decays": args.weight_decays}} if args.tune else {}),
         }
+        if args.tune or any(r["settings"]["task"] == "classification" for r in reports):
+            add_references(reports, args)
         written = write_comparison(
             reports, meta, Path(args.output).resolve(), None if args.doc is None else Path(args.doc)
         )

@@ -9,6 +9,8 @@ parameters; every method gets at most ``B`` trainable parameters besides the (sh
 - fft prompts (shallow: 4 prompts; deep: 2 per block): the widest generator (``hidden_dim`` h, ``spectrum_dim`` h/2,
   ``spectrum_crop`` 4, 2 heads) with at most ``B`` parameters;
 - fft prompts + FourierFT: a quarter of ``B`` for FourierFT, the widest shallow generator within the rest.
+- VAPT: VPT-deep's prompts per block (fewer where the token-wise projectors alone exceed ``B``) and the widest
+  feature projector (``hidden_dim`` r) with at most ``B`` parameters.
 
 Feature ablations use the fft-shallow generator settings with one feature group removed (``features.groups``), or
 without the spectrum projection (``prompt.use_spectrum=false``); their parameter counts drop slightly with the
@@ -24,6 +26,7 @@ from typing import Any, Literal
 from fftprompt.methods import METHOD_LABELS, TRAINED_METHODS
 from fftprompt.prompts import FrequencyPrompt, ModelDims
 from fftprompt.spectral import FEATURE_GROUPS
+from fftprompt.vapt import VAPTPrompt
 
 __all__ = ["ABLATIONS", "LABELS", "METHODS", "Variant", "plan_variants"]
 
@@ -88,6 +91,20 @@ def _widest_fft(dims: ModelDims, budget: int, num_tokens: int, deep: bool) -> in
     return best
 
 
+def _sized_vapt(dims: ModelDims, budget: int, num_tokens: int) -> tuple[str, ...]:
+    """VAPT with at most ``num_tokens`` prompts per block (fewer when its token-wise projectors alone exceed
+    ``budget``, as on tiny backbones) and the widest feature projector within ``budget`` (linear in ``hidden_dim``)."""
+    for tokens in range(num_tokens, 0, -1):
+        smallest = VAPTPrompt(dims, num_tokens=tokens, hidden_dim=1).num_parameters()
+        if smallest <= budget:
+            per_unit = VAPTPrompt(dims, num_tokens=tokens, hidden_dim=2).num_parameters() - smallest
+            return f"prompt.num_tokens={tokens}", f"prompt.hidden_dim={1 + (budget - smallest) // per_unit}"
+    raise ValueError(
+        f"budget {budget}: even the smallest VAPT (1 prompt per block, hidden_dim 1) has {smallest} parameters; "
+        "raise --budget"
+    )
+
+
 def plan_variants(
     dims: ModelDims, fourierft_matrices: int, names: Sequence[str], budget: int | None = None
 ) -> tuple[list[Variant], dict[str, Any]]:
@@ -112,11 +129,14 @@ def plan_variants(
     fft_deep = _widest_fft(dims, budget, _FFT_DEEP_TOKENS, deep=True)
     fourier_small = max(int(budget * _FOURIERFT_SHARE) // matrices, 1)
     fft_combined = _widest_fft(dims, budget - fourier_small * matrices, _FFT_SHALLOW_TOKENS, deep=False)
-    per_block = f"prompt.num_tokens={max(budget // (layers * embed_dim), 1)}"
+    tokens_per_block = max(budget // (layers * embed_dim), 1)
+    per_block = f"prompt.num_tokens={tokens_per_block}"
+    vapt = _sized_vapt(dims, budget, tokens_per_block) if "vapt" in names else ()
     prompt_sizes = {
         "vpt_shallow": (f"prompt.num_tokens={max(budget // embed_dim, 1)}",),
         "vpt_deep": (per_block,),
         "vfpt": (per_block,),
+        "vapt": vapt,
         "fft_shallow": _fft_overrides(fft_shallow, _FFT_SHALLOW_TOKENS),
         "fft_deep": _fft_overrides(fft_deep, _FFT_DEEP_TOKENS),
         "fft_fourierft": _fft_overrides(fft_combined, _FFT_SHALLOW_TOKENS),

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fftprompt.ablate.plan import Variant, plan_variants
 from fftprompt.ablate.settings import Setting, plan_settings
-from fftprompt.ablate.tables import summarise
+from fftprompt.ablate.tables import METRIC_NAMES, TASK_METRICS, summarise
 from fftprompt.fourierft import FourierFTConfig, count_fourierft_matrices
 from fftprompt.methods import COMPARISON_OVERRIDES
 from fftprompt.prompts import ModelDims
@@ -41,6 +41,7 @@ __all__ = [
     "run_ablation",
     "run_settings",
     "run_workers",
+    "train_or_reuse",
 ]
 
 # every run: mode=comparison (no logger, checkpoints, validation loop, progress bar or summary, frequency-map figures)
@@ -90,15 +91,14 @@ def run_ablation(
     torch.set_num_threads(args.threads)
     setting = setting if setting is not None else (QUICK if args.quick else CLASSIC)
     output = Path(args.output).resolve() / setting.subdir
-    epochs = args.epochs if args.epochs is not None else setting.epochs
-    if setting.shots is not None:
-        epochs = _few_shot_epochs(setting, epochs, args.overrides)
+    epochs = setting_epochs(args, setting)
     shared = [*setting.overrides, f"trainer.max_epochs={epochs}", *RUN_OVERRIDES]
     base = compose([*shared, f"paths.output_dir={output}", *args.overrides])
     variants, budget = plan_ablation(base, [*args.methods, *args.ablations], args.budget)
 
     start = time.perf_counter()
     load_before = load_average()
+    keys = TASK_METRICS[str(base.task.name)]
     runs: list[dict[str, Any]] = []
     pairs = [(variant, seed) for variant in variants for seed in args.seeds]
     shard, shards = args.shard
@@ -108,53 +108,88 @@ def run_ablation(
         run_dir = output / "runs" / variant.name / f"seed{seed}"
         # the user's overrides come last: they win over the variant's
         cfg = compose([*shared, *variant.overrides, f"seed={seed}", f"paths.output_dir={run_dir}", *args.overrides])
-        metrics = None if args.rerun else finished_metrics(run_dir, OmegaConf.to_container(cfg, resolve=True))
-        reused = metrics is not None and str(run_dir) not in trained_by_workers
-        if metrics is None:
-            metrics, _ = train(cfg)
-        runs.append(
-            {
-                "variant": variant.name,
-                "seed": seed,
-                "run_dir": str(run_dir),
-                "reused": reused,
-                **{k: metrics[k] for k in ("test/acc", "test/f1_macro", "trainable_params", "train_seconds")},
-            }
-        )
-        took = "reused" if reused else f"{metrics['train_seconds']:.0f} s"
-        where = f"{setting.subdir} " if setting.subdir else ""
-        print(
-            f"[ablate] {where}{variant.name:<20} seed {seed}: acc {metrics['test/acc']:.3f} "
-            f"f1 {metrics['test/f1_macro']:.3f} params {metrics['trainable_params']:,} ({took})",
-            flush=True,
-        )
-    wall_seconds = time.perf_counter() - start
+        metrics, reused = train_or_reuse(cfg, run_dir, args.rerun, trained_by_workers)
+        runs.append(run_record(variant.name, seed, run_dir, reused, metrics, keys))
+        print_run(setting, variant.name, seed, metrics, keys, reused)
     return {
-        "settings": {
-            "dataset": setting.dataset,
-            "backbone_init": setting.backbone,
-            "shots": setting.shots,
-            "seeds": list(args.seeds),
-            "epochs": epochs,
-            "quick": args.quick,
-            "overrides": [*setting.overrides, *args.overrides],
-            "threads": args.threads,
-            "jobs": args.jobs,
-            "backbone": str(base.backbone.name),
-            "backbone_weights": (
-                Path(str(base.backbone.checkpoint_path)).name if base.backbone.get("checkpoint_path") else None
-            ),
-            **describe_data(base),
-        },
+        "settings": describe_setting(args, setting, base, epochs),
         "budget": budget,
         "variants": [
             {"name": v.name, "label": v.label, "kind": v.kind, "overrides": list(v.overrides)} for v in variants
         ],
         "runs": runs,
-        "summary": summarise(variants, runs),
-        "wall_seconds": wall_seconds,
+        "summary": summarise(variants, runs, keys),
+        "wall_seconds": time.perf_counter() - start,
         "load_average": {"before": load_before, "after": load_average()},
     }
+
+
+def train_or_reuse(
+    cfg: DictConfig, run_dir: Path, rerun: bool, trained_by_workers: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], bool]:
+    """The metrics of the run ``cfg`` describes in ``run_dir``: a finished run with the same config is reused (unless
+    ``rerun``), else it is trained. Returns ``(metrics, reused)`` (runs that this invocation's workers trained are
+    not reported as reused)."""
+    metrics = None if rerun else finished_metrics(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    reused = metrics is not None and str(run_dir) not in trained_by_workers
+    if metrics is None:
+        metrics, _ = train(cfg)
+    return metrics, reused
+
+
+def run_record(
+    variant: str, seed: int, run_dir: Path, reused: bool, metrics: dict[str, Any], keys: Sequence[str]
+) -> dict[str, Any]:
+    """One run as the reports list it: variant, seed, folder, reused, its test metrics, parameters, time."""
+    return {
+        "variant": variant,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "reused": reused,
+        **{k: metrics[k] for k in (*keys, "trainable_params", "train_seconds")},
+    }
+
+
+def print_run(
+    setting: Setting, variant: str, seed: int, metrics: dict[str, Any], keys: Sequence[str], reused: bool
+) -> None:
+    took = "reused" if reused else f"{metrics['train_seconds']:.0f} s"
+    where = f"{setting.subdir} " if setting.subdir else ""
+    scores = " ".join(f"{METRIC_NAMES[k]} {metrics[k]:.3f}" for k in keys)
+    print(
+        f"[ablate] {where}{variant:<20} seed {seed}: {scores} params {metrics['trainable_params']:,} ({took})",
+        flush=True,
+    )
+
+
+def describe_setting(args: argparse.Namespace, setting: Setting, base: DictConfig, epochs: int) -> dict[str, Any]:
+    """The ``settings`` entry of a report: the setting, the command's options and the data."""
+    return {
+        "dataset": setting.dataset,
+        "backbone_init": setting.backbone,
+        "shots": setting.shots,
+        "seeds": list(args.seeds),
+        "epochs": epochs,
+        "quick": args.quick,
+        "overrides": [*setting.overrides, *args.overrides],
+        "threads": args.threads,
+        "jobs": args.jobs,
+        "task": str(base.task.name),
+        "metrics": list(TASK_METRICS[str(base.task.name)]),
+        "backbone": str(base.backbone.name),
+        "backbone_weights": (
+            Path(str(base.backbone.checkpoint_path)).name if base.backbone.get("checkpoint_path") else None
+        ),
+        **describe_data(base),
+    }
+
+
+def setting_epochs(args: argparse.Namespace, setting: Setting) -> int:
+    """``--epochs`` or the setting's, scaled for a few-shot setting (:func:`_few_shot_epochs`)."""
+    epochs = args.epochs if args.epochs is not None else setting.epochs
+    if setting.shots is not None:
+        epochs = _few_shot_epochs(setting, epochs, args.overrides)
+    return epochs
 
 
 def run_settings(
@@ -166,17 +201,20 @@ def run_settings(
 
 def describe_data(cfg: DictConfig) -> dict[str, Any]:
     """The data of ``cfg`` as the reports state it: image size, batch, split sizes, classes, the test split's
-    majority-class share (the accuracy of always predicting it), and the generated benchmark's region size."""
+    majority-class share (the accuracy of always predicting it; of the pixels, for segmentation), and the generated
+    benchmark's region size."""
     datamodule = build(cfg)["datamodule"]
-    train_split, test_split = datamodule.dataset("train"), datamodule.dataset("test")
+    splits = {split: datamodule.dataset(split) for split in ("train", "val", "test")}
+    test_split = splits["test"]
     labels = getattr(test_split, "labels", None)
-    if labels is None:
-        labels = [int(test_split[i][1]) for i in range(len(test_split))]
-    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.int64))
+    if labels is None:  # classification: one label per image; segmentation: every pixel of every mask
+        labels = torch.cat([torch.as_tensor(test_split[i][1]).flatten() for i in range(len(test_split))])
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.int64).flatten())
     return {
         "image_size": int(cfg.data.image_size),
         "batch_size": int(cfg.data.batch_size),
-        "num_train": len(train_split),
+        "num_train": len(splits["train"]),
+        "num_val": len(splits["val"]),
         "num_test": len(test_split),
         "classes": list(datamodule.class_names),
         "majority_fraction": float(counts.max()) / float(counts.sum()),
@@ -214,6 +252,9 @@ def worker_command(args: argparse.Namespace, shard: int) -> list[str]:
     command += ["--datasets", ",".join(args.datasets), "--backbones", ",".join(args.backbones)]
     command += ["--shots", ",".join(map(str, args.shots)) or "none"]
     command += [] if args.data_root is None else ["--data-root", str(args.data_root)]
+    if args.tune:
+        command += ["--tune", "--lr-scales", ",".join(map(repr, args.lr_scales))]
+        command += ["--weight-decays", ",".join(map(repr, args.weight_decays))]
     return [*command, *args.overrides]
 
 
@@ -224,7 +265,9 @@ def run_workers(args: argparse.Namespace) -> frozenset[str]:
 
     def stamps() -> dict[str, int]:  # seed<k> run directories only, not runs moved aside by overwrite=true
         found = output.glob(f"**/runs/*/seed*/{METRICS_FILE}")
-        return {str(p.parent): p.stat().st_mtime_ns for p in found if p.parent.name.removeprefix("seed").isdigit()}
+        runs = {str(p.parent): p.stat().st_mtime_ns for p in found if p.parent.name.removeprefix("seed").isdigit()}
+        trials = output.glob(f"**/trials/*/lr*/{METRICS_FILE}")  # --tune's trials
+        return {**runs, **{str(p.parent): p.stat().st_mtime_ns for p in trials}}
 
     before = stamps()
     logs = output / "logs"

@@ -15,7 +15,7 @@ from fftprompt.ablate.plan import ABLATIONS, LABELS, Variant
 from fftprompt.tables import format_mean_std, markdown_table, mean_std
 from fftprompt.utils import write_section
 
-__all__ = ["format_markdown", "goal_check", "plot", "summarise", "write_outputs"]
+__all__ = ["METRIC_NAMES", "TASK_METRICS", "format_markdown", "goal_check", "plot", "summarise", "write_outputs"]
 
 OURS = ("fft_shallow", "fft_deep", "fft_fourierft")
 BASELINES = ("vpt_shallow", "vpt_deep", "vfpt")
@@ -23,45 +23,50 @@ SECTION = "ablation"  # of the --doc file
 GOAL_MARGIN = 0.10  # fft prompts beat VPT and VFPT by at least 10 points of accuracy (mean of the seeds)
 
 
-def summarise(variants: Sequence[Variant], runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per variant: mean and sample std over seeds of test accuracy and macro F1, and the trainable parameters."""
+# the test metrics a report states per task: (primary, secondary); METRIC_NAMES: their short names in summaries
+TASK_METRICS = {"classification": ("test/acc", "test/f1_macro"), "segmentation": ("test/dice", "test/miou")}
+METRIC_NAMES = {"test/acc": "acc", "test/f1_macro": "f1", "test/dice": "dice", "test/miou": "miou"}
+
+
+def summarise(
+    variants: Sequence[Variant], runs: Sequence[dict[str, Any]], metrics: Sequence[str] = TASK_METRICS["classification"]
+) -> list[dict[str, Any]]:
+    """Per variant: mean and sample std over seeds of each test metric (``acc_mean``, ``f1_std``, ``dice_mean``,
+    ... as :data:`METRIC_NAMES` names them), each seed's value (``<name>_per_seed``) and the trainable parameters."""
     rows = []
     for variant in variants:
         own = [r for r in runs if r["variant"] == variant.name]
-        acc_mean, acc_std = mean_std([r["test/acc"] for r in own])
-        f1_mean, f1_std = mean_std([r["test/f1_macro"] for r in own])
         params = sorted({r["trainable_params"] for r in own})
-        rows.append(
-            {
-                "name": variant.name,
-                "label": variant.label,
-                "kind": variant.kind,
-                "trainable_params": params[0] if len(params) == 1 else params,
-                "acc_mean": acc_mean,
-                "acc_std": acc_std,
-                "f1_mean": f1_mean,
-                "f1_std": f1_std,
-                "acc_per_seed": [r["test/acc"] for r in own],
-                "seeds": [r["seed"] for r in own],
-            }
-        )
+        row: dict[str, Any] = {
+            "name": variant.name,
+            "label": variant.label,
+            "kind": variant.kind,
+            "trainable_params": params[0] if len(params) == 1 else params,
+        }
+        for key in metrics:
+            short = METRIC_NAMES[key]
+            row[f"{short}_mean"], row[f"{short}_std"] = mean_std([r[key] for r in own])
+            row[f"{short}_per_seed"] = [r[key] for r in own]
+        row["seeds"] = [r["seed"] for r in own]
+        rows.append(row)
     return rows
 
 
-def goal_check(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For every fft method present: its margin over the best of VPT shallow/deep and VFPT, and the parameter test."""
+def goal_check(summary: Sequence[dict[str, Any]], metric: str = "acc") -> list[dict[str, Any]]:
+    """For every fft method present: its margin in ``<metric>_mean`` over the best of VPT shallow/deep and VFPT, and
+    the parameter test."""
     by_name = {row["name"]: row for row in summary}
     baselines = [by_name[name] for name in BASELINES if name in by_name]
     if not baselines:
         return []
-    best = max(baselines, key=lambda row: row["acc_mean"])
+    best = max(baselines, key=lambda row: row[f"{metric}_mean"])
     checks = []
     for name in OURS:
         if name not in by_name:
             continue
         row = by_name[name]
         fewer = all(_params(row) <= _params(b) for b in baselines)
-        margin = row["acc_mean"] - best["acc_mean"]
+        margin = row[f"{metric}_mean"] - best[f"{metric}_mean"]
         checks.append(
             {
                 "name": name,

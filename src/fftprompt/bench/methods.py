@@ -10,8 +10,8 @@ every method sees the same frozen weights (built without pretrained weights: spe
 - ``vfpt``: :class:`VFPTPrompt` (deep, ``alpha`` 0.5);
 - ``fft_shallow`` / ``fft_deep``: :class:`FrequencyPrompt` (default settings) with ``FrequencyFeatures`` computed
   every step;
-- ``fourierft``: ours, :class:`FourierFTConfig` (``--n-frequency``, ``--fourierft-targets``) injected by
-  ``create_model(adapter=...)``;
+- ``fourierft``: ours, :class:`FourierFTConfig` (``--n-frequency``, ``--fourierft-targets``, ``--adapter-dtype``:
+  the coefficients' storage dtype) injected by ``create_model(adapter=...)``;
 - ``fourierft_peft``: PEFT's FourierFT (``init_weights=False``) on the same linear layers, same ``n_frequency``,
   scaling and location seed (skipped when peft is not installed, or the targets are ``q``/``k``/``v`` row blocks,
   which PEFT cannot adapt);
@@ -34,7 +34,9 @@ eager against eager and compiled against compiled.
 
 Steps run round-robin over the methods (alternating order every round) so that load from other processes hits all
 methods alike; times are medians of ``--steps`` repetitions after ``--warmup`` untimed ones (CUDA events on GPUs).
-Peak memory of a train step: see :mod:`fftprompt.bench._common` (GPU: ``torch.cuda.max_memory_allocated``; CPU:
+Memory: ``trainable_bytes`` (the trainable tensors as stored: half for bfloat16/float16 FourierFT coefficients,
+``--adapter-dtype``; their gradients and AdamW moments follow the same dtype, in ``state_mb``) and the peak of a
+train step: see :mod:`fftprompt.bench._common` (GPU: ``torch.cuda.max_memory_allocated``; CPU:
 ``torch.profiler`` allocation events), in both cases the step's own peak plus the bytes the method keeps between
 steps (parameters, buffers, optimiser state).
 """
@@ -76,7 +78,7 @@ from fftprompt.bench._common import (
     time_ms,
     train_step,
 )
-from fftprompt.fourierft import QKV_BLOCKS, REGEX_PREFIX, VIT_B_N_FREQUENCY, FourierFTConfig
+from fftprompt.fourierft import QKV_BLOCKS, REGEX_PREFIX, VIT_B_N_FREQUENCY, AdapterDtype, FourierFTConfig
 from fftprompt.methods import METHOD_LABELS
 from fftprompt.model import PromptedViT, create_model
 from fftprompt.prompts import FrequencyPrompt, VFPTPrompt, VPTPrompt
@@ -161,6 +163,7 @@ def create_method_model(
     scaling: float = 150.0,
     targets: Sequence[str] = ("qkv",),
     lora_rank: int = 16,
+    adapter_dtype: AdapterDtype | None = None,
 ) -> PromptedViT:
     """Builds the model of one method on ``backbone`` (which adapters change in place: pass a fresh one).
 
@@ -173,6 +176,7 @@ def create_method_model(
         scaling: FourierFT scaling (ours and PEFT's).
         targets: FourierFT targets; PEFT FourierFT and LoRA adapt the same layers (whole layers only).
         lora_rank: LoRA rank (``lora_alpha`` = rank).
+        adapter_dtype: Storage dtype of our FourierFT coefficients (``FourierFTConfig.dtype``).
 
     Returns:
         The model; its trainable parameters are exactly the method's.
@@ -183,7 +187,9 @@ def create_method_model(
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}; expected one of {list(METHODS)}")
-    adapter = FourierFTConfig(n_frequency=n_frequency, scaling=scaling, seed=777, targets=tuple(targets))
+    adapter = FourierFTConfig(
+        n_frequency=n_frequency, scaling=scaling, seed=777, targets=tuple(targets), dtype=adapter_dtype
+    )
     prompt: Callable[..., Any] | None = None
     features = None
     if method in ("vpt_shallow", "vpt_deep"):
@@ -261,6 +267,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             scaling=args.scaling,
             targets=args.fourierft_targets,
             lora_rank=args.lora_rank,
+            adapter_dtype=args.adapter_dtype,
         )
         models[method] = model.to(device)
 
@@ -322,6 +329,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "method": method,
                 "label": _label(method, args),
                 "trainable_params": model.num_trainable_parameters(),
+                "trainable_bytes": trainable_bytes(model),
                 "total_params": model.num_total_parameters(),
                 "train_step_ms": statistics.median(train_times[method]),
                 "train_step_ms_min": min(train_times[method]),
@@ -339,6 +347,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "results": rows,
         "ratios": ratios(rows),
     }
+
+
+def trainable_bytes(model: PromptedViT) -> int:
+    """Bytes of the trainable tensors as stored (each in its own dtype)."""
+    return sum(p.numel() * p.element_size() for group in model.trainable_parameters().values() for p in group)
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -389,20 +402,22 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"{s['backbone']} ({s['img_size']} px{extra}, no weights), batch {s['batch_size']}, {s['dtype']}, "
         f"{s['device']} ({m['device']}, {m['threads']} threads of {m['cpu_count']} cores{load}), torch {m['torch']}; "
-        f"{s['num_tokens']} prompts, FourierFT n={s['n_frequency']} on {','.join(s['fourierft_targets'])}; "
+        f"{s['num_tokens']} prompts, FourierFT n={s['n_frequency']} on {','.join(s['fourierft_targets'])}"
+        f"{'' if s['adapter_dtype'] is None else ' in ' + s['adapter_dtype']}; "
         f"median of {s['steps']} steps after {s['warmup']} warm-up",
         "",
-        "| method | trainable params | train step, median (fastest) (ms) | inference, median (fastest) (ms/image) "
-        "| peak train memory (MiB) |",
-        "|---|---:|---:|---:|---:|",
+        "| method | trainable params | trainable (KiB) | train step, median (fastest) (ms) "
+        "| inference, median (fastest) (ms/image) | peak train memory (MiB) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         if "skipped" in r:
-            lines.append(f"| {r['label']} | - | - | - | - ({r['skipped']}) |")
+            lines.append(f"| {r['label']} | - | - | - | - | - ({r['skipped']}) |")
             continue
         memory = "not measured" if math.isnan(r["peak_train_mb"]) else f"{r['peak_train_mb']:.1f}"
         lines.append(
-            f"| {r['label']} | {r['trainable_params']:,} | {r['train_step_ms']:.1f} ({r['train_step_ms_min']:.1f}) "
+            f"| {r['label']} | {r['trainable_params']:,} | {r['trainable_bytes'] / 1024:,.1f} "
+            f"| {r['train_step_ms']:.1f} ({r['train_step_ms_min']:.1f}) "
             f"| {r['inference_ms_per_image']:.2f} ({r['inference_ms_per_image_min']:.2f}) | {memory} |"
         )
     if report["ratios"]:
@@ -431,6 +446,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         help="comma-separated FourierFT targets; LoRA and PEFT FourierFT adapt the same (whole) layers",
     )
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument(
+        "--adapter-dtype",
+        choices=get_args(AdapterDtype),
+        default=None,
+        help="storage dtype of our FourierFT coefficients (default: float32; FFTs stay float32)",
+    )
     add_model_options(parser)
     parser.add_argument(
         "--compile-methods",

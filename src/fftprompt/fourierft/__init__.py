@@ -15,7 +15,15 @@ Modules, in PEFT's shape:
 """
 
 from fftprompt.fourierft.bank import FourierFTBank
-from fftprompt.fourierft.config import QKV_BLOCKS, REGEX_PREFIX, VIT_B_N_FREQUENCY, FourierFTConfig, GradMode, Init
+from fftprompt.fourierft.config import (
+    QKV_BLOCKS,
+    REGEX_PREFIX,
+    VIT_B_N_FREQUENCY,
+    AdapterDtype,
+    FourierFTConfig,
+    GradMode,
+    Init,
+)
 from fftprompt.fourierft.indices import fourierft_locations
 from fftprompt.fourierft.layer import FourierFTLinear
 from fftprompt.fourierft.model import (
@@ -31,6 +39,7 @@ __all__ = [
     "QKV_BLOCKS",
     "REGEX_PREFIX",
     "VIT_B_N_FREQUENCY",
+    "AdapterDtype",
     "FourierFTBank",
     "FourierFTConfig",
     "FourierFTLinear",

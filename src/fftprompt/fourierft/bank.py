@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from fftprompt.fourierft.functional import _fft_batch, _fft_dtype, _FourierFTDeltas, _synthesise_deltas
+from fftprompt.fourierft.functional import _fft_batch, _fft_dtype, _FourierFTDeltas, _stack, _synthesise_deltas
 
 if TYPE_CHECKING:
     from fftprompt.fourierft.layer import FourierFTLinear
@@ -144,11 +144,11 @@ class FourierFTBank:
         parameters = [p for coefficients in lists for p in coefficients]
         settings = (first.block_rows, first.in_features, first.config.scaling)
         if differentiable:
-            stacked = torch.stack(parameters)
+            stacked = _stack(parameters)
             deltas = _FourierFTDeltas.apply(stacked, first.half_index, first.dense_index, *settings)
         else:
             with torch.no_grad():
-                deltas = _synthesise_deltas(torch.stack(parameters), first.half_index, *settings)
+                deltas = _synthesise_deltas(_stack(parameters), first.half_index, *settings)
         # one layer: no split (its backward would copy the gradient once more)
         pieces = (deltas,) if len(chunk) == 1 else deltas.split([len(coefficients) for coefficients in lists])
         synthesis.deltas.update({id(m): piece for m, piece in zip(chunk, pieces, strict=True)})

@@ -21,10 +21,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
-__all__ = ["QKV_BLOCKS", "REGEX_PREFIX", "VIT_B_N_FREQUENCY", "FourierFTConfig", "GradMode", "Init"]
+__all__ = [
+    "QKV_BLOCKS",
+    "REGEX_PREFIX",
+    "VIT_B_N_FREQUENCY",
+    "AdapterDtype",
+    "FourierFTConfig",
+    "GradMode",
+    "Init",
+]
 
 GradMode = Literal["auto", "dense", "fft"]
 Init = Literal["normal", "zeros"]
+AdapterDtype = Literal["float32", "bfloat16", "float16"]
 
 QKV_BLOCKS = ("q", "k", "v")
 REGEX_PREFIX = "re:"
@@ -48,6 +57,11 @@ class FourierFTConfig:
             ``"zeros"`` (the adapted model starts equal to the base model).
         grad_mode: How the coefficient gradient is computed: ``"dense"`` (from the weight gradient), ``"fft"`` (from
             FFTs of the layer inputs and output gradients) or ``"auto"`` (cheaper one for the device and shape).
+        dtype: Storage dtype of the coefficients (and of their gradients and optimiser state): ``"float32"``,
+            ``"bfloat16"`` or ``"float16"``; ``None`` keeps float32 (float64 on float64 weights) unless the trainer's
+            precision converts the model (``bf16-true``). An explicit dtype survives such conversions. The spectrum
+            and its FFTs stay in float32 either way; the delta is cast to the coefficients' dtype after the FFT (as
+            PEFT does) and added to the weight in the layer's compute dtype.
     """
 
     n_frequency: int = 1000
@@ -56,6 +70,7 @@ class FourierFTConfig:
     targets: tuple[str, ...] = ("q", "v")
     init: Init = "normal"
     grad_mode: GradMode = "auto"
+    dtype: AdapterDtype | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.n_frequency, bool) or not isinstance(self.n_frequency, int) or self.n_frequency <= 0:
@@ -96,6 +111,11 @@ class FourierFTConfig:
             raise ValueError(f"FourierFTConfig.init={self.init!r}; expected one of {get_args(Init)}")
         if self.grad_mode not in get_args(GradMode):
             raise ValueError(f"FourierFTConfig.grad_mode={self.grad_mode!r}; expected one of {get_args(GradMode)}")
+        if self.dtype is not None and self.dtype not in get_args(AdapterDtype):
+            raise ValueError(
+                f"FourierFTConfig.dtype={self.dtype!r}; expected one of {get_args(AdapterDtype)} or null (float32 "
+                "unless the trainer's precision converts the model)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON values (``targets`` as a list), in field order; :meth:`from_dict` reads them back."""

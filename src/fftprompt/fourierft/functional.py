@@ -21,6 +21,11 @@ the synthesis in autograd, so that the weight gradients of all those layers reac
 The merged weight is written in the compute dtype by the addition itself (:func:`_merge_weight`): no separate
 conversion per layer.
 
+Coefficients may be stored in half precision (``FourierFTConfig.dtype``): every FFT still runs in float32
+(:func:`_fft_dtype`; CPUs have no half-precision FFT, and the sums of an FFT need the range), the deltas are cast to
+the coefficients' dtype after the transform, as PEFT's ``get_delta_weight`` does, and the coefficient gradients are
+formed in float32 and cast last.
+
 ``grad_mode="auto"`` picks ``"dense"`` on accelerators (their matrix units make the dense product cheap) and compares
 the two costs on CPUs. No gradient of the frozen weight is ever formed unless that weight requires one.
 """
@@ -65,6 +70,15 @@ def _fft_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _stack(parameters: list[Tensor]) -> Tensor:
+    """``(nb, n)`` coefficients; a view for a single block (no copy). Outside autocast, whose CPU type promotion of
+    ``stack`` refuses float16 tensors."""
+    if len(parameters) == 1:
+        return parameters[0].unsqueeze(0)
+    with torch.autocast(parameters[0].device.type, enabled=False):
+        return torch.stack(parameters)
+
+
 def _block_deltas(
     coefficients: Tensor, rows: Tensor, cols: Tensor, block_rows: int, d_in: int, scaling: float
 ) -> Tensor:
@@ -79,12 +93,12 @@ def _block_deltas(
         scaling: Output factor.
 
     Returns:
-        ``(nb, d, d_in)`` deltas in the FFT dtype.
+        ``(nb, d, d_in)`` deltas in the coefficients' dtype (computed in the FFT dtype).
     """
     dtype = _fft_dtype(coefficients.dtype)
     spectrum = coefficients.new_zeros((coefficients.shape[0], block_rows, d_in), dtype=dtype)
     spectrum[:, rows, cols] = coefficients.to(dtype)
-    return torch.fft.ifft2(spectrum).real * scaling
+    return (torch.fft.ifft2(spectrum).real * scaling).to(coefficients.dtype)
 
 
 def _batches_dense_gradient(device: torch.device) -> bool:
@@ -119,7 +133,7 @@ def _synthesise_deltas(coefficients: Tensor, half_index: Tensor, block_rows: int
         scaling: Delta factor.
 
     Returns:
-        ``(G, d, d_in)`` deltas in the FFT dtype.
+        ``(G, d, d_in)`` deltas in the coefficients' dtype (computed in the FFT dtype, cast after it).
     """
     width = d_in // 2 + 1
     with torch.autocast(coefficients.device.type, enabled=False):
@@ -131,21 +145,21 @@ def _synthesise_deltas(coefficients: Tensor, half_index: Tensor, block_rows: int
         if batch == count:
             half = values.new_zeros((count, block_rows * width), dtype=complex_dtype)
             torch.view_as_real(half)[..., 0].index_add_(1, half_index[0], values, alpha=0.5 * scaling)
-            return torch.fft.irfft2(half.view(-1, block_rows, width), s=(block_rows, d_in))
+            return torch.fft.irfft2(half.view(-1, block_rows, width), s=(block_rows, d_in)).to(coefficients.dtype)
         deltas = values.new_empty((count, block_rows, d_in))
         for start in range(0, count, batch):
             part = values[start : start + batch]
             half = part.new_zeros((part.shape[0], block_rows * width), dtype=complex_dtype)
             torch.view_as_real(half)[..., 0].index_add_(1, half_index[0], part, alpha=0.5 * scaling)
             torch.fft.irfft2(half.view(-1, block_rows, width), s=(block_rows, d_in), out=deltas[start : start + batch])
-        return deltas
+        return deltas.to(coefficients.dtype)
 
 
 def _merge_weight(
     weight: Tensor, deltas: Tensor, block_ids: tuple[int, ...], block_rows: int, dtype: torch.dtype
 ) -> Tensor:
-    """``W + dW`` with each block delta added to its row block, summed in the FFT dtype and stored in ``dtype`` by
-    the same operation (no separate conversion).
+    """``W + dW`` with each block delta added to its row block, summed in float32 (or wider) and stored in ``dtype``
+    by the same operation (no separate conversion).
 
     Args:
         weight: ``(d_out, d_in)`` frozen weight.
@@ -160,7 +174,7 @@ def _merge_weight(
     d_out, d_in = weight.shape
     with torch.autocast(weight.device.type, enabled=False):
         if torch.compiler.is_compiling():  # traced: the compiler fuses the sums and the conversion itself
-            full = weight.to(deltas.dtype).reshape(-1, block_rows, d_in)
+            full = weight.to(_fft_dtype(torch.promote_types(weight.dtype, deltas.dtype))).reshape(-1, block_rows, d_in)
             blocks = [full[b] + deltas[block_ids.index(b)] if b in block_ids else full[b] for b in range(len(full))]
             return torch.cat(blocks).to(dtype) if len(blocks) > 1 else blocks[0].to(dtype)
         merged = weight.new_empty((d_out, d_in), dtype=dtype)

@@ -5,12 +5,16 @@ the layer's :class:`~fftprompt.fourierft.bank.FourierFTBank`, which synthesises 
 together. Without gradients (evaluation, ``torch.no_grad``) ``W + dW`` is computed once and cached until a coefficient
 or the weight changes (tracked by the tensors' version counters); a frozen bias is converted to the compute dtype
 once, likewise.
+
+The coefficients are stored in ``FourierFTConfig.dtype`` when it is set, and kept in it when the model is converted
+(``model.to(torch.bfloat16)``, Lightning's ``bf16-true``): :meth:`FourierFTLinear._apply` moves them to the new
+device but converts them from their original values to the configured dtype, never through the other one.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -27,18 +31,17 @@ from fftprompt.fourierft.functional import (
     _FourierFTDeltas,
     _FourierFTLinearFunction,
     _merge_weight,
+    _stack,
     _synthesise_deltas,
 )
 from fftprompt.fourierft.indices import _layer_indices
 
-__all__ = ["FULL_LAYER", "FourierFTLinear"]
+__all__ = ["ADAPTER_DTYPES", "FULL_LAYER", "FourierFTLinear"]
 
 FULL_LAYER = "full"  # coefficient key of a layer adapted whole
 
-
-def _stack(parameters: list[Tensor]) -> Tensor:
-    """``(nb, n)`` coefficients; a view for a single block (no copy)."""
-    return parameters[0].unsqueeze(0) if len(parameters) == 1 else torch.stack(parameters)
+ADAPTER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""``FourierFTConfig.dtype`` names -> torch dtypes."""
 
 
 class FourierFTLinear(nn.Module):
@@ -47,7 +50,8 @@ class FourierFTLinear(nn.Module):
     Args:
         base_layer: The linear layer to adapt; its parameters are frozen.
         config: ``n_frequency`` (per adapted matrix or block), ``scaling``, ``seed``, ``init`` (normal draws use the
-            global RNG, like PEFT) and ``grad_mode``; ``targets`` only matter to
+            global RNG, like PEFT, in float32 and are then rounded to ``dtype``), ``grad_mode`` and ``dtype`` (of the
+            coefficients; default float32, float64 on float64 weights); ``targets`` only matter to
             :func:`~fftprompt.fourierft.model.inject_fourierft`.
         blocks: ``None`` to adapt the whole weight, or a subset of ``("q", "k", "v")`` to adapt those row blocks of a
             fused ``qkv`` layer (``d_out`` divisible by 3).
@@ -103,13 +107,16 @@ class FourierFTLinear(nn.Module):
         self.block_names, self.block_ids, self.block_rows = block_names, block_ids, block_rows
         self.merged = False
         device = base_layer.weight.device
-        dtype = _fft_dtype(base_layer.weight.dtype)
+        draw_dtype = _fft_dtype(base_layer.weight.dtype)
+        dtype = draw_dtype if config.dtype is None else ADAPTER_DTYPES[config.dtype]
         self.fourierft_spectrum = nn.ParameterDict(
             {
                 key: nn.Parameter(
-                    torch.randn(n_frequency, device=device, dtype=dtype)
-                    if config.init == "normal"
-                    else torch.zeros(n_frequency, device=device, dtype=dtype)
+                    (
+                        torch.randn(n_frequency, device=device, dtype=draw_dtype)
+                        if config.init == "normal"
+                        else torch.zeros(n_frequency, device=device, dtype=draw_dtype)
+                    ).to(dtype)
                 )
                 for key in block_names
             }
@@ -163,9 +170,25 @@ class FourierFTLinear(nn.Module):
         """Whether the cached ``W + dW`` (kept without gradients) is current for ``dtype``."""
         return self._cache is not None and self._cache[0] == self._merged_key(dtype)
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> FourierFTLinear:
+        """``nn.Module._apply`` (``.to``, ``.cuda``, ``.half``, ...), keeping coefficients in ``config.dtype``: each is
+        converted from its original values to the new device and the configured dtype, never rounded through the
+        dtype ``fn`` asked for."""
+        if self.config.dtype is None or not recurse:
+            return super()._apply(fn, recurse)
+        dtype = ADAPTER_DTYPES[self.config.dtype]
+
+        def keep_dtype(tensor: Tensor) -> Tensor:
+            converted = fn(tensor)
+            return converted if converted.dtype == dtype else tensor.to(device=converted.device, dtype=dtype)
+
+        for child in self.children():
+            child._apply(keep_dtype if child is self.fourierft_spectrum else fn)
+        return super()._apply(fn, recurse=False)
+
     def get_delta_weight(self) -> Tensor:
-        """The weight change ``(d_out, d_in)``, zero outside the adapted row blocks, in float32 (float64 for float64
-        coefficients)."""
+        """The weight change ``(d_out, d_in)``, zero outside the adapted row blocks, in the coefficients' dtype
+        (computed in float32, float64 for float64 coefficients)."""
         coefficients = self._coefficients()
         rows, cols = self.locations
         deltas = _block_deltas(coefficients, rows, cols, self.block_rows, self.in_features, self.config.scaling)
@@ -194,9 +217,10 @@ class FourierFTLinear(nn.Module):
         self.merged = False
 
     def _add_delta(self, sign: float) -> None:
-        """``W <- W + sign * dW``, summed in the FFT dtype."""
+        """``W <- W + sign * dW``, summed in float32 (or wider)."""
         weight = self.base_layer.weight
-        summed = torch.add(weight.to(_fft_dtype(weight.dtype)), self.get_delta_weight(), alpha=sign)
+        delta = self.get_delta_weight()
+        summed = torch.add(weight.to(_fft_dtype(torch.promote_types(weight.dtype, delta.dtype))), delta, alpha=sign)
         weight.copy_(summed.to(weight.dtype))
         self._cache = None
 
@@ -272,7 +296,8 @@ class FourierFTLinear(nn.Module):
 
     def extra_repr(self) -> str:
         blocks = "" if self.block_names == (FULL_LAYER,) else f", blocks={self.block_names}"
+        dtype = "" if self.config.dtype is None else f", dtype={self.config.dtype}"
         return (
             f"n_frequency={self.config.n_frequency}, scaling={self.config.scaling}, seed={self.config.seed}, "
-            f"grad_mode={self.config.grad_mode!r}{blocks}, merged={self.merged}"
+            f"grad_mode={self.config.grad_mode!r}{dtype}{blocks}, merged={self.merged}"
         )

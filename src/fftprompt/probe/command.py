@@ -24,14 +24,13 @@ from fftprompt.data.base import ImageDataModule
 from fftprompt.probe.features import extract_features, pooled_tokens
 from fftprompt.probe.protocol import evaluate_probes, random_splits
 from fftprompt.rundir import load_run, move_run_aside
+from fftprompt.runfiles import METRICS_FILE, PROBE_TABLE
 from fftprompt.spectral import FrequencyFeatures
 from fftprompt.tables import format_mean_std, markdown_table, mean_std
+from fftprompt.tokens import pool as pool_tokens
 from fftprompt.utils import atomic_write, check_choice, to_plain
 
-__all__ = ["METRICS", "TABLE", "probe"]
-
-METRICS = "metrics.json"
-TABLE = "probe.md"
+__all__ = ["probe"]
 _SPLITS = ("train", "val", "test")
 
 
@@ -133,10 +132,10 @@ def probe(cfg: DictConfig, echo: Callable[[str], None] = print) -> dict[str, Any
         "config": _config_record(cfg),
     }
     table = _table(metrics)
-    atomic_write(out_dir / METRICS, lambda t: t.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8"))
-    atomic_write(out_dir / TABLE, lambda t: t.write_text("\n".join(table) + "\n", encoding="utf-8"))
+    atomic_write(out_dir / METRICS_FILE, lambda t: t.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8"))
+    atomic_write(out_dir / PROBE_TABLE, lambda t: t.write_text("\n".join(table) + "\n", encoding="utf-8"))
     echo("\n".join(table))
-    echo(f"probe results: {out_dir / METRICS}, {out_dir / TABLE}")
+    echo(f"probe results: {out_dir / METRICS_FILE}, {out_dir / PROBE_TABLE}")
     return metrics
 
 
@@ -156,11 +155,11 @@ def _out_dir(cfg: DictConfig) -> Path:
 
 def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
     """Never replaces an earlier result silently: refused, or with ``overwrite=true`` moved aside whole."""
-    if not (out_dir / METRICS).exists():
+    if not (out_dir / METRICS_FILE).exists():
         return
     if not overwrite:
         raise ValueError(
-            f"{out_dir} already holds a probe result ({METRICS}); choose another out_dir or pass overwrite=true"
+            f"{out_dir} already holds a probe result ({METRICS_FILE}); choose another out_dir or pass overwrite=true"
         )
     print(f"overwrite=true: moved the earlier result {out_dir} aside to {move_run_aside(out_dir)}", flush=True)
 
@@ -173,10 +172,10 @@ def _encoder_and_data(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule,
         run = load_run(to_absolute_path(str(cfg.run_dir)), data_root=cfg.data_root, device=str(cfg.device))
         model = run.model
         pooling = str(cfg.pooling or model.pooling)
-        num_prompt_tokens = model.num_prompt_tokens
+        layout = model.token_layout()
 
         def pool(tokens: torch.Tensor) -> torch.Tensor:
-            return model.backbone.pool(tokens, pooling, num_prompt_tokens)
+            return pool_tokens(tokens, layout, pooling, norm=model.backbone.fc_norm)
 
         encoder = {"pooled": lambda images: pooled_tokens(model.forward_features, pool, images)}
         backbone: Backbone = model.backbone
@@ -191,7 +190,12 @@ def _encoder_and_data(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule,
             raise ValueError("no data: give data=<config> (e.g. data=dtd data.root=/data/dtd) or a run_dir=")
         backbone = instantiate(cfg.backbone)
         pooling = str(cfg.pooling or "cls")
-        encoder = {"pooled": lambda images: pooled_tokens(backbone, lambda t: backbone.pool(t, pooling), images)}
+        layout = backbone.token_layout()
+        encoder = {
+            "pooled": lambda images: pooled_tokens(
+                backbone, lambda t: pool_tokens(t, layout, pooling, norm=backbone.fc_norm), images
+            )
+        }
         datamodule = _datamodule(data, backbone)
         checkpoint = cfg.backbone.get("checkpoint_path")
         source = {

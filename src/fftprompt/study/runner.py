@@ -173,8 +173,9 @@ def run_study(settings: StudySettings) -> list[dict[str, Any]]:
                         "domains": domains,
                         "corruption_mean": robust["test/corruption/mean/acc"],
                         "corruption_drop": robust["test/corruption/relative_drop"],
+                        # None: a no-op at this image size (not tested, left out of corruption_mean)
                         "corruptions": {
-                            c: {s: robust[f"test/corruption/{c}/{s}/acc"] for s in settings.severities}
+                            c: {s: robust.get(f"test/corruption/{c}/{s}/acc") for s in settings.severities}
                             for c in settings.corruptions
                         },
                     }

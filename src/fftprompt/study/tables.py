@@ -60,6 +60,23 @@ def goal_check(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def _no_op_note(records: Sequence[dict[str, Any]]) -> str:
+    """Which corruptions left the images unchanged at a dataset's image size (not tested, not averaged)."""
+    found: dict[str, set[str]] = {}
+    for record in records:
+        for name, row in record.get("corruptions", {}).items():
+            for severity, value in row.items():
+                if value is None:
+                    found.setdefault(record["dataset"], set()).add(f"{name} {severity}")
+    if not found:
+        return ""
+    listed = "; ".join(f"{dataset}: {', '.join(sorted(items))}" for dataset, items in found.items())
+    return (
+        f" No-ops at the image size, not tested and left out of *corrupted* and *drop* ({listed}): they change no "
+        "pixel by half an 8-bit level."
+    )
+
+
 def _cell(stat: tuple[float, float]) -> str:
     return format_mean_std(*stat)
 
@@ -99,7 +116,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"severities=[{','.join(map(str, s['severities']))}]`, ImageNet-C parameters, spatial ones scaled from "
         "224 px): "
         "*corrupted* is the test accuracy averaged over corruptions and severities; *drop* is (clean - corrupted) / "
-        "clean.",
+        "clean." + _no_op_note(report["runs"]),
         "",
         f"Time: {report['wall_seconds'] / 60:.1f} min wall for this invocation, which trained {trained} of "
         f"{len(report['runs'])} runs (the rest reused from an earlier invocation), one process with "
