@@ -245,7 +245,7 @@ class FrequencyPrompt(PromptSource):
         use_patch_tokens: bool = False,
         patch_token_dim: int = 32,
         positional: bool = True,
-        use_statistics: bool = False,
+        use_statistics: bool = True,
         dropout: float = 0.0,
         init_std: float = 1e-3,
     ) -> None:
@@ -270,7 +270,10 @@ class FrequencyPrompt(PromptSource):
         if spectrum_crop is not None and spectrum_crop < 1:
             raise ValueError(f"spectrum_crop={spectrum_crop}; expected a positive size or None (whole spectrum)")
         if use_statistics and dims.feature_channels == 0:
-            raise ValueError("use_statistics=True summarises the compact maps, but dims.feature_channels is 0")
+            raise ValueError(
+                "use_statistics=True summarises the compact maps, but dims.feature_channels is 0 (no feature groups): "
+                "pass use_statistics=False or select feature groups"
+            )
         if dims.feature_channels == 0 and not use_spectrum:
             raise ValueError(
                 "FrequencyPrompt has no frequency input: dims.feature_channels is 0 (no FrequencyFeatures) and "
@@ -320,6 +323,16 @@ class FrequencyPrompt(PromptSource):
     def last_attention(self) -> Tensor | None:
         """``(B, P, h * w)`` head-averaged cross-attention weights of the last call (detached), or None before it."""
         return None if self._last_attention is None else self._last_attention.mean(dim=1)
+
+    def _normalised_statistics(self, statistics: Tensor) -> Tensor:
+        """``(B, 2 C_f)`` standardised by the batch norm; a training batch of one image (no batch variance) uses the
+        running statistics, as evaluation does."""
+        norm = self.statistics_norm
+        if self.training and statistics.shape[0] == 1:
+            return nn.functional.batch_norm(
+                statistics, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+            )
+        return norm(statistics)
 
     def spectrum_descriptors(self, maps: FrequencyMaps) -> Tensor:
         """Cropped patch spectra as flat per-patch vectors.
@@ -399,8 +412,8 @@ class FrequencyPrompt(PromptSource):
         self._last_attention = attention.detach()
         attended = (attention @ values).transpose(1, 2).reshape(batch, self.num_tokens, -1)  # (B, P, hidden)
         if self.use_statistics:
-            statistics = map_statistics(compact.to(self.statistics_proj.weight.dtype))
-            attended = attended + self.statistics_proj(self.statistics_norm(statistics)).unsqueeze(1)
+            statistics = self._normalised_statistics(map_statistics(compact.to(self.statistics_proj.weight.dtype)))
+            attended = attended + self.statistics_proj(statistics).unsqueeze(1)
         dynamic = self.out_proj(attended)  # (B, P, D)
 
         if self.deep:
