@@ -90,7 +90,9 @@ def test_the_package_ships_every_group_the_train_config_names():
         "image_folder",
         "seg_folder",
     }
-    assert set(options("prompt")) == {"none", "vpt", "vpt_deep", "vfpt", "fft", "fft_deep", "fft_vitb", "fft_deep_vitb"}
+    assert set(options("prompt")) == {
+        *("none", "vpt", "vpt_deep", "vfpt", "vapt", "fft", "fft_deep", "fft_vitb", "fft_deep_vitb")
+    }
     assert set(options("backbone")) >= {"vit_demo", "vit_tiny", "vit_small", "vit_base"}
     assert set(options("experiment")) >= {"symmetry", "dtd", "medmnist", "kvasir_seg"}
 
