@@ -329,3 +329,15 @@ def test_quick_comparison_end_to_end(tmp_path: Path, sample_data: Path, capsys):
     markdown = (output / "comparison.md").read_text()
     assert "trained 0 of 12 runs" in markdown and "--data-root <data-root> --output" in markdown
     assert str(root) not in markdown  # the machine's own folder is written <data-root>
+
+
+def test_fft_generators_keep_the_map_statistics_where_the_budget_allows():
+    demo = ModelDims(embed_dim=96, num_layers=4, patch_size=8, grid_size=(8, 8), in_chans=3, feature_channels=23)
+    tiny = ModelDims(embed_dim=32, num_layers=2, patch_size=8, grid_size=(4, 4), in_chans=3, feature_channels=23)
+    demo_variants = {v.name: v.overrides for v in plan_variants(demo, 8, ["fft_shallow", "fft_no_statistics"])[0]}
+    assert "prompt.use_statistics=true" in demo_variants["fft_shallow"]
+    assert demo_variants["fft_no_statistics"][-1] == "prompt.use_statistics=false"
+    # the tiny backbone's budget (640, a quarter to FourierFT) cannot hold them beside the combined method's prompts
+    tiny_variants = {v.name: v.overrides for v in plan_variants(tiny, 4, ["fft_shallow", "fft_fourierft"])[0]}
+    assert "prompt.use_statistics=true" in tiny_variants["fft_shallow"]
+    assert "prompt.use_statistics=false" in tiny_variants["fft_fourierft"]

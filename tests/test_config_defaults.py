@@ -98,7 +98,10 @@ DIFFERENCES: dict[str, dict[str, str]] = {
         "module.warmup_epochs": "the recipe's one warm-up epoch (the module's default: none)",
         "module.min_lr_ratio": "the recipe's cosine floor (the module's default decays to 0)",
     },
-    "prompt/fft.yaml": {"num_tokens": "the CPU demo's 8 prompts; FrequencyPrompt keeps VPT's usual 10"},
+    "prompt/fft.yaml": {
+        "num_tokens": "the CPU demo's 8 prompts; FrequencyPrompt keeps VPT's usual 10",
+        "use_statistics": "the tuned method; the constructor's False keeps adapters saved before it loadable",
+    },
     "prompt/*_vitb.yaml": {"hidden_dim": "a 128-wide generator for ViT-B's 768-wide tokens"},
     "pretrain.yaml": {
         "trainer.max_epochs": "no epoch limit: trainer.max_steps is the run's length (the schedule's)",
@@ -113,6 +116,10 @@ DIFFERENCES: dict[str, dict[str, str]] = {
         "callbacks.model_checkpoint.save_top_k": "only last.ckpt (no metric to rank checkpoints by)",
         "callbacks.model_checkpoint.save_last": "last.ckpt for resuming (ckpt_path=last)",
         "callbacks.model_checkpoint.every_n_train_steps": "a checkpoint every 250 steps (one epoch is the whole run)",
+    },
+    "adapter/fourierft.yaml": {
+        "init": "zero deltas at the start: training starts from the pretrained model (PEFT draws them at random)",
+        "scaling": "the demo ViT's, chosen on DTD's validation split (docs/ablation.md)",
     },
     "adapter/fourierft_vitb.yaml": {
         "n_frequency": "Gao et al.'s ViT-B setting (fourierft.VIT_B_N_FREQUENCY)",

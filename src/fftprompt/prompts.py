@@ -245,7 +245,7 @@ class FrequencyPrompt(PromptSource):
         use_patch_tokens: bool = False,
         patch_token_dim: int = 32,
         positional: bool = True,
-        use_statistics: bool = True,
+        use_statistics: bool = False,
         dropout: float = 0.0,
         init_std: float = 1e-3,
     ) -> None:
@@ -269,15 +269,15 @@ class FrequencyPrompt(PromptSource):
             raise ValueError(f"num_heads={num_heads} does not divide hidden_dim={hidden_dim}")
         if spectrum_crop is not None and spectrum_crop < 1:
             raise ValueError(f"spectrum_crop={spectrum_crop}; expected a positive size or None (whole spectrum)")
-        if use_statistics and dims.feature_channels == 0:
-            raise ValueError(
-                "use_statistics=True summarises the compact maps, but dims.feature_channels is 0 (no feature groups): "
-                "pass use_statistics=False or select feature groups"
-            )
         if dims.feature_channels == 0 and not use_spectrum:
             raise ValueError(
                 "FrequencyPrompt has no frequency input: dims.feature_channels is 0 (no FrequencyFeatures) and "
                 "use_spectrum is False"
+            )
+        if use_statistics and dims.feature_channels == 0:
+            raise ValueError(
+                "use_statistics=True summarises the compact maps, but dims.feature_channels is 0 (no feature groups): "
+                "pass use_statistics=False or select feature groups"
             )
         self.num_heads = num_heads
         self.use_spectrum = use_spectrum
@@ -307,7 +307,7 @@ class FrequencyPrompt(PromptSource):
         )
         if use_statistics:
             # orderless map statistics, standardised over the training images as a probe standardises its inputs
-            self.statistics_norm = nn.BatchNorm1d(2 * dims.feature_channels)
+            self.statistics_norm = nn.BatchNorm1d(2 * dims.feature_channels, affine=False)  # the projection scales
             self.statistics_proj = nn.Linear(2 * dims.feature_channels, hidden_dim)
         self.queries = nn.Parameter(torch.randn(num_tokens, hidden_dim) * hidden_dim**-0.5)
         self.key_value = nn.Linear(hidden_dim, 2 * hidden_dim)

@@ -12,9 +12,10 @@ parameters; every method gets at most ``B`` trainable parameters besides the (sh
 - VAPT: VPT-deep's prompts per block (fewer where the token-wise projectors alone exceed ``B``) and the widest
   feature projector (``hidden_dim`` r) with at most ``B`` parameters.
 
-Feature ablations use the fft-shallow generator settings with one feature group removed (``features.groups``), or
-without the spectrum projection (``prompt.use_spectrum=false``); their parameter counts drop slightly with the
-narrower input.
+Feature ablations use the fft-shallow generator settings with one feature group removed (``features.groups``),
+without the spectrum projection (``prompt.use_spectrum=false``) or the map statistics (``prompt.use_statistics=false``),
+or with the head on the class token instead of the prompts (``task.pooling=cls``); their parameter counts drop
+slightly with the narrower input.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from fftprompt.vapt import VAPTPrompt
 __all__ = ["ABLATIONS", "LABELS", "METHODS", "Variant", "plan_variants"]
 
 METHODS = tuple(TRAINED_METHODS)
-ABLATIONS = ("fft_no_symmetry", "fft_no_orientation", "fft_no_radial", "fft_no_cross_patch", "fft_no_spectrum")
+ABLATIONS = (
+    "fft_no_symmetry",
+    "fft_no_orientation",
+    "fft_no_radial",
+    "fft_no_cross_patch",
+    "fft_no_spectrum",
+    "fft_no_statistics",
+    "fft_cls_readout",
+)
 LABELS = {
     **METHOD_LABELS,
     "fft_no_symmetry": "fft shallow without symmetry maps",
@@ -39,6 +48,8 @@ LABELS = {
     "fft_no_radial": "fft shallow without radial bands",
     "fft_no_cross_patch": "fft shallow without cross-patch symmetry",
     "fft_no_spectrum": "fft shallow without spectrum projection",
+    "fft_no_statistics": "fft shallow without map statistics",
+    "fft_cls_readout": "fft shallow, head on the class token",
 }
 
 _FFT_SHALLOW_TOKENS = 4
@@ -60,35 +71,42 @@ class Variant:
     kind: VariantKind
 
 
-def _fft_settings(hidden_dim: int, num_tokens: int) -> dict[str, int]:
-    """The fft prompt generator of width ``hidden_dim``: ``FrequencyPrompt`` arguments."""
+def _fft_settings(hidden_dim: int, num_tokens: int, statistics: bool = True) -> dict[str, Any]:
+    """The fft prompt generator of width ``hidden_dim``: ``FrequencyPrompt`` arguments (the map statistics as
+    ``prompt=fft`` has them, whose constructor default of False keeps old adapters loadable)."""
     return {
         "num_tokens": num_tokens,
         "hidden_dim": hidden_dim,
         "num_heads": _FFT_HEADS,
         "spectrum_dim": max(hidden_dim // 2, 1),
         "spectrum_crop": _FFT_CROP,
+        "use_statistics": statistics,
     }
 
 
-def _fft_overrides(hidden_dim: int, num_tokens: int) -> tuple[str, ...]:
-    return tuple(f"prompt.{key}={value}" for key, value in _fft_settings(hidden_dim, num_tokens).items())
+def _fft_overrides(settings: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(
+        f"prompt.{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items()
+    )
 
 
-def _widest_fft(dims: ModelDims, budget: int, num_tokens: int, deep: bool) -> int:
-    """The largest even ``hidden_dim`` whose generator has at most ``budget`` parameters."""
-    best = None
-    for hidden_dim in range(_FFT_HEADS, 513, _FFT_HEADS):
-        prompt = FrequencyPrompt(dims, deep=deep, **_fft_settings(hidden_dim, num_tokens))
-        if prompt.num_parameters() > budget:
-            break
-        best = hidden_dim
-    if best is None:
-        raise ValueError(
-            f"budget {budget}: even the smallest fft prompt generator ({num_tokens} tokens, hidden_dim {_FFT_HEADS}) "
-            "has more parameters; raise --budget"
-        )
-    return best
+def _widest_fft(dims: ModelDims, budget: int, num_tokens: int, deep: bool) -> dict[str, Any]:
+    """The widest generator (largest even ``hidden_dim``) with at most ``budget`` parameters: with the map
+    statistics, or without them where even the narrowest generator with them exceeds ``budget`` (tiny backbones;
+    the overrides then say ``prompt.use_statistics=false``)."""
+    for statistics in (True, False):
+        best = None
+        for hidden_dim in range(_FFT_HEADS, 513, _FFT_HEADS):
+            settings = _fft_settings(hidden_dim, num_tokens, statistics)
+            if FrequencyPrompt(dims, deep=deep, **settings).num_parameters() > budget:
+                break
+            best = settings
+        if best is not None:
+            return best
+    raise ValueError(
+        f"budget {budget}: even the smallest fft prompt generator ({num_tokens} tokens, hidden_dim {_FFT_HEADS}) "
+        "has more parameters; raise --budget"
+    )
 
 
 def _sized_vapt(dims: ModelDims, budget: int, num_tokens: int) -> tuple[str, ...]:
@@ -137,9 +155,9 @@ def plan_variants(
         "vpt_deep": (per_block,),
         "vfpt": (per_block,),
         "vapt": vapt,
-        "fft_shallow": _fft_overrides(fft_shallow, _FFT_SHALLOW_TOKENS),
-        "fft_deep": _fft_overrides(fft_deep, _FFT_DEEP_TOKENS),
-        "fft_fourierft": _fft_overrides(fft_combined, _FFT_SHALLOW_TOKENS),
+        "fft_shallow": _fft_overrides(fft_shallow),
+        "fft_deep": _fft_overrides(fft_deep),
+        "fft_fourierft": _fft_overrides(fft_combined),
     }
     adapter_sizes = {
         "fourierft": (f"adapter.n_frequency={max(budget // matrices, 1)}",),
@@ -156,6 +174,8 @@ def plan_variants(
     }
     shallow = overrides["fft_shallow"]
     overrides["fft_no_spectrum"] = (*shallow, "prompt.use_spectrum=false")
+    overrides["fft_no_statistics"] = (*shallow, "prompt.use_statistics=false")
+    overrides["fft_cls_readout"] = (*shallow, "task.pooling=cls")
     for group in FEATURE_GROUPS:
         kept = ",".join(g for g in FEATURE_GROUPS if g != group)
         overrides[f"fft_no_{group}"] = (*shallow, f"features.groups=[{kept}]")
