@@ -60,6 +60,13 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     """
     backbone, features = build_backbone(cfg)
     datamodule = _build_datamodule(cfg, backbone)
+    size = int(datamodule.image_size)
+    if tuple(backbone.img_size) != (size, size) and not getattr(backbone.model.patch_embed, "dynamic_img_size", False):
+        raise ValueError(
+            f"data.image_size={size} but the backbone takes {backbone.img_size[0]}x{backbone.img_size[1]} images "
+            "(backbone.img_size): give both one size (fftprompt-eval: drop the data.image_size override, the run's "
+            "model is built for its own size)"
+        )
     num_classes = int(datamodule.num_classes)
     task = str(cfg.task.name)
     if getattr(datamodule, "task", task) != task:
