@@ -60,3 +60,23 @@ def tiny_config(output_dir: Path, *overrides: str, data: list[str] = TINY_SYMMET
     from fftprompt.run import compose
 
     return compose([*TINY_MODEL, *QUIET, *data, f"paths.output_dir={output_dir}", *overrides], config_name=name)
+
+
+def eval_test_logits(config, monkeypatch) -> tuple[dict, torch.Tensor]:
+    """``fftprompt.run.evaluate(config)``'s metrics and the test logits it computed, batch after batch, in order."""
+    from fftprompt.lit import ClassificationModule
+    from fftprompt.run import evaluate
+
+    recorded: list[torch.Tensor] = []
+    step = ClassificationModule._step
+
+    def recording_step(self, batch, split):
+        loss, logits = step(self, batch, split)
+        if split == "test":
+            recorded.append(logits.detach().float())
+        return loss, logits
+
+    monkeypatch.setattr(ClassificationModule, "_step", recording_step)
+    metrics = evaluate(config)
+    monkeypatch.setattr(ClassificationModule, "_step", step)
+    return metrics, torch.cat(recorded)

@@ -106,6 +106,8 @@ def test_quick_tuned_comparison_end_to_end(tmp_path: Path, capsys):
     again = json.loads((output / "comparison_tuned.json").read_text())["settings"][0]
     assert all(r["reused"] for r in again["runs"])
     assert all(t["reused"] for entry in again["tuning"].values() for t in entry["trials"])
+    # with worker processes, each of which trains (here: reuses) and summarises only its shard of the methods
+    assert main([*argv, "--jobs", "2"]) == 0
 
 
 def test_reference_rows_on_synthetic_features():

@@ -13,10 +13,9 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from conftest import tiny_config
-from fftprompt.lit import ClassificationModule
+from conftest import eval_test_logits, tiny_config
 from fftprompt.predict import predict
-from fftprompt.run import evaluate, train
+from fftprompt.run import train
 from fftprompt.rundir import load_run, read_class_names
 
 pytestmark = pytest.mark.slow
@@ -51,18 +50,8 @@ def read_predictions(path: Path) -> list[dict[str, str]]:
 def test_predict_reproduces_the_test_predictions_of_eval(classification_run, tmp_path, monkeypatch):
     paths, labels = write_split(classification_run, "test", tmp_path / "images")
     # what fftprompt-eval computes: the test logits of every batch, in order
-    recorded: list[torch.Tensor] = []
-    step = ClassificationModule._step
-
-    def recording_step(self, batch, split):
-        loss, logits = step(self, batch, split)
-        if split == "test":
-            recorded.append(logits.detach().float())
-        return loss, logits
-
-    monkeypatch.setattr(ClassificationModule, "_step", recording_step)
-    metrics = evaluate(tiny_config(tmp_path / "eval", f"adapter_path={classification_run}", name="eval"))
-    eval_logits = torch.cat(recorded)
+    config = tiny_config(tmp_path / "eval", f"adapter_path={classification_run}", name="eval")
+    metrics, eval_logits = eval_test_logits(config, monkeypatch)
     assert eval_logits.shape == (NUM_TEST, 6)
 
     written = predict(classification_run, tmp_path / "images", tmp_path / "out", top_k=3, progress=False)

@@ -13,9 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import QUIET, TINY_SYMMETRY, tiny_config
+from conftest import QUIET, TINY_SYMMETRY, eval_test_logits, tiny_config
 from fftprompt.export import export
-from fftprompt.lit import ClassificationModule
 from fftprompt.predict import predict
 from fftprompt.run import compose, evaluate, train
 from fftprompt.rundir import load_run
@@ -34,23 +33,6 @@ def write_test_images(run: Path, folder: Path) -> list[Path]:
     for path, image in zip(paths, batch.images, strict=True):
         Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(path)
     return paths
-
-
-def eval_test_logits(config, monkeypatch) -> tuple[dict, torch.Tensor]:
-    """``evaluate(config)``'s metrics and the test logits it computed, batch after batch."""
-    recorded: list[torch.Tensor] = []
-    step = ClassificationModule._step
-
-    def recording_step(self, batch, split):
-        loss, logits = step(self, batch, split)
-        if split == "test":
-            recorded.append(logits.detach().float())
-        return loss, logits
-
-    monkeypatch.setattr(ClassificationModule, "_step", recording_step)
-    metrics = evaluate(config)
-    monkeypatch.setattr(ClassificationModule, "_step", step)
-    return metrics, torch.cat(recorded)
 
 
 def predicted_probabilities(written: dict, num_classes: int) -> np.ndarray:

@@ -112,13 +112,15 @@ def reference_rows(cfg: DictConfig, batch_size: int = 64) -> list[dict[str, Any]
         cfg.data.augment = False  # the features of the images as tested, for the training split too
         # the frozen backbone alone: an adapter's FourierFT coefficients start random and would shift the tokens
         cfg.prompt, cfg.adapter = None, None
+        # the backbone's own readout: the class token unless the config pools the patches' mean (prompt=fft's
+        # readout of the prompt tokens has no tokens to read here)
+        cfg.task.pooling = str(cfg.task.pooling) if str(cfg.task.pooling) in ("cls", "mean") else "cls"
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     parts = build(cfg)
     backbone, datamodule = parts["backbone"], parts["datamodule"]
     settings = {key: value for key, value in to_plain(cfg.features).items() if not key.startswith("_")}
     frequency = FrequencyFeatures(patch_size=backbone.patch_size, **settings)
-    # the backbone's own readout (the class token unless the config pools the patches' mean)
-    pooling = str(cfg.task.pooling) if str(cfg.task.pooling) in ("cls", "mean") else "cls"
+    pooling = str(cfg.task.pooling)
     layout = backbone.token_layout()
 
     def encode(images: Tensor) -> Tensor:
