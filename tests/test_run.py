@@ -170,3 +170,11 @@ def test_console_entry_point_runs_from_any_directory(tmp_path):
     assert set(json.loads(metrics_file.read_text())) >= CLASSIFICATION_KEYS
     (launch,) = yaml.safe_load((metrics_file.parent / "launches.yaml").read_text())  # the run records its launch
     assert launch["overrides"] == overrides and launch["cwd"] == str(tmp_path)
+
+
+def test_build_refuses_data_of_another_size_than_the_backbone(tmp_path):
+    # as fftprompt-eval data.image_size=48 on a 32 px run (its config.yaml holds the resolved backbone.img_size=32):
+    # one line naming both sizes, before timm's assertion in the middle of the first forward pass
+    cfg = config(tmp_path / "run", "data.image_size=48", "backbone.img_size=32")
+    with pytest.raises(ValueError, match=r"data.image_size=48 but the backbone takes 32x32 images"):
+        build(cfg)

@@ -6,20 +6,19 @@ This is the only module of fftprompt that imports timm. :class:`Backbone` wraps 
 ``forward_features`` so that :class:`fftprompt.model.PromptedViT` can insert prompts between them.
 
 Pretrained weights come through timm's hub loading. When they are not in the local cache, the hub is asked once,
-with a short timeout, before timm starts: offline (or with ``HF_HUB_OFFLINE=1``) the error comes at once, with the
-way out (local weights or none), instead of after the hub client's retries (minutes against a network that drops
-packets) and with no hint.
+with a short timeout (:data:`HUB_PROBE_SECONDS`), before timm starts (:mod:`fftprompt.weights.hub`): offline (or
+with ``HF_HUB_OFFLINE=1``) the error comes at once, with the way out (local weights or none), instead of after the
+hub client's retries (minutes against a network that drops packets) and with no hint. Local weights files are read
+by :mod:`fftprompt.weights.checkpoint` and adapted to the timm model here.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import timm
 import timm.data
@@ -32,6 +31,8 @@ from torch import Tensor, nn
 from fftprompt.tokens import TokenLayout
 from fftprompt.utils import atomic_write, to_plain
 from fftprompt.weights import file_sha256, locate_weights
+from fftprompt.weights.checkpoint import read_state_dict
+from fftprompt.weights.hub import NO_WEIGHTS_HINT, check_hub_weights, is_download_error
 
 __all__ = [
     "DEMO_MODEL",
@@ -50,14 +51,7 @@ __all__ = [
 DEMO_MODEL = "vit_demo_patch8"
 # how long the one request that checks whether the Hugging Face hub answers may take (seconds)
 HUB_PROBE_SECONDS = 10.0
-_NO_WEIGHTS_HINT = (
-    "pass backbone.checkpoint_path=<local weights file> or backbone.pretrained=false (random weights), or run where "
-    "the hub can be reached"
-)
 
-# wrappers that training frameworks put around a state dict, and key prefixes they add (checked in this order)
-_STATE_DICT_WRAPPERS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")
-_KEY_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "_orig_mod.")
 # classifier weights of the checkpoint: the backbone has no classifier (fftprompt trains its own head)
 _CLASSIFIER_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
 # fftprompt's pooling modes that a timm classifier computes, as timm's global_pool names them
@@ -425,7 +419,7 @@ def load_backbone_checkpoint(
     path = Path(checkpoint_path)
     if not path.is_file():
         raise ValueError(f"checkpoint_path {str(path)!r} does not exist or is not a file")
-    state_dict = _read_state_dict(path)
+    state_dict = read_state_dict(path)
     state_dict = {k: v for k, v in state_dict.items() if k not in _CLASSIFIER_KEYS}
     try:
         state_dict = checkpoint_filter_fn(state_dict, model)
@@ -461,88 +455,6 @@ def load_backbone_checkpoint(
     return missing, unexpected
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Reads a safetensors or torch file, unwraps common containers and strips common key prefixes."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the readers raise many types (SafetensorError, UnpicklingError, EOFError, ...)
-        raise ValueError(f"checkpoint {str(path)!r} could not be read: {type(error).__name__}: {error}") from error
-    for wrapper in _STATE_DICT_WRAPPERS:
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-            break
-    if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a state dict")
-    tensors = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
-    if not tensors:
-        raise ValueError(f"checkpoint {str(path)!r} holds no tensors")
-    for prefix in _KEY_PREFIXES:
-        if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
-    return tensors
-
-
-def _check_hub_weights(name: str, pretrained_cfg: Mapping[str, Any]) -> None:
-    """Raises a ``ValueError`` with the way out when ``name``'s hub weights are not cached and the hub cannot be had.
-
-    Only weights timm takes from the Hugging Face hub are checked (timm's default source); the hub is asked once,
-    with a :data:`HUB_PROBE_SECONDS` timeout, through the hub client's own HTTP session (its proxies and endpoint).
-    """
-    hub_id = pretrained_cfg.get("hf_hub_id")
-    if not hub_id or pretrained_cfg.get("file") or pretrained_cfg.get("state_dict") or not _has_hub():
-        return
-    import huggingface_hub
-
-    repo_id, _, revision = str(hub_id).partition("@")
-    filenames = [pretrained_cfg["hf_hub_filename"]] if pretrained_cfg.get("hf_hub_filename") else []
-    filenames = filenames or ["model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
-    for filename in filenames:
-        if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, filename, revision=revision or None), str):
-            return
-    if huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true"):
-        reason = "HF_HUB_OFFLINE is set"
-    else:
-        endpoint = huggingface_hub.constants.ENDPOINT  # HF_ENDPOINT, as the download would use it
-        url = f"{endpoint}/{repo_id}/resolve/{quote(revision or 'main', safe='')}/{quote(filenames[0])}"
-        try:
-            huggingface_hub.get_session().head(url, timeout=HUB_PROBE_SECONDS)
-            return  # any answer, even an error status, means the hub can be reached: timm reports the rest
-        except Exception as error:  # httpx, requests or OSError types, depending on the hub client's version
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
-            reason = (
-                f"the hub ({endpoint}) did not answer within {HUB_PROBE_SECONDS:g} s ({type(error).__name__}: {detail})"
-            )
-    raise ValueError(
-        f"backbone {name!r}: its pretrained weights ({repo_id}) are not in the local Hugging Face cache and cannot "
-        f"be downloaded: {reason}; {_NO_WEIGHTS_HINT}"
-    )
-
-
-def _has_hub() -> bool:
-    try:
-        import huggingface_hub  # noqa: F401  (a dependency of timm's hub loading)
-    except ImportError:
-        return False
-    return True
-
-
-def _is_download_error(error: BaseException) -> bool:
-    """Whether ``error`` (or an error it was raised from) comes from the network or the hub client."""
-    clients = ("huggingface_hub", "httpx", "httpx2", "httpcore", "requests", "urllib3", "urllib")
-    for _ in range(8):  # the chain of causes, bounded
-        if error is None:
-            return False
-        if type(error).__module__.split(".")[0] in clients or isinstance(error, (ConnectionError, TimeoutError)):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 def _create_vit(
     name: str,
     pretrained: bool,
@@ -562,15 +474,15 @@ def _create_vit(
         with torch.device("meta"):
             probe = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         _check_vision_transformer(probe, name)
-        _check_hub_weights(name, dict(getattr(probe, "pretrained_cfg", None) or {}))
+        check_hub_weights(name, dict(getattr(probe, "pretrained_cfg", None) or {}), timeout=HUB_PROBE_SECONDS)
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except Exception as error:  # the hub client and torch.hub raise their own types for a failed download
-        if not pretrained or not _is_download_error(error):
+        if not pretrained or not is_download_error(error):
             raise
         raise ValueError(
             f"backbone {name!r}: the pretrained weights could not be downloaded ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no message'}); {_NO_WEIGHTS_HINT}"
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no message'}); {NO_WEIGHTS_HINT}"
         ) from error
     _check_vision_transformer(model, name)
     if checkpoint_path is not None:

@@ -9,6 +9,10 @@ installed package, whatever the working directory.
 A run records the weights file it was trained on by path and SHA256 (:func:`file_sha256`); :func:`locate_weights`
 finds it again after the run (or the clone holding the shipped weights) has moved: the recorded path if it still
 holds the same bytes, else the shipped file of that name with the recorded SHA256.
+
+Submodules (imported on use, they need torch or the hub client): :mod:`~fftprompt.weights.checkpoint` reads a local
+weights file into a state dict, :mod:`~fftprompt.weights.hub` checks that timm's pretrained weights can be had.
+Neither imports timm: adapting weights to a timm model is :mod:`fftprompt.backbone`'s.
 """
 
 from __future__ import annotations

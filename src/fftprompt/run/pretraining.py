@@ -1,0 +1,78 @@
+"""``pretrain(cfg)``: formula-driven pretraining of a whole ViT (``fftprompt-pretrain``)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from fftprompt import rundir
+from fftprompt.backbone import create_pretraining_vit, normalisation
+from fftprompt.pretrain import FormulaPretrainModule, hardware, write_pretrained
+from fftprompt.run.config import resolve_output_dir
+from fftprompt.run.trainer import (
+    instantiate_collection,
+    make_trainer,
+)
+from fftprompt.utils import to_plain
+
+
+def pretrain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Formula-driven pretraining of a whole ViT, then ``<name>.safetensors``/``.sha256``/``.json``/``.md`` in
+    ``paths.output_dir`` (:func:`fftprompt.pretrain.write_pretrained`).
+
+    Config keys: ``formula`` (the classes), ``backbone`` (:func:`fftprompt.backbone.create_pretraining_vit` takes its
+    arguments), ``module``, ``trainer`` (``max_steps`` sets the schedule, ``max_time`` may stop it earlier),
+    ``callbacks``, ``logger``, ``seed``, ``name``, ``overwrite``, ``ckpt_path``.
+
+    Returns:
+        ``(card, objects)``: the model card written and ``{"cfg", "model", "module", "trainer", "paths"}``.
+    """
+    output_dir = resolve_output_dir(cfg)
+    name, overwrite = str(cfg.name), bool(cfg.get("overwrite", False))
+    resume = rundir.resume_checkpoint(output_dir, cfg.get("ckpt_path"), base=Path(to_absolute_path(".")))
+    existing = sorted(str(p) for p in output_dir.glob(f"{name}.*")) if output_dir.is_dir() else []
+    if existing and not overwrite:
+        raise ValueError(f"pretrained backbone files exist: {existing}; pass overwrite=true or another name=")
+    L.seed_everything(int(cfg.seed), workers=True)
+    formula = instantiate(cfg.formula)
+    backbone_args = OmegaConf.to_container(cfg.backbone, resolve=True)
+    backbone_args.pop("_target_", None)
+    model = create_pretraining_vit(num_classes=formula.num_classes, **backbone_args)
+    mean, std = normalisation(model)
+    module: FormulaPretrainModule = instantiate(cfg.module, model=model, formula=formula, mean=mean, std=std)
+    loggers = instantiate_collection(cfg.get("logger"))
+    trainer = make_trainer(cfg, callbacks=instantiate_collection(cfg.get("callbacks")), logger=loggers or False)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, ckpt_path=None if resume is None else str(resume), weights_only=True)
+    seconds = module.fit_seconds
+    images = int(trainer.global_step) * trainer.accumulate_grad_batches * module.batch_size
+    card = {
+        "backbone": backbone_args,
+        "formula": {**formula.describe(), "target": str(cfg.formula._target_)},
+        "image_size": formula.image_size,
+        "num_classes": formula.num_classes,
+        "steps": int(trainer.global_step),
+        "planned_steps": int(trainer.max_steps),
+        "batch_size": module.batch_size,
+        "images_seen": images,
+        "seed": int(cfg.seed),
+        "optimizer": to_plain(OmegaConf.to_container(cfg.module, resolve=True)),
+        "precision": str(cfg.trainer.precision),
+        "wall_seconds": round(seconds, 1),
+        "images_per_second": round(images / max(seconds, 1e-9), 1),
+        "final_train_loss": module.history[-1]["loss"] if module.history else None,
+        "final_train_acc": module.history[-1]["acc"] if module.history else None,
+        "hardware": hardware(module.device),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "history": module.history,
+    }
+    paths = write_pretrained(output_dir, name, model, card, overwrite=overwrite)
+    print(f"pretrained backbone: {paths['weights']} ({images} images, {seconds:.0f} s); model card {paths['markdown']}")
+    return card, {"cfg": cfg, "model": model, "module": module, "trainer": trainer, "paths": paths}
