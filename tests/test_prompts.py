@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from fftprompt.prompts import FrequencyPrompt, ModelDims, NoPrompt, VFPTPrompt, VPTPrompt, vpt_init_bound
-from fftprompt.spectral import FrequencyFeatures
+from fftprompt.spectral import FrequencyFeatures, map_statistics
 
 DIMS = ModelDims(embed_dim=32, num_layers=3, patch_size=8, grid_size=(4, 4), in_chans=3, feature_channels=0)
 
@@ -171,3 +172,39 @@ def test_frequency_prompt_parameter_count():
         + 4 * 32  # static prompts
     )
     assert source.num_parameters() == expected
+
+
+def test_map_statistics_are_numpy_means_and_stds_over_the_grid():
+    maps = torch.randn(3, 5, 4, 6, generator=torch.Generator().manual_seed(1))
+    flat = maps.numpy().reshape(3, 5, -1)
+    expected = np.concatenate([flat.mean(axis=2), flat.std(axis=2)], axis=1)  # numpy's std: population
+    np.testing.assert_allclose(map_statistics(maps).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_frequency_prompt_statistics_branch():
+    features, prompt = _frequency(num_tokens=4, hidden_dim=16, use_statistics=True, init_std=0.5)
+    images, tokens = _inputs(batch=4)
+    maps = features(images)
+    statistics = map_statistics(maps.compact())
+    reference = torch.nn.BatchNorm1d(statistics.shape[1], affine=False)
+    # standardised as BatchNorm1d without affine parameters: batch statistics while training, running ones after
+    prompt.train(), reference.train()
+    assert torch.allclose(prompt.statistics_norm(statistics), reference(statistics), atol=1e-5)
+    prompt.eval(), reference.eval()
+    assert torch.allclose(prompt.statistics_norm(statistics), reference(statistics), atol=1e-5)
+    # a training batch of one image uses the running statistics instead of failing
+    prompt.train()
+    single = prompt(images[:1], features(images[:1]), tokens[:1])
+    assert single.shape == (1, 4, 32) and torch.isfinite(single).all()
+    # the statistics reach the prompts, and every parameter of the branch gets a gradient
+    prompt.eval()
+    with_statistics = prompt(images, maps, tokens)
+    with torch.no_grad():
+        prompt.statistics_proj.weight.zero_(), prompt.statistics_proj.bias.zero_()
+    assert not torch.allclose(with_statistics, prompt(images, maps, tokens))
+    _, fresh = _frequency(num_tokens=4, hidden_dim=16, use_statistics=True, init_std=0.5)
+    fresh.train()
+    fresh(images, maps, tokens).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fresh.statistics_proj.parameters())
+    with pytest.raises(ValueError, match="use_statistics=True summarises the compact maps"):
+        FrequencyPrompt(DIMS, use_statistics=True)

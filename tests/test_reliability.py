@@ -551,7 +551,7 @@ def test_cli_reports_input_errors_in_one_line_and_never_overwrites_a_run(tmp_pat
     bad_value = results["bad value"]
     assert bad_value.returncode == 2, bad_value.stderr[-3000:]
     assert error_line(bad_value) == (
-        "error: batch_size=-1 must be positive (config entry data, fftprompt.data.symmetry.SymmetryDataModule)"
+        "error: batch_size=-1 must be positive (config entry data, fftprompt.data.SymmetryDataModule)"
     )
     assert "Traceback" not in bad_value.stderr + bad_value.stdout
 

@@ -160,7 +160,10 @@ def _instantiate(arguments: dict[str, Any], entry: str, kind: type) -> Any:
             f"{entry}._target_={target!r}{f' with {special}' if special else ''} is not a {kind.__name__} this "
             f"run can be rebuilt with; expected a class such as fftprompt.{entry}.<name> and its arguments"
         )
-    return factory(**arguments)
+    try:
+        return factory(**arguments)
+    except (TypeError, ValueError) as error:  # a bad value or key: say which config entry holds it
+        raise ValueError(f"{error} (config entry {entry}, {target})") from error
 
 
 def _builds(factory: Any, kind: type) -> bool:

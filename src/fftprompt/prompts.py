@@ -307,7 +307,7 @@ class FrequencyPrompt(PromptSource):
         )
         if use_statistics:
             # orderless map statistics, standardised over the training images as a probe standardises its inputs
-            self.statistics_norm = nn.BatchNorm1d(2 * dims.feature_channels, affine=False)  # the projection scales
+            self.statistics_norm = _Standardize(2 * dims.feature_channels)
             self.statistics_proj = nn.Linear(2 * dims.feature_channels, hidden_dim)
         self.queries = nn.Parameter(torch.randn(num_tokens, hidden_dim) * hidden_dim**-0.5)
         self.key_value = nn.Linear(hidden_dim, 2 * hidden_dim)
@@ -323,16 +323,6 @@ class FrequencyPrompt(PromptSource):
     def last_attention(self) -> Tensor | None:
         """``(B, P, h * w)`` head-averaged cross-attention weights of the last call (detached), or None before it."""
         return None if self._last_attention is None else self._last_attention.mean(dim=1)
-
-    def _normalised_statistics(self, statistics: Tensor) -> Tensor:
-        """``(B, 2 C_f)`` standardised by the batch norm; a training batch of one image (no batch variance) uses the
-        running statistics, as evaluation does."""
-        norm = self.statistics_norm
-        if self.training and statistics.shape[0] == 1:
-            return nn.functional.batch_norm(
-                statistics, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
-            )
-        return norm(statistics)
 
     def spectrum_descriptors(self, maps: FrequencyMaps) -> Tensor:
         """Cropped patch spectra as flat per-patch vectors.
@@ -412,7 +402,7 @@ class FrequencyPrompt(PromptSource):
         self._last_attention = attention.detach()
         attended = (attention @ values).transpose(1, 2).reshape(batch, self.num_tokens, -1)  # (B, P, hidden)
         if self.use_statistics:
-            statistics = self._normalised_statistics(map_statistics(compact.to(self.statistics_proj.weight.dtype)))
+            statistics = self.statistics_norm(map_statistics(compact.to(self.statistics_proj.weight.dtype)))
             attended = attended + self.statistics_proj(statistics).unsqueeze(1)
         dynamic = self.out_proj(attended)  # (B, P, D)
 
@@ -421,6 +411,25 @@ class FrequencyPrompt(PromptSource):
         else:
             prompts = self.prompt_embeddings + dynamic
         return self.prompt_dropout(prompts)
+
+
+class _Standardize(nn.Module):
+    """Per-feature standardisation ``(B, F) -> (B, F)``: by the batch's statistics while training (running averages
+    kept for evaluation), by the running averages in ``eval()`` or for a batch of one image. ``BatchNorm1d`` without
+    affine parameters, as a plain module so that DDP's ``sync_batchnorm`` leaves it per process (``SyncBatchNorm``
+    needs GPUs)."""
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, features: Tensor) -> Tensor:
+        batch_statistics = self.training and features.shape[0] > 1
+        return nn.functional.batch_norm(
+            features, self.running_mean, self.running_var, None, None, batch_statistics, self.momentum, self.eps
+        )
 
 
 _POSITION_FREQUENCIES = (1.0, 2.0)
