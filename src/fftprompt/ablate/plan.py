@@ -94,7 +94,7 @@ def _widest_fft(dims: ModelDims, budget: int, num_tokens: int, deep: bool) -> di
     """The widest generator (largest even ``hidden_dim``) with at most ``budget`` parameters: with the map
     statistics, or without them where even the narrowest generator with them exceeds ``budget`` (tiny backbones;
     the overrides then say ``prompt.use_statistics=false``)."""
-    for statistics in (True, False):
+    for statistics in (True, False) if dims.feature_channels else (False,):  # statistics summarise the maps
         best = None
         for hidden_dim in range(_FFT_HEADS, 513, _FFT_HEADS):
             settings = _fft_settings(hidden_dim, num_tokens, statistics)
