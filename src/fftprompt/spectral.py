@@ -546,10 +546,6 @@ class FrequencyMaps:
             return self.symmetry.new_zeros(batch, 0, h, w)
         return torch.cat(tensors, dim=1)
 
-    def statistics(self) -> Tensor:
-        """Orderless summary of :meth:`compact`: ``(B, 2 * C_f)``, see :func:`map_statistics`."""
-        return map_statistics(self.compact())
-
     @property
     def channel_names(self) -> tuple[str, ...]:
         """Names of the :meth:`compact` channels, length ``C_f``."""

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from fftprompt.spectral import FrequencyFeatures
+from fftprompt.spectral import FrequencyFeatures, map_statistics
 from fftprompt.utils import check_choice
 
 __all__ = ["FEATURE_SETS", "FeatureSet", "extract_features", "fft_statistics", "pooled_tokens"]
@@ -31,8 +31,7 @@ def fft_statistics(images: Tensor, features: FrequencyFeatures) -> Tensor:
         ``(B, 2 * C_f)``: the ``C_f`` means, then the ``C_f`` (population) standard deviations.
     """
     with torch.no_grad():
-        compact = features(images.float()).compact().flatten(2)  # (B, C_f, h * w)
-        return torch.cat([compact.mean(dim=2), compact.std(dim=2, correction=0)], dim=1)
+        return map_statistics(features(images.float()).compact())
 
 
 def pooled_tokens(
