@@ -31,7 +31,10 @@ from fftprompt.data import ISIC2018DataModule, KvasirSegDataModule, SymmetryData
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
 # overlays of differences; Hydra's own settings (the sweeper's, in hparams_search); plain paths
 NOT_CHECKED = {"experiment", "mode", "hydra", "hparams_search", "paths"}
-GROUP_CONFIG = {"formula": "pretrain"}  # groups that only another top-level config than train composes
+GROUP_CONFIG = {
+    "source": "pretrain",
+    "objective": "pretrain",
+}  # groups that only another top-level config than train composes
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
 FILES = sorted(
     [p for p in CONFIG_DIR.glob("*.yaml")]
@@ -112,7 +115,6 @@ DIFFERENCES: dict[str, dict[str, str]] = {
         "module.optimizer.weight_decay": "DeiT's 0.05 for training a ViT from scratch (AdamW's default is 1e-2)",
         "module.warmup_steps": "the recipe's 200-step warm-up (the module's default: none)",
         "module.min_lr_ratio": "the recipe's cosine floor (the module's default decays to 0)",
-        "module.label_smoothing": "DeiT's 0.1 (the module's default: none)",
         "callbacks.model_checkpoint.save_top_k": "only last.ckpt (no metric to rank checkpoints by)",
         "callbacks.model_checkpoint.save_last": "last.ckpt for resuming (ckpt_path=last)",
         "callbacks.model_checkpoint.every_n_train_steps": "a checkpoint every 250 steps (one epoch is the whole run)",

@@ -16,7 +16,7 @@ from fftprompt.model import create_model
 from fftprompt.weights import DEMO_WEIGHTS, weights_path
 
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
-PRETRAIN_GROUPS = {"formula"}  # composed by pretrain.yaml only
+PRETRAIN_GROUPS = {"source", "objective"}  # composed by pretrain.yaml only
 # hparams_search options need Hydra's Optuna sweeper (an optional extra): tests/test_search_and_loggers.py composes them
 GROUPS = sorted(
     p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in {"hydra", "hparams_search", *PRETRAIN_GROUPS}
@@ -173,9 +173,9 @@ def test_experiment_instantiates_its_model_and_module(experiment):
 
 def test_pretrain_config_starts_from_random_weights_and_shares_the_image_size():
     cfg = compose_config(name="pretrain")
-    assert cfg.formula._target_ == "fftprompt.pretrain.FractalDB" and cfg.module.batch_size > 0
+    assert cfg.source._target_ == "fftprompt.pretrain.FractalDB" and cfg.module.batch_size > 0
     assert cfg.backbone.checkpoint_path is None and cfg.backbone.pretrained is False
-    assert cfg.backbone.img_size == cfg.formula.image_size == cfg.image_size
-    assert cfg.name == "vit_demo_patch8_fractaldb" and cfg.trainer.max_steps > 0
-    assert set(options("formula")) >= {"fractaldb"}
-    assert OmegaConf.to_container(cfg.formula, resolve=True)["num_classes"] >= 2
+    assert cfg.backbone.img_size == cfg.source.image_size == cfg.image_size
+    assert cfg.name is None and cfg.trainer.max_steps > 0  # named <backbone>_<source>_<objective>
+    assert set(options("source")) >= {"fractaldb"} and set(options("objective")) >= {"supervised", "simclr"}
+    assert OmegaConf.to_container(cfg.source, resolve=True)["num_classes"] >= 2

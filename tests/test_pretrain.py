@@ -30,10 +30,10 @@ TINY_FORMULA = {"image_size": 32, "search_size": 32, "num_chains": 64, "num_step
 TINY_PRETRAIN = [
     "image_size=32",
     "backbone=vit_micro",
-    "formula.num_classes=4",
-    "formula.search_size=32",
-    "formula.num_chains=32",
-    "formula.num_steps=16",
+    "source.num_classes=4",
+    "source.search_size=32",
+    "source.num_chains=32",
+    "source.num_steps=16",
     "module.batch_size=8",
     "module.warmup_steps=1",
     "module.history_every=2",
@@ -201,12 +201,12 @@ def test_tiny_pretraining_writes_loadable_weights_and_a_model_card(tmp_path):
     card, objects = pretrain(_pretrain_config(tmp_path / "run"))
     paths = objects["paths"]
     weights = paths["weights"]
-    assert weights == tmp_path / "run" / "vit_demo_patch8_fractaldb.safetensors"
+    assert weights == tmp_path / "run" / "vit_demo_patch8_fractaldb_supervised.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert paths["sha256"].read_text() == f"{digest}  {weights.name}\n"
     saved = json.loads(paths["json"].read_text())
     assert saved["sha256"] == digest and saved["steps"] == 3 and saved["images_seen"] == 24
-    assert saved["num_classes"] == 4 and saved["formula"]["classes_sha256"] == objects["module"].formula.fingerprint()
+    assert saved["num_classes"] == 4 and saved["source"]["classes_sha256"] == objects["module"].source.fingerprint()
     assert saved["images_per_second"] > 0 and saved["hardware"]["device"] == "cpu"
     assert [h["step"] for h in saved["history"]] == [2, 3] and saved["final_train_acc"] == card["history"][-1]["acc"]
     assert "## Learning curve" in paths["markdown"].read_text() and digest in paths["markdown"].read_text()
@@ -223,6 +223,20 @@ def test_tiny_pretraining_writes_loadable_weights_and_a_model_card(tmp_path):
 
 
 @pytest.mark.slow
+def test_contrastive_pretraining_needs_no_classifier_and_records_its_objective(tmp_path):
+    from fftprompt.run import pretrain
+
+    card, objects = pretrain(_pretrain_config(tmp_path / "run", "objective=simclr", "objective.hidden_dim=16"))
+    assert objects["paths"]["weights"].name == "vit_demo_patch8_fractaldb_simclr.safetensors"
+    assert card["objective"]["objective"] == "simclr" and card["objective"]["augment"]["crop_scale"] == [0.2, 1.0]
+    assert objects["model"].num_classes == 0 and "## Objective" in objects["paths"]["markdown"].read_text()
+    # the projection head trained and is not part of the written backbone
+    written = load_file(str(objects["paths"]["weights"]))
+    assert not any(key.startswith(("head.", "projector.")) for key in written)
+    assert 0 <= card["final_train_acc"] <= 1
+
+
+@pytest.mark.slow
 def test_pretraining_is_reproducible_and_resumes_to_the_same_weights(tmp_path):
     import shutil
 
@@ -230,7 +244,9 @@ def test_pretraining_is_reproducible_and_resumes_to_the_same_weights(tmp_path):
 
     pretrain(_pretrain_config(tmp_path / "a", "callbacks.model_checkpoint.every_n_train_steps=2"))
     pretrain(_pretrain_config(tmp_path / "b"))
-    digest = {p: (tmp_path / p / "vit_demo_patch8_fractaldb.sha256").read_text().split()[0] for p in ("a", "b")}
+    digest = {
+        p: (tmp_path / p / "vit_demo_patch8_fractaldb_supervised.sha256").read_text().split()[0] for p in ("a", "b")
+    }
     assert digest["a"] == digest["b"]
     # run "a" checkpointed after two of its three steps: resuming there gives the uninterrupted run's weights
     checkpoint = tmp_path / "c" / "checkpoints" / "last.ckpt"
@@ -239,7 +255,7 @@ def test_pretraining_is_reproducible_and_resumes_to_the_same_weights(tmp_path):
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 2
     resumed, _ = pretrain(_pretrain_config(tmp_path / "c", "ckpt_path=last"))
     assert resumed["steps"] == 3 and [h["step"] for h in resumed["history"]] == [2, 3]
-    assert (tmp_path / "c" / "vit_demo_patch8_fractaldb.sha256").read_text().split()[0] == digest["a"]
+    assert (tmp_path / "c" / "vit_demo_patch8_fractaldb_supervised.sha256").read_text().split()[0] == digest["a"]
 
 
 # -- the shipped demo weights ----------------------------------------------------------------------------------------

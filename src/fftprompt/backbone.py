@@ -340,17 +340,18 @@ def create_pretraining_vit(
     allow_missing_weights: bool = False,
     **timm_kwargs: Any,
 ) -> VisionTransformer:
-    """A trainable timm Vision Transformer with a linear classifier of ``num_classes``, for (pre)training it whole.
+    """A trainable timm Vision Transformer with a linear classifier of ``num_classes`` (0: none), for (pre)training
+    it whole.
 
     Takes :func:`create_backbone`'s arguments (a ``backbone`` config with ``num_classes`` added): every parameter
     requires a gradient and the model is in ``train()`` mode. :func:`save_backbone_checkpoint` writes its weights
     without the classifier, in the form ``create_backbone(..., checkpoint_path=...)`` loads.
 
     Returns:
-        The timm model: ``(B, C, H, W) -> (B, num_classes)``.
+        The timm model: ``(B, C, H, W) -> (B, num_classes)``, or its pooled features ``(B, D)`` for 0 classes.
     """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1 for a pretraining classifier, got {num_classes}")
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0: no classifier), got {num_classes}")
     model = _create_vit(
         name, pretrained, checkpoint_path, img_size, num_classes, allow_missing=allow_missing_weights, **timm_kwargs
     )

@@ -1,14 +1,30 @@
-"""Formula-driven supervised pretraining (``fftprompt-pretrain``): FractalDB-style fractal classes rendered on the
-training device, a Lightning module that trains a whole timm ViT on them, and the files of the resulting backbone.
+"""Pretraining from rendered images (``fftprompt-pretrain``): procedural sources rendered on the training device
+(FractalDB-style fractals today), objectives (supervised on the source's classes, SimCLR between two views), a
+Lightning module that trains a whole timm ViT with them, and the files of the resulting backbone.
 
-``render`` holds the maths as plain tensor functions; :class:`FractalDB` the classes and their settings;
-:class:`FormulaPretrainModule` the training; :func:`write_pretrained` the weights, SHA256 and model card.
+``render`` holds the IFS maths as plain tensor functions; :class:`FractalDB` the fractal classes; ``views`` the
+per-image random views; ``objectives`` the losses; :class:`PretrainModule` the training; :func:`write_pretrained`
+the weights, SHA256 and model card.
 """
 
 from __future__ import annotations
 
 from fftprompt.pretrain.card import hardware, sha256_of, write_pretrained
 from fftprompt.pretrain.formula import FractalDB
-from fftprompt.pretrain.module import FormulaPretrainModule, batch_seed
+from fftprompt.pretrain.module import PretrainModule, Source, batch_seed
+from fftprompt.pretrain.objectives import SimCLR, Supervised, nt_xent
+from fftprompt.pretrain.views import ViewAugment
 
-__all__ = ["FormulaPretrainModule", "FractalDB", "batch_seed", "hardware", "sha256_of", "write_pretrained"]
+__all__ = [
+    "FractalDB",
+    "PretrainModule",
+    "SimCLR",
+    "Source",
+    "Supervised",
+    "ViewAugment",
+    "batch_seed",
+    "hardware",
+    "nt_xent",
+    "sha256_of",
+    "write_pretrained",
+]

@@ -88,11 +88,12 @@ def write_pretrained(
 
 
 def _markdown(name: str, card: Mapping[str, Any]) -> str:
-    facts = {k: v for k, v in card.items() if k not in ("formula", "history", "hardware", "command", "backbone")}
+    sections = ("source", "objective", "history", "hardware", "command", "backbone")
+    facts = {k: v for k, v in card.items() if k not in sections}
     lines = [
         f"# {name}: model card",
         "",
-        f"A timm `{card.get('backbone', {}).get('name', '?')}` pretrained from scratch on formula-rendered images only "
+        f"A timm `{card.get('backbone', {}).get('name', '?')}` pretrained from scratch on procedurally rendered images only "
         "(no natural images), by `fftprompt-pretrain`. The file holds the ViT without its pretraining classifier, "
         "as float16; load it with `backbone.checkpoint_path=<this file>` (or "
         "`fftprompt.create_backbone(name, checkpoint_path=...)`).",
@@ -117,13 +118,20 @@ def _markdown(name: str, card: Mapping[str, Any]) -> str:
         json.dumps(card.get("backbone", {}), indent=2),
         "```",
         "",
-        "## Generator and classes",
+        "## Source",
         "",
         "```json",
-        json.dumps(card.get("formula", {}), indent=2),
+        json.dumps(card.get("source", {}), indent=2),
         "```",
         "",
-        "## Learning curve (training batches: each image is rendered once, before the step that trains on it)",
+        "## Objective",
+        "",
+        "```json",
+        json.dumps(card.get("objective", {}), indent=2),
+        "```",
+        "",
+        "## Learning curve (training batches: each image is rendered once, before the step that trains on it; accuracy "
+        "is the objective's: the classes, or the positive view found among the batch's)",
         "",
         "| step | images seen | loss | accuracy | lr | seconds |",
         "|---:|---:|---:|---:|---:|---:|",

@@ -1,9 +1,9 @@
-"""Lightning module of formula-driven supervised pretraining: a whole timm ViT plus its linear classifier, trained on
-batches rendered on the training device from per-step seeds.
+"""Lightning module of pretraining from rendered images: a whole timm ViT trained by an objective (supervised on the
+source's classes, or contrastive) on batches rendered on the training device from per-step seeds.
 
-The data loader only counts batches: :meth:`FormulaPretrainModule.on_after_batch_transfer` replaces each count by a
-batch rendered on the module's device (outside the mixed-precision autocast) from
-:func:`batch_seed` ``(seed, global step, micro-batch)``, so a resumed run renders exactly the batches the
+The data loader only counts batches: :meth:`PretrainModule.on_after_batch_transfer` replaces each count by a batch
+rendered on the module's device (outside the mixed-precision autocast) from :func:`batch_seed` ``(seed, global step,
+micro-batch)``, and by the objective's random views of it, so a resumed run renders exactly the batches the
 uninterrupted run would have rendered.
 """
 
@@ -12,24 +12,46 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import lightning.pytorch as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Timer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from fftprompt.lit import lr_factor
-from fftprompt.pretrain.formula import FractalDB
+from fftprompt.pretrain.objectives import SimCLR, Supervised
 
-__all__ = ["FormulaPretrainModule", "batch_seed"]
+__all__ = ["PretrainModule", "Source", "batch_seed"]
+
+
+class Source(Protocol):
+    """What the module renders its batches from (:class:`~fftprompt.pretrain.FractalDB` and the other sources)."""
+
+    num_classes: int  # K >= 2, or 0 for a source without classes
+    image_size: int
+
+    def sample(self, batch_size: int, seed: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+        """``images (B, 3, H, W)`` in ``[0, 1]`` and ``labels (B,)`` (zeros without classes), all from ``seed``."""
+        ...
+
+    def fingerprint(self) -> str:
+        """SHA256 of what defines the source."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """Settings and summary for the model card."""
+        ...
 
 
 def batch_seed(seed: int, step: int, micro_batch: int = 0) -> int:
     """The seed of the batch rendered for optimiser step ``step`` (and micro-batch, with gradient accumulation)."""
     return (seed & 0xFFFF) << 40 | (micro_batch & 0xFF) << 32 | (step & 0xFFFFFFFF)
+
+
+# XOR-ed into a batch's seed for the generator of its views (the source draws from the batch seed itself)
+_VIEW_SEED = 1 << 62
 
 
 class _BatchCounter(Dataset):
@@ -45,12 +67,14 @@ class _BatchCounter(Dataset):
         return torch.tensor(index)
 
 
-class FormulaPretrainModule(L.LightningModule):
-    """Full supervised training of a timm ViT on rendered formula classes (cross-entropy, AdamW, warm-up + cosine).
+class PretrainModule(L.LightningModule):
+    """Full training of a timm ViT on rendered images by an objective (AdamW, warm-up + cosine).
 
     Args:
-        model: Trainable timm ViT with a classifier of ``formula.num_classes`` (``(B, 3, H, W) -> (B, K)``).
-        formula: The classes and their renderer.
+        model: Trainable timm ViT whose classifier has ``objective.classifier_size(source.num_classes)`` outputs
+            (``(B, 3, H, W) -> (B, K)``, or the pooled features ``(B, D)`` without a classifier).
+        source: The rendered images (and their classes, if any).
+        objective: What the model learns from them (its parameters, e.g. a projection head, are trained too).
         batch_size: Images per rendered batch.
         mean: Per-channel normalisation mean of the model (images are rendered in ``[0, 1]``).
         std: Per-channel normalisation std.
@@ -60,7 +84,6 @@ class FormulaPretrainModule(L.LightningModule):
         min_lr_ratio: Floor of the cosine decay, as a fraction of the peak rate. The cosine runs over
             ``trainer.max_steps``, or over ``trainer.max_time`` when that budget runs out first (then the schedule,
             and so the weights, depend on the machine's speed).
-        label_smoothing: Cross-entropy label smoothing.
         history_every: Optimiser steps per entry of :attr:`history` (mean loss and accuracy over the window).
 
     Attributes:
@@ -70,7 +93,8 @@ class FormulaPretrainModule(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        formula: FractalDB,
+        source: Source,
+        objective: Supervised | SimCLR,
         batch_size: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
@@ -78,7 +102,6 @@ class FormulaPretrainModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
-        label_smoothing: float = 0.0,
         history_every: int = 50,
     ) -> None:
         super().__init__()
@@ -88,7 +111,8 @@ class FormulaPretrainModule(L.LightningModule):
                 f"{warmup_steps}, {history_every}"
             )
         self.model = model
-        self.formula = formula
+        self.source = source
+        self.objective = objective
         self.batch_size = batch_size
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -96,7 +120,6 @@ class FormulaPretrainModule(L.LightningModule):
         self.optimizer_factory = optimizer if optimizer is not None else partial(torch.optim.AdamW)
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
-        self.label_smoothing = label_smoothing
         self.history_every = history_every
         self.history: list[dict[str, float]] = []
         self._window: list[tuple[float, float]] = []
@@ -107,33 +130,37 @@ class FormulaPretrainModule(L.LightningModule):
         """One item per micro-batch of the whole run (the images are rendered in :meth:`on_after_batch_transfer`)."""
         trainer = self.trainer
         if trainer.max_steps is None or trainer.max_steps < 1:
-            raise ValueError("formula pretraining needs trainer.max_steps >= 1 (the cosine schedule's length)")
+            raise ValueError("pretraining needs trainer.max_steps >= 1 (the cosine schedule's length)")
         return DataLoader(_BatchCounter(trainer.max_steps * trainer.accumulate_grad_batches), batch_size=None)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        """Renders the batch for this optimiser step on the module's device: ``count -> (images, labels)``."""
-        if isinstance(batch, (tuple, list)):  # already rendered (e.g. a batch handed in by a test)
-            return batch[0], batch[1]
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[list[Tensor], Tensor]:
+        """Renders the batch for this optimiser step on the module's device and the objective's views of it:
+        ``count -> ([views (B, 3, H, W) normalised], labels (B,))``; a ``(images, labels)`` pair handed in (in
+        ``[0, 1]``) gets its views the same way."""
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         step = self.trainer.global_step if self._trainer is not None else 0
-        seed = batch_seed(self.seed, step, int(batch) % accumulate)
-        images, labels = self.formula.sample(self.batch_size, seed, self.device)
-        return (images - self.mean) / self.std, labels
+        if isinstance(batch, (tuple, list)):
+            images, labels = batch[0], batch[1]
+            seed = batch_seed(self.seed, step)
+        else:
+            seed = batch_seed(self.seed, step, int(batch) % accumulate)
+            images, labels = self.source.sample(self.batch_size, seed, self.device)
+        generator = torch.Generator(images.device).manual_seed(seed ^ _VIEW_SEED)
+        views = self.objective.views(images, generator)
+        return [(view - self.mean) / self.std for view in views], labels
 
     def forward(self, images: Tensor) -> Tensor:
-        """``(B, 3, H, W) -> (B, K)`` logits."""
+        """``(B, 3, H, W) -> (B, K)`` logits, or ``(B, D)`` pooled features without a classifier."""
         return self.model(images)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, labels = batch
-        logits = self(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+    def training_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
+        views, labels = batch
+        loss, accuracy = self.objective.loss(self.model, views, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite pretraining loss at global step {self.global_step}; lower the learning rate "
                 "(optimizer.lr) or keep gradient clipping on (trainer.gradient_clip_val)"
             )
-        accuracy = (logits.argmax(dim=1) == labels).float().mean()
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=len(labels))
         self.log("train/acc", accuracy, on_step=True, prog_bar=True, batch_size=len(labels))
         self.log("lr", self.optimizers().optimizer.param_groups[0]["lr"], on_step=True)
@@ -174,8 +201,9 @@ class FormulaPretrainModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         # biases, norms, tokens and positional embeddings are not decayed (as DeiT and timm do)
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim <= 1 or n.endswith(("_token", "pos_embed"))]
-        decay = [p for n, p in self.model.named_parameters() if p.ndim > 1 and not n.endswith(("_token", "pos_embed"))]
+        named = [*self.model.named_parameters(), *self.objective.named_parameters()]
+        no_decay = [p for n, p in named if p.ndim <= 1 or n.endswith(("_token", "pos_embed"))]
+        decay = [p for n, p in named if p.ndim > 1 and not n.endswith(("_token", "pos_embed"))]
         optimizer = self.optimizer_factory(
             [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
         )
@@ -198,15 +226,15 @@ class FormulaPretrainModule(L.LightningModule):
             "history": self.history,
             "window": self._window,
             "fit_seconds": self.fit_seconds,
-            "classes_sha256": self.formula.fingerprint(),
+            "source_sha256": self.source.fingerprint(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get("fftprompt_pretrain", {})
-        if stored.get("classes_sha256") not in (None, self.formula.fingerprint()):
+        if stored.get("source_sha256") not in (None, self.source.fingerprint()):
             raise ValueError(
-                "checkpoint was pretrained on other formula classes (classes_sha256 differs): resume with the run's "
-                "formula settings and seed"
+                "checkpoint was pretrained on another source (source_sha256 differs): resume with the run's source "
+                "settings and seed"
             )
         self.history = list(stored.get("history", []))
         self._window = [tuple(entry) for entry in stored.get("window", [])]

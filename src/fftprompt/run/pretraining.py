@@ -1,4 +1,4 @@
-"""``pretrain(cfg)``: formula-driven pretraining of a whole ViT (``fftprompt-pretrain``)."""
+"""``pretrain(cfg)``: pretraining of a whole ViT on rendered images (``fftprompt-pretrain``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fftprompt import rundir
 from fftprompt.backbone import create_pretraining_vit, normalisation
-from fftprompt.pretrain import FormulaPretrainModule, hardware, write_pretrained
+from fftprompt.pretrain import PretrainModule, hardware, write_pretrained
 from fftprompt.run.config import resolve_output_dir
 from fftprompt.run.trainer import (
     instantiate_collection,
@@ -23,29 +23,34 @@ from fftprompt.utils import to_plain
 
 
 def pretrain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Formula-driven pretraining of a whole ViT, then ``<name>.safetensors``/``.sha256``/``.json``/``.md`` in
+    """Pretraining of a whole ViT on rendered images, then ``<name>.safetensors``/``.sha256``/``.json``/``.md`` in
     ``paths.output_dir`` (:func:`fftprompt.pretrain.write_pretrained`).
 
-    Config keys: ``formula`` (the classes), ``backbone`` (:func:`fftprompt.backbone.create_pretraining_vit` takes its
-    arguments), ``module``, ``trainer`` (``max_steps`` sets the schedule, ``max_time`` may stop it earlier),
-    ``callbacks``, ``logger``, ``seed``, ``name``, ``overwrite``, ``ckpt_path``.
+    Config keys: ``source`` (the rendered images), ``objective`` (given ``num_features`` and ``num_classes``),
+    ``backbone`` (:func:`fftprompt.backbone.create_pretraining_vit` takes its arguments), ``module``, ``trainer``
+    (``max_steps`` sets the schedule, ``max_time`` may stop it earlier), ``callbacks``, ``logger``, ``seed``,
+    ``name``, ``overwrite``, ``ckpt_path``.
 
     Returns:
         ``(card, objects)``: the model card written and ``{"cfg", "model", "module", "trainer", "paths"}``.
     """
     output_dir = resolve_output_dir(cfg)
-    name, overwrite = str(cfg.name), bool(cfg.get("overwrite", False))
+    L.seed_everything(int(cfg.seed), workers=True)
+    source = instantiate(cfg.source)
+    backbone_args = OmegaConf.to_container(cfg.backbone, resolve=True)
+    backbone_args.pop("_target_", None)
+    model = create_pretraining_vit(num_classes=0, **backbone_args)
+    objective = instantiate(cfg.objective, num_features=model.num_features, num_classes=source.num_classes)
+    name = cfg.get("name") or f"{backbone_args['name']}_{type(source).__name__.lower()}_{objective.name}"
+    overwrite = bool(cfg.get("overwrite", False))
     resume = rundir.resume_checkpoint(output_dir, cfg.get("ckpt_path"), base=Path(to_absolute_path(".")))
     existing = sorted(str(p) for p in output_dir.glob(f"{name}.*")) if output_dir.is_dir() else []
     if existing and not overwrite:
         raise ValueError(f"pretrained backbone files exist: {existing}; pass overwrite=true or another name=")
-    L.seed_everything(int(cfg.seed), workers=True)
-    formula = instantiate(cfg.formula)
-    backbone_args = OmegaConf.to_container(cfg.backbone, resolve=True)
-    backbone_args.pop("_target_", None)
-    model = create_pretraining_vit(num_classes=formula.num_classes, **backbone_args)
     mean, std = normalisation(model)
-    module: FormulaPretrainModule = instantiate(cfg.module, model=model, formula=formula, mean=mean, std=std)
+    module: PretrainModule = instantiate(
+        cfg.module, model=model, source=source, objective=objective, mean=mean, std=std
+    )
     loggers = instantiate_collection(cfg.get("logger"))
     trainer = make_trainer(cfg, callbacks=instantiate_collection(cfg.get("callbacks")), logger=loggers or False)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -55,9 +60,10 @@ def pretrain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     images = int(trainer.global_step) * trainer.accumulate_grad_batches * module.batch_size
     card = {
         "backbone": backbone_args,
-        "formula": {**formula.describe(), "target": str(cfg.formula._target_)},
-        "image_size": formula.image_size,
-        "num_classes": formula.num_classes,
+        "source": {**source.describe(), "target": str(cfg.source._target_)},
+        "objective": objective.describe(),
+        "image_size": source.image_size,
+        "num_classes": source.num_classes,
         "steps": int(trainer.global_step),
         "planned_steps": int(trainer.max_steps),
         "batch_size": module.batch_size,

@@ -1,0 +1,146 @@
+"""Pretraining objectives: what the ViT learns from a rendered batch.
+
+An objective owns the head on the ViT's pooled features (dropped when the backbone is written), makes the views of
+a batch (in ``[0, 1]``, before normalisation) and turns the model's outputs on them into a loss and an accuracy for
+the learning curve. Both take ``num_features`` (the ViT's width) and ``num_classes`` (the source's, 0 without
+classes), which ``fftprompt-pretrain`` passes:
+
+- :class:`Supervised`: a linear classifier and cross-entropy on the source's classes (FractalDB, VisualAtom),
+  optionally on one augmented view per image (OFDB's instance augmentation).
+- :class:`SimCLR`: the NT-Xent contrastive loss between two augmented views of every image (Chen et al., ICML 2020),
+  through a projection MLP; needs no classes, so it trains on any source.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from fftprompt.pretrain.views import ViewAugment
+
+__all__ = ["SimCLR", "Supervised", "nt_xent"]
+
+
+def nt_xent(first: Tensor, second: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """SimCLR's normalised-temperature cross-entropy over ``2B`` embeddings, each image's other view its positive.
+
+    Args:
+        first: ``(B, E)`` embeddings of the first views.
+        second: ``(B, E)`` embeddings of the second views.
+        temperature: Softmax temperature of the cosine similarities.
+
+    Returns:
+        ``(loss, accuracy)``: the mean loss over the ``2B`` anchors and the share whose most similar other
+        embedding is their positive.
+    """
+    embeddings = F.normalize(torch.cat([first, second]).float(), dim=1)
+    similarity = embeddings @ embeddings.T / temperature
+    similarity.fill_diagonal_(float("-inf"))
+    count = first.shape[0]
+    index = torch.arange(count, device=first.device)
+    targets = torch.cat([index + count, index])
+    loss = F.cross_entropy(similarity, targets)
+    return loss, (similarity.argmax(dim=1) == targets).float().mean()
+
+
+class Supervised(nn.Module):
+    """Cross-entropy on the source's classes through a linear classifier ``(B, D) -> (B, K)``.
+
+    Args:
+        num_features: ``D``, the model's pooled feature width.
+        num_classes: ``K >= 2``, the source's classes (a source without classes is refused).
+        label_smoothing: Cross-entropy label smoothing.
+        augment: Random view of each image before the step (null: the rendered images as they are).
+    """
+
+    name = "supervised"
+
+    def __init__(
+        self, num_features: int, num_classes: int, label_smoothing: float = 0.1, augment: ViewAugment | None = None
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(
+                "objective=supervised needs a source with classes (fractaldb, contours); this source has "
+                f"num_classes={num_classes}: use objective=simclr"
+            )
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+        self.classifier = nn.Linear(num_features, num_classes)
+        self.label_smoothing = label_smoothing
+        self.augment = augment
+
+    def views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
+        """``(B, 3, H, W)`` in ``[0, 1]`` -> ``[(B, 3, H, W)]``."""
+        return [images if self.augment is None else self.augment(images, generator)]
+
+    def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, accuracy)`` of the classifier's logits on the single view."""
+        logits = self.classifier(model(views[0]))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return loss, (logits.argmax(dim=1) == labels).float().mean()
+
+    def describe(self) -> dict[str, object]:
+        """The settings, for model cards."""
+        augment = None if self.augment is None else self.augment.describe()
+        return {"objective": self.name, "label_smoothing": self.label_smoothing, "augment": augment}
+
+
+class SimCLR(nn.Module):
+    """Contrastive learning between two views of every image (NT-Xent), through a projection MLP.
+
+    ``Linear(D, hidden) - GELU - Linear(hidden, projection_dim)`` maps the ViT's pooled features ``(B, D)`` to the
+    embeddings.
+
+    Args:
+        num_features: ``D``, the model's pooled feature width.
+        num_classes: The source's classes (unused: any source will do).
+        temperature: NT-Xent temperature.
+        hidden_dim: Width of the projection MLP.
+        projection_dim: Width of the embeddings.
+        augment: The views (default :class:`ViewAugment`'s settings).
+    """
+
+    name = "simclr"
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int = 0,
+        temperature: float = 0.2,
+        hidden_dim: int = 512,
+        projection_dim: int = 128,
+        augment: ViewAugment | None = None,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0 or min(num_features, hidden_dim, projection_dim) < 1:
+            raise ValueError(
+                "expected temperature > 0 and num_features, hidden_dim, projection_dim >= 1; got "
+                f"{temperature}, {num_features}, {hidden_dim}, {projection_dim}"
+            )
+        self.temperature = temperature
+        self.augment = augment if augment is not None else ViewAugment()
+        self.projector = nn.Sequential(
+            nn.Linear(num_features, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, projection_dim)
+        )
+
+    def views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
+        """``(B, 3, H, W)`` in ``[0, 1]`` -> two independent views of each image."""
+        return [self.augment(images, generator), self.augment(images, generator)]
+
+    def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, accuracy)`` of NT-Xent on the projected features of both views, in one forward pass."""
+        embeddings = self.projector(model(torch.cat(views)))
+        first, second = embeddings.chunk(2)
+        return nt_xent(first, second, self.temperature)
+
+    def describe(self) -> dict[str, object]:
+        """The settings, for model cards."""
+        return {
+            "objective": self.name,
+            "temperature": self.temperature,
+            "hidden_dim": self.projector[0].out_features,
+            "projection_dim": self.projector[2].out_features,
+            "augment": self.augment.describe(),
+        }
