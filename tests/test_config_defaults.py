@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -31,7 +32,7 @@ from fftprompt.data import ISIC2018DataModule, KvasirSegDataModule, SymmetryData
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
 # overlays of differences; Hydra's own settings (the sweeper's, in hparams_search); plain paths
 NOT_CHECKED = {"experiment", "mode", "hydra", "hparams_search", "paths"}
-GROUP_CONFIG = {"formula": "pretrain"}  # groups that only another top-level config than train composes
+GROUP_CONFIG = {"formula": "pretrain", "source": "pretrain"}  # groups that only another top-level config composes
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
 FILES = sorted(
     [p for p in CONFIG_DIR.glob("*.yaml")]
@@ -211,7 +212,11 @@ def file_values(path: Path) -> Iterator[tuple[str, Any, Any]]:
             yield from written_values(raw, compose(path.stem))
             return
         group = path.parent.name
-        cfg = compose(GROUP_CONFIG.get(group, "train"), overrides=[f"{group}={path.stem}"])
+        top = GROUP_CONFIG.get(group, "train")
+        try:
+            cfg = compose(top, overrides=[f"{group}={path.stem}"])
+        except ConfigCompositionException:  # a group the top-level config does not select yet: appended
+            cfg = compose(top, overrides=[f"+{group}={path.stem}"])
     if re.search(r"^# *@package +_global_", path.read_text(), re.MULTILINE) is None:
         yield from written_values(raw, cfg.get(group))
         return
