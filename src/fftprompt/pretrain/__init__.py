@@ -1,10 +1,12 @@
-"""Pretraining from rendered images (``fftprompt-pretrain``): procedural sources rendered on the training device
-(FractalDB-style fractals today), objectives (supervised on the source's classes, SimCLR between two views), a
-Lightning module that trains a whole timm ViT with them, and the files of the resulting backbone.
+"""Pretraining from rendered images (``fftprompt-pretrain``): procedural sources rendered on the training device,
+objectives (supervised on the source's classes, SimCLR between two views), a Lightning module that trains a whole
+timm ViT with them, and the files of the resulting backbone.
 
-``render`` holds the IFS maths as plain tensor functions; :class:`FractalDB` the fractal classes; ``views`` the
-per-image random views; ``objectives`` the losses; :class:`PretrainModule` the training; :func:`write_pretrained`
-the weights, SHA256 and model card.
+``render`` holds the IFS maths as plain tensor functions and ``procedural`` those of the other sources;
+:class:`FractalDB` the fractal classes; :class:`ColouredNoise`, :class:`DeadLeaves`, :class:`SinusoidalContours` and
+:class:`Mixture` further sources with the same interface (:class:`Source`); ``views`` the per-image random views;
+``objectives`` the losses; :class:`PretrainModule` the training; :func:`write_pretrained` the weights, SHA256 and
+model card.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from fftprompt.pretrain.card import hardware, sha256_of, write_pretrained
 from fftprompt.pretrain.formula import FractalDB
 from fftprompt.pretrain.module import PretrainModule, Source, batch_seed
 from fftprompt.pretrain.objectives import SimCLR, Supervised, nt_xent
+from fftprompt.pretrain.sources import ColouredNoise, DeadLeaves, Mixture, SinusoidalContours
 from fftprompt.pretrain.views import ViewAugment
 
 __all__ = [
+    "ColouredNoise",
+    "DeadLeaves",
     "FractalDB",
+    "Mixture",
     "PretrainModule",
     "SimCLR",
+    "SinusoidalContours",
     "Source",
     "Supervised",
     "ViewAugment",
