@@ -103,6 +103,7 @@ DIFFERENCES: dict[str, dict[str, str]] = {
         "use_statistics": "the tuned method; the constructor's False keeps adapters saved before it loadable",
     },
     "prompt/*_vitb.yaml": {"hidden_dim": "a 128-wide generator for ViT-B's 768-wide tokens"},
+    "source/mixture.yaml": {"image_size": "the components' side written once, for them to interpolate"},
     "pretrain.yaml": {
         "trainer.max_epochs": "no epoch limit: trainer.max_steps is the run's length (the schedule's)",
         "trainer.max_steps": "the shipped demo recipe's length (up to 20,000 batches of 64)",

@@ -201,6 +201,9 @@ def test_a_classless_component_makes_the_mixture_classless_and_sizes_must_match(
     assert (labels == 0).all()
     with pytest.raises(ValueError, match="image_size"):
         Mixture([ColouredNoise(image_size=16), DeadLeaves(image_size=32)])
+    with pytest.raises(ValueError, match="image_size=32 differs"):
+        Mixture([ColouredNoise(image_size=16)], image_size=32)
+    assert Mixture([ColouredNoise(image_size=16)], image_size=16).image_size == 16
     with pytest.raises(ValueError, match="weights"):
         Mixture([ColouredNoise(image_size=16)], weights=[1, 1])
 
