@@ -31,7 +31,10 @@ from fftprompt.data import ISIC2018DataModule, KvasirSegDataModule, SymmetryData
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
 # overlays of differences; Hydra's own settings (the sweeper's, in hparams_search); plain paths
 NOT_CHECKED = {"experiment", "mode", "hydra", "hparams_search", "paths"}
-GROUP_CONFIG = {"formula": "pretrain"}  # groups that only another top-level config than train composes
+GROUP_CONFIG = {
+    "formula": "pretrain",
+    "selection": "pretrain",
+}  # groups that only another top-level config than train composes
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
 FILES = sorted(
     [p for p in CONFIG_DIR.glob("*.yaml")]

@@ -2,7 +2,8 @@
 training device, a Lightning module that trains a whole timm ViT on them, and the files of the resulting backbone.
 
 ``render`` holds the maths as plain tensor functions; :class:`FractalDB` the classes and their settings;
-:class:`FormulaPretrainModule` the training; :func:`write_pretrained` the weights, SHA256 and model card.
+:class:`FormulaPretrainModule` the training; :func:`write_pretrained` the weights, SHA256 and model card;
+:class:`ProbeSelection` the checkpoint selection by a linear probe on real images' validation splits.
 """
 
 from __future__ import annotations
@@ -10,5 +11,14 @@ from __future__ import annotations
 from fftprompt.pretrain.card import hardware, sha256_of, write_pretrained
 from fftprompt.pretrain.formula import FractalDB
 from fftprompt.pretrain.module import FormulaPretrainModule, batch_seed
+from fftprompt.pretrain.selection import ProbeSelection
 
-__all__ = ["FormulaPretrainModule", "FractalDB", "batch_seed", "hardware", "sha256_of", "write_pretrained"]
+__all__ = [
+    "FormulaPretrainModule",
+    "FractalDB",
+    "ProbeSelection",
+    "batch_seed",
+    "hardware",
+    "sha256_of",
+    "write_pretrained",
+]
