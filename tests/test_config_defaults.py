@@ -31,7 +31,7 @@ from fftprompt.data import ISIC2018DataModule, KvasirSegDataModule, SymmetryData
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
 # overlays of differences; Hydra's own settings (the sweeper's, in hparams_search); plain paths
 NOT_CHECKED = {"experiment", "mode", "hydra", "hparams_search", "paths"}
-GROUP_CONFIG = {"source": "pretrain", "objective": "pretrain"}  # groups that only another top-level config composes
+GROUP_CONFIG = {"source": "pretrain", "objective": "pretrain", "selection": "pretrain"}  # only pretrain.yaml composes
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
 FILES = sorted(
     [p for p in CONFIG_DIR.glob("*.yaml")]

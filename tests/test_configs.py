@@ -16,7 +16,7 @@ from fftprompt.model import create_model
 from fftprompt.weights import DEMO_WEIGHTS, weights_path
 
 CONFIG_DIR = Path(fftprompt.__file__).parent / "configs"
-PRETRAIN_GROUPS = {"source", "objective"}  # composed by pretrain.yaml only
+PRETRAIN_GROUPS = {"source", "objective", "selection"}  # composed by pretrain.yaml only
 # hparams_search options need Hydra's Optuna sweeper (an optional extra): tests/test_search_and_loggers.py composes them
 GROUPS = sorted(
     p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in {"hydra", "hparams_search", *PRETRAIN_GROUPS}
@@ -179,3 +179,9 @@ def test_pretrain_config_starts_from_random_weights_and_shares_the_image_size():
     assert cfg.name is None and cfg.trainer.max_steps > 0  # named <backbone>_<source>_<objective>
     assert set(options("source")) >= {"fractaldb"} and set(options("objective")) >= {"supervised", "simclr"}
     assert OmegaConf.to_container(cfg.source, resolve=True)["num_classes"] >= 2
+    assert cfg.selection is None and set(options("selection")) >= {"none", "probe"}
+    probe = compose_config(
+        ["selection=probe", "selection.data.dtd.root=/d", "selection.data.breastmnist.root=/m"], "pretrain"
+    )
+    resolved = OmegaConf.to_container(probe.selection, resolve=True)
+    assert {name: entry["image_size"] for name, entry in resolved["data"].items()} == {"dtd": 64, "breastmnist": 64}

@@ -6,7 +6,7 @@ timm ViT with them, and the files of the resulting backbone.
 :class:`FractalDB` the fractal classes; :class:`ColouredNoise`, :class:`DeadLeaves`, :class:`SinusoidalContours` and
 :class:`Mixture` further sources with the same interface (:class:`Source`); ``views`` the per-image random views;
 ``objectives`` the losses; :class:`PretrainModule` the training; :func:`write_pretrained` the weights, SHA256 and
-model card.
+model card; :class:`ProbeSelection` the checkpoint selection by a linear probe on real images' validation splits.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fftprompt.pretrain.card import hardware, sha256_of, write_pretrained
 from fftprompt.pretrain.formula import FractalDB
 from fftprompt.pretrain.module import PretrainModule, Source, batch_seed
 from fftprompt.pretrain.objectives import SimCLR, Supervised, nt_xent
+from fftprompt.pretrain.selection import ProbeSelection
 from fftprompt.pretrain.sources import ColouredNoise, DeadLeaves, Mixture, SinusoidalContours
 from fftprompt.pretrain.views import ViewAugment
 
@@ -24,6 +25,7 @@ __all__ = [
     "FractalDB",
     "Mixture",
     "PretrainModule",
+    "ProbeSelection",
     "SimCLR",
     "SinusoidalContours",
     "Source",

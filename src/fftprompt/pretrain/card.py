@@ -88,13 +88,13 @@ def write_pretrained(
 
 
 def _markdown(name: str, card: Mapping[str, Any]) -> str:
-    sections = ("source", "objective", "history", "hardware", "command", "backbone")
+    sections = ("source", "objective", "history", "hardware", "command", "backbone", "selection")
     facts = {k: v for k, v in card.items() if k not in sections}
     lines = [
         f"# {name}: model card",
         "",
-        f"A timm `{card.get('backbone', {}).get('name', '?')}` pretrained from scratch on procedurally rendered images only "
-        "(no natural images), by `fftprompt-pretrain`. The file holds the ViT without its pretraining classifier, "
+        f"A timm `{card.get('backbone', {}).get('name', '?')}` pretrained from scratch on procedurally rendered "
+        "images only (no natural images), by `fftprompt-pretrain`. The file holds the ViT without its pretraining head, "
         "as float16; load it with `backbone.checkpoint_path=<this file>` (or "
         "`fftprompt.create_backbone(name, checkpoint_path=...)`).",
         "",
@@ -143,7 +143,43 @@ def _markdown(name: str, card: Mapping[str, Any]) -> str:
         f"| {h['step']} | {h['images_seen']} | {h['loss']:.4f} | {h['acc']:.4f} | {h['lr']:.2e} | {h['seconds']} |"
         for h in shown
     ]
+    if card.get("selection"):
+        lines += _selection_lines(card["selection"])
     return "\n".join(lines) + "\n"
+
+
+def _selection_lines(selection: Mapping[str, Any]) -> list[str]:
+    """The "Checkpoint selection" section: the data that chose the weights (validation splits) and the probe curve."""
+    data = selection.get("data", {})
+    names = list(data)
+    described = [
+        f"- `{name}`: {entry.get('module')} at `{entry.get('root')}`, {entry.get('classes')} classes, "
+        f"{entry.get('split_sizes', {}).get('train')} training / {entry.get('split_sizes', {}).get('val')} validation "
+        f"images ({entry.get('image_size')} px)"
+        for name, entry in data.items()
+    ]
+    lines = [
+        "",
+        "## Checkpoint selection",
+        "",
+        f"The weights are those of step {selection.get('chosen_step')} (score {selection.get('chosen_score')}), not "
+        "necessarily the last: every "
+        f"{selection.get('every_n_steps')} steps a linear probe ({selection.get('pooling')} pooling, L-BFGS logistic "
+        "regression) was fitted on the training split of each dataset below, its weight decay chosen from "
+        f"{selection.get('weight_decays')} on the **validation split**, which also gave the accuracy; the score is "
+        "the mean validation accuracy over the datasets. No test split was read.",
+        "",
+        *described,
+        "",
+        "| step | images seen | " + " | ".join(f"{name} val acc" for name in names) + " | score |",
+        "|---:|---:|" + "---:|" * len(names) + "---:|",
+    ]
+    chosen = selection.get("chosen_step")
+    for entry in selection.get("curve", []):
+        accuracies = " | ".join(f"{entry['val_accuracy'].get(name, float('nan')):.4f}" for name in names)
+        mark = " (chosen)" if entry["step"] == chosen else ""
+        lines.append(f"| {entry['step']}{mark} | {entry['images_seen']} | {accuracies} | {entry['score']:.4f} |")
+    return lines
 
 
 def _cell(value: Any) -> str:

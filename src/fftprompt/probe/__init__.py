@@ -6,9 +6,9 @@ turns a composed config into ``metrics.json`` and ``probe.md``.
 
 from __future__ import annotations
 
+from fftprompt.linear_probe import LinearProbe, Standardizer, fit_linear_probe, logistic_objective
 from fftprompt.probe.features import FEATURE_SETS, extract_features, fft_statistics, pooled_tokens
 from fftprompt.probe.knn import knn_predict, knn_votes
-from fftprompt.probe.linear import LinearProbe, Standardizer, fit_linear_probe, logistic_objective
 from fftprompt.probe.protocol import CLASSIFIERS, evaluate_probes, random_splits, score
 
 __all__ = [

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_f1_score
 
+from fftprompt.linear_probe import Standardizer, fit_linear_probe
 from fftprompt.probe.knn import knn_predict
-from fftprompt.probe.linear import Standardizer, fit_linear_probe
 from fftprompt.utils import check_choice
 
 __all__ = ["CLASSIFIERS", "Classifier", "SelectOn", "evaluate_probes", "random_splits", "score"]

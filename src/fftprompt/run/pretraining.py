@@ -15,6 +15,7 @@ from fftprompt import rundir
 from fftprompt.backbone import create_pretraining_vit, normalisation
 from fftprompt.pretrain import PretrainModule, hardware, write_pretrained
 from fftprompt.run.config import resolve_output_dir
+from fftprompt.run.selection import probe_selection
 from fftprompt.run.trainer import (
     instantiate_collection,
     make_trainer,
@@ -51,8 +52,10 @@ def pretrain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     module: PretrainModule = instantiate(
         cfg.module, model=model, source=source, objective=objective, mean=mean, std=std
     )
+    selection = probe_selection(cfg.get("selection"), mean, std)  # None: the last weights are written
     loggers = instantiate_collection(cfg.get("logger"))
-    trainer = make_trainer(cfg, callbacks=instantiate_collection(cfg.get("callbacks")), logger=loggers or False)
+    callbacks = instantiate_collection(cfg.get("callbacks")) + ([selection] if selection is not None else [])
+    trainer = make_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     output_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, ckpt_path=None if resume is None else str(resume), weights_only=True)
@@ -79,6 +82,9 @@ def pretrain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "history": module.history,
     }
+    if selection is not None:  # the weights of the step with the best validation probe, not the last ones
+        selection.load_best(model)
+        card["selection"] = selection.describe()
     paths = write_pretrained(output_dir, name, model, card, overwrite=overwrite)
     print(f"pretrained backbone: {paths['weights']} ({images} images, {seconds:.0f} s); model card {paths['markdown']}")
     return card, {"cfg": cfg, "model": model, "module": module, "trainer": trainer, "paths": paths}

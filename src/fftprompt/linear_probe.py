@@ -1,4 +1,5 @@
-"""Linear probe: multinomial logistic regression fitted by full-batch L-BFGS on standardised features.
+"""Linear probe: multinomial logistic regression fitted by full-batch L-BFGS on standardised features (the maths of
+``fftprompt-probe`` and of the pretraining's checkpoint selection, :class:`fftprompt.pretrain.ProbeSelection`).
 
 The DINO ``eval_linear`` convention: the weight decay is chosen on a validation split from a small grid, the test
 split is read once with the chosen value.
