@@ -21,7 +21,7 @@ from fftprompt.data.datasets import FileClassificationDataset
 from fftprompt.pretrain import ProbeSelection
 from test_pretrain import TINY_PRETRAIN, TINY_VIT
 
-NAME = "vit_demo_patch8_fractaldb"
+NAME = "vit_demo_patch8_fractaldb_supervised"
 
 
 def write_folder(root: Path, per_class: int = 6, unreadable_test: bool = True) -> Path:

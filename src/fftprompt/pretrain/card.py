@@ -94,8 +94,8 @@ def _markdown(name: str, card: Mapping[str, Any]) -> str:
         f"# {name}: model card",
         "",
         f"A timm `{card.get('backbone', {}).get('name', '?')}` pretrained from scratch on procedurally rendered "
-        "images only (no natural images), by `fftprompt-pretrain`. The file holds the ViT without its pretraining head, "
-        "as float16; load it with `backbone.checkpoint_path=<this file>` (or "
+        "images only (no natural images), by `fftprompt-pretrain`. The file holds the ViT without its pretraining "
+        "head, as float16; load it with `backbone.checkpoint_path=<this file>` (or "
         "`fftprompt.create_backbone(name, checkpoint_path=...)`).",
         "",
         "| | |",
