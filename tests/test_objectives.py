@@ -101,3 +101,30 @@ def test_objectives_train_their_heads_and_refuse_what_they_cannot_use():
     loss, _ = simclr.loss(model, views, labels)
     loss.backward()
     assert simclr.projector[0].weight.grad is not None and simclr.describe()["objective"] == "simclr"
+
+
+def test_statistics_regression_is_zero_for_features_that_are_the_standardised_fft_statistics():
+    from fftprompt.spectral import FrequencyFeatures, map_statistics
+
+    images = torch.rand(6, 3, 16, 16)
+    statistics = map_statistics(FrequencyFeatures(patch_size=8)(images).compact()).double().numpy()
+    spread = np.maximum(statistics.std(axis=0, ddof=1), 1e-6)  # some maps are constant over a batch
+    standardised = (statistics - statistics.mean(axis=0)) / spread
+    width = statistics.shape[1]
+    simclr = SimCLR(num_features=width, statistics_weight=0.5, statistics_patch_size=8)
+    assert simclr.regressor.out_features == width == 46
+    with torch.no_grad():
+        simclr.regressor.weight.copy_(torch.eye(width))
+        simclr.regressor.bias.zero_()
+    exact = simclr.statistics_loss(torch.from_numpy(standardised).float(), images)
+    assert exact.item() < 1e-6
+    shifted = simclr.statistics_loss(torch.from_numpy(standardised + 1.0).float(), images)
+    assert shifted.item() == pytest.approx(1.0, rel=1e-4)
+    # the contrastive loss alone without the weight; the weighted sum with it
+    model = torch.nn.Identity()
+    views = [torch.rand(4, width), torch.rand(4, width)]
+    plain = SimCLR(num_features=width)
+    assert plain.regressor is None and plain.describe()["statistics_weight"] == 0.0
+    with pytest.raises(ValueError, match="statistics_weight"):
+        SimCLR(num_features=width, statistics_weight=-1.0)
+    assert plain.loss(model, views, None)[0].item() > 0

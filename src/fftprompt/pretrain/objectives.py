@@ -8,7 +8,9 @@ classes), which ``fftprompt-pretrain`` passes:
 - :class:`Supervised`: a linear classifier and cross-entropy on the source's classes (FractalDB, VisualAtom),
   optionally on one augmented view per image (OFDB's instance augmentation).
 - :class:`SimCLR`: the NT-Xent contrastive loss between two augmented views of every image (Chen et al., ICML 2020),
-  through a projection MLP; needs no classes, so it trains on any source.
+  through a projection MLP; needs no classes, so it trains on any source. Optionally the pooled features also
+  regress the views' orderless FFT statistics (:func:`fftprompt.spectral.map_statistics` of the frequency maps),
+  so that the backbone learns to carry the frequency descriptor the project's probes measure.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fftprompt.pretrain.views import ViewAugment
+from fftprompt.spectral import FrequencyFeatures, map_statistics
 
 __all__ = ["SimCLR", "Supervised", "nt_xent"]
 
@@ -100,6 +103,10 @@ class SimCLR(nn.Module):
         hidden_dim: Width of the projection MLP.
         projection_dim: Width of the embeddings.
         augment: The views (default :class:`ViewAugment`'s settings).
+        statistics_weight: Weight of the auxiliary loss: the mean squared error of a linear regression from the
+            pooled features to the views' FFT statistics (``2 C_f`` numbers of ``FrequencyFeatures(patch_size)``,
+            standardised over the batch); 0 turns it off.
+        statistics_patch_size: Patch size of those frequency maps (the ViT's, for the probe's descriptor).
     """
 
     name = "simclr"
@@ -112,8 +119,12 @@ class SimCLR(nn.Module):
         hidden_dim: int = 512,
         projection_dim: int = 128,
         augment: ViewAugment | None = None,
+        statistics_weight: float = 0.0,
+        statistics_patch_size: int = 8,
     ) -> None:
         super().__init__()
+        if statistics_weight < 0:
+            raise ValueError(f"statistics_weight must be >= 0, got {statistics_weight}")
         if temperature <= 0 or min(num_features, hidden_dim, projection_dim) < 1:
             raise ValueError(
                 "expected temperature > 0 and num_features, hidden_dim, projection_dim >= 1; got "
@@ -124,16 +135,34 @@ class SimCLR(nn.Module):
         self.projector = nn.Sequential(
             nn.Linear(num_features, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, projection_dim)
         )
+        self.statistics_weight = statistics_weight
+        self.frequency = FrequencyFeatures(patch_size=statistics_patch_size) if statistics_weight > 0 else None
+        self.regressor = (
+            nn.Linear(num_features, 2 * self.frequency.num_channels) if self.frequency is not None else None
+        )
 
     def views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
         """``(B, 3, H, W)`` in ``[0, 1]`` -> two independent views of each image."""
         return [self.augment(images, generator), self.augment(images, generator)]
 
     def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
-        """``(loss, accuracy)`` of NT-Xent on the projected features of both views, in one forward pass."""
-        embeddings = self.projector(model(torch.cat(views)))
-        first, second = embeddings.chunk(2)
-        return nt_xent(first, second, self.temperature)
+        """``(loss, accuracy)`` of NT-Xent on the projected features of both views, in one forward pass (plus the
+        weighted statistics regression, when on)."""
+        images = torch.cat(views)
+        features = model(images)
+        first, second = self.projector(features).chunk(2)
+        loss, accuracy = nt_xent(first, second, self.temperature)
+        if self.frequency is not None:
+            loss = loss + self.statistics_weight * self.statistics_loss(features, images)
+        return loss, accuracy
+
+    def statistics_loss(self, features: Tensor, images: Tensor) -> Tensor:
+        """Mean squared error of ``regressor(features) (N, 2 C_f)`` against the images' FFT statistics, each
+        standardised over the batch (no gradient flows into the targets)."""
+        with torch.no_grad():
+            targets = map_statistics(self.frequency(images.float()).compact())
+            targets = (targets - targets.mean(dim=0)) / targets.std(dim=0).clamp_min(1e-6)
+        return F.mse_loss(self.regressor(features).float(), targets)
 
     def describe(self) -> dict[str, object]:
         """The settings, for model cards."""
@@ -143,4 +172,6 @@ class SimCLR(nn.Module):
             "hidden_dim": self.projector[0].out_features,
             "projection_dim": self.projector[2].out_features,
             "augment": self.augment.describe(),
+            "statistics_weight": self.statistics_weight,
+            "statistics_patch_size": None if self.frequency is None else self.frequency.patch_size,
         }

@@ -21,6 +21,7 @@ from fftprompt.run.trainer import (
     make_trainer,
 )
 from fftprompt.utils import to_plain
+from fftprompt.weights import file_sha256
 
 
 def pretrain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -29,8 +30,10 @@ def pretrain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     Config keys: ``source`` (the rendered images), ``objective`` (given ``num_features`` and ``num_classes``),
     ``backbone`` (:func:`fftprompt.backbone.create_pretraining_vit` takes its arguments), ``module``, ``trainer``
-    (``max_steps`` sets the schedule, ``max_time`` may stop it earlier), ``callbacks``, ``logger``, ``seed``,
-    ``name``, ``overwrite``, ``ckpt_path``.
+    (``max_steps`` sets the schedule, ``max_time`` may stop it earlier; ``backbone.checkpoint_path`` continues from
+    those weights, recorded with their SHA256), ``callbacks``, ``selection`` (null: the last weights are written; a
+    :class:`fftprompt.pretrain.ProbeSelection` config: the best validation probe's), ``logger``, ``seed``, ``name``,
+    ``overwrite``, ``ckpt_path``.
 
     Returns:
         ``(card, objects)``: the model card written and ``{"cfg", "model", "module", "trainer", "paths"}``.
@@ -63,6 +66,7 @@ def pretrain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     images = int(trainer.global_step) * trainer.accumulate_grad_batches * module.batch_size
     card = {
         "backbone": backbone_args,
+        "initial_weights": _initial_weights(backbone_args.get("checkpoint_path")),
         "source": {**source.describe(), "target": str(cfg.source._target_)},
         "objective": objective.describe(),
         "image_size": source.image_size,
@@ -88,3 +92,8 @@ def pretrain(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     paths = write_pretrained(output_dir, name, model, card, overwrite=overwrite)
     print(f"pretrained backbone: {paths['weights']} ({images} images, {seconds:.0f} s); model card {paths['markdown']}")
     return card, {"cfg": cfg, "model": model, "module": module, "trainer": trainer, "paths": paths}
+
+
+def _initial_weights(path: str | None) -> dict[str, str] | None:
+    """The file a run continued from (name and SHA256), None for random initial weights."""
+    return None if path is None else {"file": Path(path).name, "sha256": file_sha256(path)}
