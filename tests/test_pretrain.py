@@ -274,6 +274,22 @@ def test_shipped_demo_weights_match_their_sha256_and_model_card():
     assert digest in weights.with_suffix(".md").read_text()
 
 
+def test_the_first_fractal_weights_stay_loadable_by_name():
+    from safetensors.torch import load_file
+
+    from fftprompt.run import build_backbone, compose
+    from fftprompt.weights import WEIGHTS_DIR
+
+    first = "vit_demo_patch8_fractaldb.safetensors"
+    cfg = compose(["paths.output_dir=out", f"backbone.checkpoint_path=${{fftprompt.weights:{first}}}"])
+    backbone, _ = build_backbone(cfg)
+    stored = load_file(str(WEIGHTS_DIR / first))
+    for key, value in backbone.model.state_dict().items():
+        assert torch.equal(value, stored[key].float()), key
+    card = json.loads((WEIGHTS_DIR / first).with_suffix(".json").read_text())
+    assert card["sha256"] == hashlib.sha256((WEIGHTS_DIR / first).read_bytes()).hexdigest()
+
+
 @pytest.mark.slow
 def test_default_config_finds_the_shipped_weights_from_any_directory(tmp_path):
     import os

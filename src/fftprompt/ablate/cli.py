@@ -89,7 +89,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--backbones",
         default=None,
-        help=f"subset of {list(BACKBONES)}: the shipped formula-pretrained weights and/or the random ViT (default "
+        help=f"subset of {list(BACKBONES)}: the shipped pretrained weights and/or the random ViT (default "
         "pretrained; random with --quick)",
     )
     parser.add_argument(

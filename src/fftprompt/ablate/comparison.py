@@ -243,8 +243,8 @@ def format_comparison(reports: Sequence[dict[str, Any]], meta: dict[str, Any], f
         "",
         f"Frozen `{s['backbone']}` (L={b['num_layers']} blocks, D={b['embed_dim']}): "
         + (
-            f"**pretrained** = the shipped `{weights}` weights (formula-pretrained, no natural images; "
-            "[pretraining.md](pretraining.md)), "
+            f"**pretrained** = the `{weights}` weights (pretrained by this project on rendered images, no natural "
+            "images; [pretraining.md](pretraining.md)), "
             if weights
             else ""
         )
