@@ -150,7 +150,7 @@ def test_a_moved_run_of_another_clone_works_unchanged(tmp_path, monkeypatch):
 def test_locate_weights_takes_the_recorded_file_then_the_shipped_one_by_sha256(tmp_path):
     shipped = WEIGHTS_DIR / DEMO_WEIGHTS
     sha = file_sha256(shipped)
-    assert sha == (WEIGHTS_DIR / "vit_demo_patch8_fractaldb.sha256").read_text().split()[0]  # the model card's
+    assert sha == (WEIGHTS_DIR / DEMO_WEIGHTS).with_suffix(".sha256").read_text().split()[0]  # the model card's
     gone = tmp_path / "old-clone" / DEMO_WEIGHTS
     assert locate_weights(gone, sha) == shipped
     assert locate_weights(gone, None) == shipped  # runs written before SHA256s were recorded

@@ -23,7 +23,7 @@ from pathlib import Path
 __all__ = ["DEMO_WEIGHTS", "RESOLVER", "WEIGHTS_DIR", "file_sha256", "locate_weights", "shipped_name", "weights_path"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
-DEMO_WEIGHTS = "vit_demo_patch8_fractaldb.safetensors"
+DEMO_WEIGHTS = "vit_demo_patch8_mixture_simclr.safetensors"
 RESOLVER = "fftprompt.weights"  # the OmegaConf resolver name, registered with weights_path by fftprompt.run and .cli
 _HASHES: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> SHA256: files are hashed once
 
