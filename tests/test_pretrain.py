@@ -272,6 +272,14 @@ def test_shipped_demo_weights_match_their_sha256_and_model_card():
     assert card["sha256"] == digest and card["backbone"]["name"] == "vit_demo_patch8"
     assert card["images_seen"] == card["steps"] * card["batch_size"] > 0
     assert digest in weights.with_suffix(".md").read_text()
+    # chosen by the probe on validation splits only, continued from the first (fractal) weights, both recorded
+    selection = card["selection"]
+    assert selection["chosen_on"] == "val" and selection["chosen_step"] <= card["steps"]
+    assert max(entry["score"] for entry in selection["curve"]) == selection["chosen_score"]
+    assert selection["chosen_score"] > selection["curve"][0]["score"]  # it beat its starting weights
+    first = WEIGHTS_DIR / "vit_demo_patch8_fractaldb.safetensors"
+    assert card["initial_weights"]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert "Checkpoint selection" in weights.with_suffix(".md").read_text()
 
 
 def test_the_first_fractal_weights_stay_loadable_by_name():

@@ -1,8 +1,10 @@
 """Backbone weights shipped with fftprompt (package data, also reachable as ``weights/`` from the repository root).
 
-``vit_demo_patch8_fractaldb.safetensors`` is the demo ViT pretrained by ``fftprompt-pretrain`` on FractalDB-style
-fractals (its model card and SHA256 lie next to it). Configs name these files through the ``fftprompt.weights``
-resolver that :mod:`fftprompt.run` and :mod:`fftprompt.cli` register when imported:
+:data:`DEMO_WEIGHTS` (``vit_demo_patch8_mixture_simclr.safetensors``) is the demo ViT's default: pretrained by
+``fftprompt-pretrain`` on FractalDB-style fractals, then contrastively on a mixture of procedural images, the step
+chosen by a validation probe; ``vit_demo_patch8_fractaldb.safetensors`` holds the first, fractal-only weights. Model
+cards and SHA256s lie next to them. Configs name these files through the ``fftprompt.weights`` resolver that
+:mod:`fftprompt.run` and :mod:`fftprompt.cli` register when imported:
 ``${fftprompt.weights:vit_demo_patch8_fractaldb.safetensors}`` becomes the absolute path of the file inside the
 installed package, whatever the working directory.
 
