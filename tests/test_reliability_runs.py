@@ -472,6 +472,9 @@ def test_an_unreachable_hub_fails_within_the_probe_timeout(monkeypatch, no_netwo
 # ---------------------------------------------------------------------------------------------------- documentation
 
 
+PRETRAIN_GROUPS = {"source", "objective", "selection"}  # groups only pretrain.yaml composes
+
+
 @cache
 def _composed(config_name: str, overrides: tuple[str, ...] = ()) -> DictConfig:
     return compose([*overrides, "paths.output_dir=/nonexistent"], config_name=config_name)
@@ -502,9 +505,10 @@ def test_every_config_key_quoted_in_the_docs_exists(document):
     missing = []
     for key in sorted(keys):
         group = key.split(".")[0]
-        configs = [_composed(name) for name in ("train", "eval")]
+        configs = [_composed(name) for name in ("train", "eval", "pretrain")]
         if (CONFIG_DIR / group).is_dir():
-            configs += [_composed("train", (f"{group}={option}",)) for option in options(group)]
+            top = "pretrain" if group in PRETRAIN_GROUPS else "train"
+            configs += [_composed(top, (f"{group}={option}",)) for option in options(group)]
         if not any(_has_key(cfg, key) for cfg in configs):
             missing.append(key)
     assert not missing, f"{document} names config keys that no composed config has: {missing}"
