@@ -71,8 +71,8 @@ class PretrainModule(L.LightningModule):
     """Full training of a timm ViT on rendered images by an objective (AdamW, warm-up + cosine).
 
     Args:
-        model: Trainable timm ViT whose classifier has ``objective.classifier_size(source.num_classes)`` outputs
-            (``(B, 3, H, W) -> (B, K)``, or the pooled features ``(B, D)`` without a classifier).
+        model: Trainable timm ViT without a classifier: ``(B, 3, H, W) -> (B, D)`` pooled features (the
+            objective owns the head).
         source: The rendered images (and their classes, if any).
         objective: What the model learns from them (its parameters, e.g. a projection head, are trained too).
         batch_size: Images per rendered batch.
