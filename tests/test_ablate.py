@@ -16,7 +16,7 @@ from fftprompt.ablate.runner import FULL_OVERRIDES, QUICK_OVERRIDES, RUN_OVERRID
 from fftprompt.ablate.settings import plan_settings
 from fftprompt.ablate.tables import goal_check, summarise
 from fftprompt.model import create_model
-from fftprompt.prompts import ModelDims
+from fftprompt.prompts import FrequencyPrompt, ModelDims
 from fftprompt.run import compose
 
 TINY = [*QUICK_OVERRIDES, *RUN_OVERRIDES, "paths.output_dir=/nonexistent/fftprompt-ablate"]
@@ -337,7 +337,21 @@ def test_fft_generators_keep_the_map_statistics_where_the_budget_allows():
     demo_variants = {v.name: v.overrides for v in plan_variants(demo, 8, ["fft_shallow", "fft_no_statistics"])[0]}
     assert "prompt.use_statistics=true" in demo_variants["fft_shallow"]
     assert demo_variants["fft_no_statistics"][-1] == "prompt.use_statistics=false"
-    # the tiny backbone's budget (640, a quarter to FourierFT) cannot hold them beside the combined method's prompts
-    tiny_variants = {v.name: v.overrides for v in plan_variants(tiny, 4, ["fft_shallow", "fft_fourierft"])[0]}
+    # budget 600: the smallest generator with statistics (563 parameters) fits, but leaves FourierFT less than a
+    # tenth of it beside the combined method's prompts, which then go without statistics (469 parameters)
+    tiny_variants = {v.name: v.overrides for v in plan_variants(tiny, 4, ["fft_shallow", "fft_fourierft"], 600)[0]}
     assert "prompt.use_statistics=true" in tiny_variants["fft_shallow"]
     assert "prompt.use_statistics=false" in tiny_variants["fft_fourierft"]
+    assert tiny_variants["fft_fourierft"][-1] == f"adapter.n_frequency={(600 - 469) // 4}"
+
+
+def test_fft_fourierft_holds_fft_shallows_generator_and_fourierft_fills_the_budget():
+    demo = ModelDims(embed_dim=96, num_layers=4, patch_size=8, grid_size=(8, 8), in_chans=3, feature_channels=23)
+    variants, budget = plan_variants(demo, 8, ["fft_shallow", "fft_fourierft"])
+    shallow, combined = (v.overrides for v in variants)
+    assert combined[: len(shallow) - 1] == shallow[:-1]  # the same generator; only the adapter differs
+    settings = dict(o.removeprefix("prompt.").split("=") for o in shallow if o.startswith("prompt."))
+    kwargs = {k: v == "true" if v in ("true", "false") else int(v) for k, v in settings.items()}
+    generator = FrequencyPrompt(demo, **kwargs).num_parameters()
+    n_frequency = int(combined[-1].split("=")[1])
+    assert n_frequency == (budget["budget"] - generator) // 8 and n_frequency * 8 >= 0.1 * budget["budget"]

@@ -8,7 +8,9 @@ parameters; every method gets at most ``B`` trainable parameters besides the (sh
 - FourierFT: ``n_frequency = B // M`` for ``M`` adapted matrices;
 - fft prompts (shallow: 4 prompts; deep: 2 per block): the widest generator (``hidden_dim`` h, ``spectrum_dim`` h/2,
   ``spectrum_crop`` 4, 2 heads) with at most ``B`` parameters;
-- fft prompts + FourierFT: a quarter of ``B`` for FourierFT, the widest shallow generator within the rest.
+- fft prompts + FourierFT: fft prompts shallow's generator and FourierFT with the parameters it leaves
+  (``n_frequency = (B - generator) // M``), so that the combination holds its fft part whole; where that leaves
+  FourierFT less than a tenth of ``B``, the widest shallow generator within nine tenths of ``B``, FourierFT the rest.
 - VAPT: VPT-deep's prompts per block (fewer where the token-wise projectors alone exceed ``B``) and the widest
   feature projector (``hidden_dim`` r) with at most ``B`` parameters.
 
@@ -56,7 +58,7 @@ _FFT_SHALLOW_TOKENS = 4
 _FFT_DEEP_TOKENS = 2
 _FFT_HEADS = 2
 _FFT_CROP = 4
-_FOURIERFT_SHARE = 0.25  # of the budget, in fft prompts + FourierFT
+_FOURIERFT_MIN_SHARE = 0.1  # of the budget, the least FourierFT gets in fft prompts + FourierFT
 
 VariantKind = Literal["method", "feature ablation"]
 
@@ -84,6 +86,10 @@ def _fft_settings(hidden_dim: int, num_tokens: int, statistics: bool = True) -> 
     }
 
 
+def _fft_parameters(dims: ModelDims, settings: dict[str, Any], deep: bool = False) -> int:
+    return FrequencyPrompt(dims, deep=deep, **settings).num_parameters()
+
+
 def _fft_overrides(settings: dict[str, Any]) -> tuple[str, ...]:
     return tuple(
         f"prompt.{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items()
@@ -98,7 +104,7 @@ def _widest_fft(dims: ModelDims, budget: int, num_tokens: int, deep: bool) -> di
         best = None
         for hidden_dim in range(_FFT_HEADS, 513, _FFT_HEADS):
             settings = _fft_settings(hidden_dim, num_tokens, statistics)
-            if FrequencyPrompt(dims, deep=deep, **settings).num_parameters() > budget:
+            if _fft_parameters(dims, settings, deep) > budget:
                 break
             best = settings
         if best is not None:
@@ -145,8 +151,10 @@ def plan_variants(
     budget = 10 * layers * embed_dim if budget is None else budget
     fft_shallow = _widest_fft(dims, budget, _FFT_SHALLOW_TOKENS, deep=False)
     fft_deep = _widest_fft(dims, budget, _FFT_DEEP_TOKENS, deep=True)
-    fourier_small = max(int(budget * _FOURIERFT_SHARE) // matrices, 1)
-    fft_combined = _widest_fft(dims, budget - fourier_small * matrices, _FFT_SHALLOW_TOKENS, deep=False)
+    fft_combined = fft_shallow
+    if budget - _fft_parameters(dims, fft_shallow) < budget * _FOURIERFT_MIN_SHARE:
+        fft_combined = _widest_fft(dims, int(budget * (1 - _FOURIERFT_MIN_SHARE)), _FFT_SHALLOW_TOKENS, deep=False)
+    fourier_small = max((budget - _fft_parameters(dims, fft_combined)) // matrices, 1)
     tokens_per_block = max(budget // (layers * embed_dim), 1)
     per_block = f"prompt.num_tokens={tokens_per_block}"
     vapt = _sized_vapt(dims, budget, tokens_per_block) if "vapt" in names else ()
