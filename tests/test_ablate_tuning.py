@@ -1,5 +1,5 @@
-"""fftprompt-ablate --tune: the grid (equal for every method), the choice on validation, the reference rows, and the
-segmentation settings on the shared sample."""
+"""fftprompt-ablate --tune: the grid (equal for every method), the choice on validation, the reference rows, the paired
+differences, and the segmentation settings on the shared sample."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 import yaml
 
 from fftprompt.ablate.cli import main, parse_args
 from fftprompt.ablate.comparison import standard_error
+from fftprompt.ablate.paired import OUTCOMES_FILE, paired_difference, test_outcomes
 from fftprompt.ablate.reference import REFERENCES, reference_rows, reference_table_rows
 from fftprompt.ablate.runner import describe_data
 from fftprompt.ablate.settings import plan_settings
@@ -100,6 +102,21 @@ def test_quick_tuned_comparison_end_to_end(tmp_path: Path, capsys):
     assert {r["name"] for r in report["reference"]} == set(REFERENCES)
     doc = (tmp_path / "a.md").read_text()
     assert "tuned on validation" in doc and "*reference:* backbone k-NN" in doc and "standard error" in doc
+    # per-image outcomes: reproduce each run's test accuracy; the paired table anchors on the only fft method
+    for run in report["runs"]:
+        assert len(run["test_correct"]) == report["settings"]["num_test"]
+        assert math.isclose(float(np.mean(run["test_correct"])), run["test/acc"], abs_tol=1e-6)
+    assert all(len(row["test_correct"]) == report["settings"]["num_test"] for row in report["reference"])
+    assert "against **fft prompts shallow**" in doc and "| fft prompts shallow | " in doc.split("Paired on")[1]
+    # a run whose recorded accuracy no longer matches its weights is refused, not paired
+    final = Path(report["runs"][0]["run_dir"])
+    (final / OUTCOMES_FILE).unlink()
+    metrics = json.loads((final / "metrics.json").read_text())
+    (final / "metrics.json").write_text(json.dumps({**metrics, "test/acc": metrics["test/acc"] + 0.01}))
+    with pytest.raises(RuntimeError, match="recorded test/acc"):
+        test_outcomes(final)
+    (final / "metrics.json").write_text(json.dumps(metrics))
+    assert test_outcomes(final)["correct"] == report["runs"][0]["test_correct"]
     capsys.readouterr()
     # a second invocation reuses every trial and run
     assert main(argv) == 0
@@ -129,6 +146,19 @@ def test_reference_rows_on_synthetic_features():
         assert row["val_acc"] == max(row["grid"].values())
     with pytest.raises(ValueError, match="feature sets"):
         reference_table_rows({"fft": fft}, labels, splits, 3)
+
+
+def test_paired_difference_is_the_paired_t_tests():
+    generator = np.random.default_rng(0)
+    anchor = (generator.random((3, 200)) < 0.6).astype(float)
+    scores = (generator.random((3, 200)) < 0.7).astype(float)
+    difference, se = paired_difference(scores, anchor)
+    t = scipy.stats.ttest_rel(scores.mean(axis=0), anchor.mean(axis=0)).statistic
+    assert math.isclose(difference, scores.mean() - anchor.mean()) and math.isclose(difference / se, t)
+    reference = scores[:1]  # a row without seeds against the anchor's three
+    assert math.isclose(paired_difference(reference, anchor)[0], reference.mean() - anchor.mean())
+    with pytest.raises(ValueError, match="test images"):
+        paired_difference(scores[:, :10], anchor)
 
 
 def test_standard_error():

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fftprompt.ablate.comparison import format_comparison, write_comparison
+from fftprompt.ablate.paired import add_outcomes
 from fftprompt.ablate.plan import ABLATIONS, METHODS
 from fftprompt.ablate.reference import add_references
 from fftprompt.ablate.runner import FULL_EPOCHS, QUICK_EPOCHS, load_average, run_ablation, run_settings, run_workers
@@ -228,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if args.tune or any(r["settings"]["task"] == "classification" for r in reports):
             add_references(reports, args)
+        if args.tune:
+            add_outcomes(reports)
         written = write_comparison(
             reports, meta, Path(args.output).resolve(), None if args.doc is None else Path(args.doc)
         )

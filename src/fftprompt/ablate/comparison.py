@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fftprompt.ablate.paired import paired_rows
 from fftprompt.ablate.plan import LABELS
 from fftprompt.ablate.tables import BASELINES, OURS, goal_check
 from fftprompt.tables import format_mean_std, markdown_table
@@ -124,6 +125,40 @@ def _standard_error_line(report: dict[str, Any]) -> str | None:
         f"Test standard error ({report['settings']['backbone_init']} backbone): sqrt(p(1-p)/n) = "
         f"{standard_error(best, n):.3f} at the best accuracy p = {best:.3f} ({label}), n = {n} test images."
     )
+
+
+def _paired_table(report: dict[str, Any]) -> list[str]:
+    """Every row's accuracy difference to the validation-chosen frequency method, with its paired standard error
+    (:mod:`.paired`); empty without per-image outcomes."""
+    rows = paired_rows(report)
+    if not rows:
+        return []
+    anchor = next(row for row in rows if row["anchor"])
+    n = report["settings"]["num_test"]
+    lines = [
+        f"Paired on the same {n} test images ({report['settings']['backbone_init']} backbone), against "
+        f"**{anchor['label']}** (of the frequency-prompt methods, the best mean validation score of its final runs): "
+        "per image, the share of a row's seeds that are right minus the anchor's; the mean is the difference of the "
+        "accuracies, its standard error the paired one, std/sqrt(n), and the interval ± 1.96 of it (in points).",
+        "",
+    ]
+    table = []
+    for row in rows:
+        if row["anchor"]:
+            table.append([row["label"], f"{row['acc']:.3f}", "anchor", "", ""])
+            continue
+        low, high = (row["difference"] + sign * 1.96 * row["se"] for sign in (-1, 1))
+        table.append(
+            [
+                row["label"],
+                f"{row['acc']:.3f}",
+                f"{row['difference'] * 100:+.1f}",
+                f"{row['se'] * 100:.1f}",
+                f"[{low * 100:+.1f}, {high * 100:+.1f}]",
+            ]
+        )
+    header = ["row", "accuracy", "difference", "paired SE", "95% interval"]
+    return lines + markdown_table(header, table, ["l", "r", "r", "r", "r"])
 
 
 def _tuning_table(report: dict[str, Any]) -> list[str]:
@@ -307,6 +342,8 @@ def format_comparison(reports: Sequence[dict[str, Any]], meta: dict[str, Any], f
             report = index.get((dataset, backbone, None))
             line = None if report is None else _standard_error_line(report)
             lines += [] if line is None else [line, ""]
+            paired = [] if report is None else _paired_table(report)
+            lines += [*paired, ""] if paired else []
         for backbone in backbones:
             report = index.get((dataset, backbone, None))
             trials = [] if report is None else _tuning_table(report)

@@ -67,7 +67,8 @@ def reference_table_rows(
 
     Returns:
         Per row: ``name``, ``label``, ``features``, ``classifier``, ``trainable_params``, ``acc``, ``f1`` (test),
-        ``val_acc`` (of the chosen value), ``chosen``, ``grid`` (validation accuracy per grid value).
+        ``val_acc`` (of the chosen value), ``chosen``, ``grid`` (validation accuracy per grid value),
+        ``test_correct`` (1 or 0 per test image, in ``splits["test"]`` order).
     """
     wanted = {fs for _, fs, _ in REFERENCES.values()}
     missing = sorted(wanted - set(features))
@@ -98,6 +99,7 @@ def reference_table_rows(
                 "val_acc": entry["grid"][str(next(iter(entry["chosen"].values())))],
                 "chosen": entry["chosen"],
                 "grid": entry["grid"],
+                "test_correct": entry["test_correct"],
             }
         )
     return rows
@@ -143,7 +145,8 @@ def reference_rows(cfg: DictConfig, batch_size: int = 64) -> list[dict[str, Any]
 def add_references(reports: Sequence[dict[str, Any]], args: Any) -> None:
     """Adds ``reference`` (the rows of :func:`reference_rows`) to every classification report of a setting with all
     its training images, computed once per setting and kept in ``<output>/<setting>/reference.json`` (reused while
-    the setting's overrides and seed are unchanged; ``--rerun`` computes it again)."""
+    the setting's overrides and seed are unchanged and it holds the per-image outcomes; ``--rerun`` computes it
+    again)."""
     for report in reports:
         settings = report["settings"]
         if settings["task"] != "classification" or settings["shots"] is not None:
@@ -152,7 +155,7 @@ def add_references(reports: Sequence[dict[str, Any]], args: Any) -> None:
         path = Path(args.output).resolve() / subdir / "reference.json"
         key = {"overrides": list(settings["overrides"]), "seed": int(settings["seeds"][0])}
         cached = None if args.rerun or not path.is_file() else json.loads(path.read_text(encoding="utf-8"))
-        if cached is not None and cached.get("key") == key:
+        if cached is not None and cached.get("key") == key and all("test_correct" in r for r in cached["rows"]):
             report["reference"] = cached["rows"]
             continue
         cfg = compose([*settings["overrides"], f"seed={key['seed']}", f"paths.output_dir={path.parent}"])

@@ -122,7 +122,10 @@ def probe(cfg: DictConfig, echo: Callable[[str], None] = print) -> dict[str, Any
         },
         "feature_dims": {name: int(matrix.shape[1]) for name, matrix in features.items()},
         "summary": _summary(results),
-        "results": results,
+        "results": {  # the per-image outcomes are for paired comparisons of one split (fftprompt-ablate), not here
+            name: {c: [{k: v for k, v in r.items() if k != "test_correct"} for r in runs] for c, runs in by.items()}
+            for name, by in results.items()
+        },
         "timing": {
             "wall_s": round(time.perf_counter() - started, 2),
             "cpu_s": round(time.process_time() - cpu_started, 2),

@@ -106,8 +106,9 @@ def evaluate_probes(
         progress: Called with a line of text after each fit (None: silent).
 
     Returns:
-        ``{feature set: {classifier: [per repeat {"chosen", "grid", "test", ...}]}}``; ``grid`` maps each grid value
-        (as a string) to its ``select_on`` accuracy.
+        ``{feature set: {classifier: [per repeat {"chosen", "grid", "test", "test_correct", ...}]}}``; ``grid`` maps
+        each grid value (as a string) to its ``select_on`` accuracy; ``test_correct`` is 1 or 0 per test image, in
+        the split's order.
     """
     check_choice("select_on", select_on, SelectOn)
     for name in classifiers:
@@ -142,11 +143,13 @@ def _linear(
     probes = [fit_linear_probe(x["train"], y["train"], num_classes, float(value)) for value in grid]
     scores = [score(probe.predict(x[select_on]), y[select_on], num_classes)["acc"] for probe in probes]
     best = int(np.argmax(scores))  # the first of equal scores: the smallest weight decay
+    predictions = probes[best].predict(x["test"])
     return {
         "chosen": {"weight_decay": float(grid[best])},
         "grid": {str(float(value)): s for value, s in zip(grid, scores, strict=True)},
         "iterations": probes[best].iterations,
-        "test": score(probes[best].predict(x["test"]), y["test"], num_classes),
+        "test": score(predictions, y["test"], num_classes),
+        "test_correct": (predictions == y["test"]).int().tolist(),
     }
 
 
@@ -169,8 +172,10 @@ def _knn(
 
     scores = [score(predict(select_on, k), y[select_on], num_classes)["acc"] for k in usable]
     best = int(np.argmax(scores))
+    predictions = predict("test", usable[best])
     return {
         "chosen": {"k": usable[best]},
         "grid": {str(k): s for k, s in zip(usable, scores, strict=True)},
-        "test": score(predict("test", usable[best]), y["test"], num_classes),
+        "test": score(predictions, y["test"], num_classes),
+        "test_correct": (predictions == y["test"]).int().tolist(),
     }
