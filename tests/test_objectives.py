@@ -88,15 +88,15 @@ def test_objectives_train_their_heads_and_refuse_what_they_cannot_use():
     images, labels = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
     generator = torch.Generator().manual_seed(0)
     supervised = Supervised(num_features=16, num_classes=3)
-    views = supervised.views(images, generator)
-    assert len(views) == 1 and torch.equal(views[0], images)
+    views, targets = supervised.views(images, labels, generator)
+    assert len(views) == 1 and torch.equal(views[0], images) and targets is labels
     loss, accuracy = supervised.loss(model, views, labels)
     loss.backward()
     assert supervised.classifier.weight.grad is not None and 0 <= accuracy <= 1
     with pytest.raises(ValueError, match="objective=simclr"):
         Supervised(num_features=16, num_classes=0)
     simclr = SimCLR(num_features=16, num_classes=0)
-    views = simclr.views(images, generator)
+    views, _ = simclr.views(images, labels, generator)
     assert len(views) == 2 and not torch.equal(views[0], views[1])
     loss, _ = simclr.loss(model, views, labels)
     loss.backward()

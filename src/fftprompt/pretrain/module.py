@@ -135,8 +135,8 @@ class PretrainModule(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[list[Tensor], Tensor]:
         """Renders the batch for this optimiser step on the module's device and the objective's views of it:
-        ``count -> ([views (B, 3, H, W) normalised], labels (B,))``; a ``(images, labels)`` pair handed in (in
-        ``[0, 1]``) gets its views the same way."""
+        ``count -> ([views (B, 3, H, W) normalised], targets)`` (labels ``(B,)``, or soft targets ``(B, K)`` of a
+        mixing objective); a ``(images, labels)`` pair handed in (in ``[0, 1]``) gets its views the same way."""
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         step = self.trainer.global_step if self._trainer is not None else 0
         if isinstance(batch, (tuple, list)):
@@ -146,23 +146,23 @@ class PretrainModule(L.LightningModule):
             seed = batch_seed(self.seed, step, int(batch) % accumulate)
             images, labels = self.source.sample(self.batch_size, seed, self.device)
         generator = torch.Generator(images.device).manual_seed(seed ^ _VIEW_SEED)
-        views = self.objective.views(images, generator)
-        return [(view - self.mean) / self.std for view in views], labels
+        views, targets = self.objective.views(images, labels, generator)
+        return [(view - self.mean) / self.std for view in views], targets
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W) -> (B, K)`` logits, or ``(B, D)`` pooled features without a classifier."""
         return self.model(images)
 
     def training_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
-        views, labels = batch
-        loss, accuracy = self.objective.loss(self.model, views, labels)
+        views, targets = batch
+        loss, accuracy = self.objective.loss(self.model, views, targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite pretraining loss at global step {self.global_step}; lower the learning rate "
                 "(optimizer.lr) or keep gradient clipping on (trainer.gradient_clip_val)"
             )
-        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=len(labels))
-        self.log("train/acc", accuracy, on_step=True, prog_bar=True, batch_size=len(labels))
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=len(targets))
+        self.log("train/acc", accuracy, on_step=True, prog_bar=True, batch_size=len(targets))
         self.log("lr", self.optimizers().optimizer.param_groups[0]["lr"], on_step=True)
         self._window.append((float(loss.detach()), float(accuracy)))
         # recorded here, not in on_train_batch_end: checkpoint callbacks run before that hook and must see the entry

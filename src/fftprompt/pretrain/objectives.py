@@ -6,7 +6,8 @@ the learning curve. Both take ``num_features`` (the ViT's width) and ``num_class
 classes), which ``fftprompt-pretrain`` passes:
 
 - :class:`Supervised`: a linear classifier and cross-entropy on the source's classes (FractalDB, VisualAtom),
-  optionally on one augmented view per image (OFDB's instance augmentation).
+  optionally on one augmented view per image (OFDB's instance augmentation) and with MixUp/CutMix
+  (:class:`~fftprompt.pretrain.mixing.BatchMix`, soft targets).
 - :class:`SimCLR`: the NT-Xent contrastive loss between two augmented views of every image (Chen et al., ICML 2020),
   through a projection MLP; needs no classes, so it trains on any source. Optionally the pooled features also
   regress the views' orderless FFT statistics (:func:`fftprompt.spectral.map_statistics` of the frequency maps),
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from fftprompt.pretrain.mixing import BatchMix
 from fftprompt.pretrain.views import ViewAugment
 from fftprompt.spectral import FrequencyFeatures, map_statistics
 
@@ -55,12 +57,16 @@ class Supervised(nn.Module):
         num_classes: ``K >= 2``, the source's classes (a source without classes is refused).
         label_smoothing: Cross-entropy label smoothing.
         augment: Random view of each image before the step (null: the rendered images as they are).
+        mix: MixUp/CutMix of the (augmented) batch, with soft targets (null: none).
     """
 
-    name = "supervised"
-
     def __init__(
-        self, num_features: int, num_classes: int, label_smoothing: float = 0.1, augment: ViewAugment | None = None
+        self,
+        num_features: int,
+        num_classes: int,
+        label_smoothing: float = 0.1,
+        augment: ViewAugment | None = None,
+        mix: BatchMix | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -73,21 +79,37 @@ class Supervised(nn.Module):
         self.classifier = nn.Linear(num_features, num_classes)
         self.label_smoothing = label_smoothing
         self.augment = augment
+        self.mix = mix
 
-    def views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
-        """``(B, 3, H, W)`` in ``[0, 1]`` -> ``[(B, 3, H, W)]``."""
-        return [images if self.augment is None else self.augment(images, generator)]
+    @property
+    def name(self) -> str:
+        """``supervised``, ``ofdb`` with random views, ``_mix`` appended with mixing (the default weights' name)."""
+        return ("supervised" if self.augment is None else "ofdb") + ("" if self.mix is None else "_mix")
 
-    def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
-        """``(loss, accuracy)`` of the classifier's logits on the single view."""
+    def views(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[list[Tensor], Tensor]:
+        """``(B, 3, H, W)`` in ``[0, 1]``, labels ``(B,)`` -> ``([(B, 3, H, W)], targets)``: the labels, or soft
+        targets ``(B, K)`` with mixing."""
+        view = images if self.augment is None else self.augment(images, generator)
+        if self.mix is None:
+            return [view], labels
+        mixed, targets = self.mix(view, labels, self.classifier.out_features, generator)
+        return [mixed], targets
+
+    def loss(self, model: nn.Module, views: list[Tensor], targets: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, accuracy)`` of the classifier's logits on the single view, against class indices ``(B,)`` or
+        soft targets ``(B, K)`` (accuracy against their largest class)."""
         logits = self.classifier(model(views[0]))
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(
+            logits.float(), targets.float() if targets.ndim == 2 else targets, label_smoothing=self.label_smoothing
+        )
+        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
         return loss, (logits.argmax(dim=1) == labels).float().mean()
 
     def describe(self) -> dict[str, object]:
         """The settings, for model cards."""
         augment = None if self.augment is None else self.augment.describe()
-        return {"objective": self.name, "label_smoothing": self.label_smoothing, "augment": augment}
+        mix = None if self.mix is None else self.mix.describe()
+        return {"objective": self.name, "label_smoothing": self.label_smoothing, "augment": augment, "mix": mix}
 
 
 class SimCLR(nn.Module):
@@ -141,9 +163,9 @@ class SimCLR(nn.Module):
             nn.Linear(num_features, 2 * self.frequency.num_channels) if self.frequency is not None else None
         )
 
-    def views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
-        """``(B, 3, H, W)`` in ``[0, 1]`` -> two independent views of each image."""
-        return [self.augment(images, generator), self.augment(images, generator)]
+    def views(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[list[Tensor], Tensor]:
+        """``(B, 3, H, W)`` in ``[0, 1]`` -> two independent views of each image, and the labels (unused)."""
+        return [self.augment(images, generator), self.augment(images, generator)], labels
 
     def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(loss, accuracy)`` of NT-Xent on the projected features of both views, in one forward pass (plus the
