@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,24 @@ def test_classification_head_dropout_only_in_training():
     assert torch.equal(head(pooled), head(pooled))
     head.train()
     assert not torch.equal(head(pooled), head(pooled))
+
+
+def test_standardising_head_standardises_each_feature_as_a_probe_does():
+    torch.manual_seed(0)
+    head = ClassificationHead(16, 4, standardize=True)
+    pooled = torch.randn(32, 16) * torch.linspace(0.1, 10, 16) + 5  # features of very different scales
+    x = pooled.double().numpy()
+    standardised = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-5)  # numpy: batch mean, biased variance
+    weight, bias = head.classifier.weight.detach().double().numpy(), head.classifier.bias.detach().double().numpy()
+    np.testing.assert_allclose(head(pooled).detach().double().numpy(), standardised @ weight.T + bias, atol=1e-4)
+    # eval: the running averages, and they travel with the head's state to a head rebuilt from its config
+    head.eval()
+    rebuilt = ClassificationHead(**head.config).eval()
+    rebuilt.load_state_dict(head.state_dict())
+    torch.testing.assert_close(rebuilt(pooled), head(pooled))
+    assert (
+        "standardize" not in ClassificationHead(16, 4).config
+    )  # adapters written before the option reload as they were
 
 
 @pytest.mark.parametrize("decoder", [LinearDecoder, PUPDecoder])

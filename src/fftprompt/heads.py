@@ -18,23 +18,31 @@ __all__ = ["ClassificationHead", "LinearDecoder", "PUPDecoder"]
 
 
 class ClassificationHead(nn.Module):
-    """Optional LayerNorm, dropout and a linear classifier: ``(B, D) -> (B, K)``.
+    """Optional LayerNorm, optional per-feature standardisation, dropout and a linear classifier: ``(B, D) -> (B, K)``.
 
     Args:
         embed_dim: Width ``D`` of the pooled features.
         num_classes: Classes ``K``.
         norm: LayerNorm the pooled features first.
         dropout: Dropout before the classifier while training.
+        standardize: Standardise each feature by batch statistics while training and running averages in eval
+            (``BatchNorm1d`` without affine parameters, MAE's linear-probing head), as a fitted probe standardises
+            its inputs.
     """
 
     requires_maps = False
 
-    def __init__(self, embed_dim: int, num_classes: int, norm: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self, embed_dim: int, num_classes: int, norm: bool = False, dropout: float = 0.0, standardize: bool = False
+    ) -> None:
         super().__init__()
         _check_classes(num_classes)
         self.config = {"embed_dim": embed_dim, "num_classes": num_classes, "norm": norm, "dropout": dropout}
+        if standardize:  # recorded only when on, so that adapters written before the option reload unchanged
+            self.config["standardize"] = True
         self.num_classes = num_classes
         self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
+        self.standardize = nn.BatchNorm1d(embed_dim, affine=False) if standardize else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.classifier.weight, std=0.02)
@@ -42,7 +50,7 @@ class ClassificationHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         """``(B, D) -> (B, K)`` logits."""
-        return self.classifier(self.dropout(self.norm(pooled)))
+        return self.classifier(self.dropout(self.standardize(self.norm(pooled))))
 
 
 class _SegmentationDecoder(nn.Module, abc.ABC):
