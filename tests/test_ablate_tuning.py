@@ -15,7 +15,7 @@ import yaml
 
 from fftprompt.ablate.cli import main, parse_args
 from fftprompt.ablate.comparison import standard_error
-from fftprompt.ablate.paired import OUTCOMES_FILE, paired_difference, test_outcomes
+from fftprompt.ablate.paired import OUTCOMES_FILE, paired_difference, per_image_outcomes
 from fftprompt.ablate.reference import REFERENCES, reference_rows, reference_table_rows
 from fftprompt.ablate.runner import describe_data
 from fftprompt.ablate.settings import plan_settings
@@ -114,9 +114,9 @@ def test_quick_tuned_comparison_end_to_end(tmp_path: Path, capsys):
     metrics = json.loads((final / "metrics.json").read_text())
     (final / "metrics.json").write_text(json.dumps({**metrics, "test/acc": metrics["test/acc"] + 0.01}))
     with pytest.raises(RuntimeError, match="recorded test/acc"):
-        test_outcomes(final)
+        per_image_outcomes(final)
     (final / "metrics.json").write_text(json.dumps(metrics))
-    assert test_outcomes(final)["correct"] == report["runs"][0]["test_correct"]
+    assert per_image_outcomes(final)["correct"] == report["runs"][0]["test_correct"]
     capsys.readouterr()
     # a second invocation reuses every trial and run
     assert main(argv) == 0

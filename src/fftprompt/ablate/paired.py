@@ -27,7 +27,14 @@ from fftprompt.runfiles import ADAPTER_WEIGHTS
 from fftprompt.utils import write_json_atomic
 from fftprompt.weights import file_sha256
 
-__all__ = ["OUTCOMES_FILE", "FREQUENCY_METHODS", "add_outcomes", "paired_difference", "paired_rows", "test_outcomes"]
+__all__ = [
+    "FREQUENCY_METHODS",
+    "OUTCOMES_FILE",
+    "add_outcomes",
+    "paired_difference",
+    "paired_rows",
+    "per_image_outcomes",
+]
 
 OUTCOMES_FILE = "test_outcomes.json"
 # the frequency-prompt methods, one of which anchors the paired table
@@ -51,7 +58,7 @@ def paired_difference(scores: np.ndarray, anchor: np.ndarray) -> tuple[float, fl
     return float(difference.mean()), float(difference.std(ddof=1) / math.sqrt(difference.size))
 
 
-def test_outcomes(run_dir: str | Path, batch_size: int = 64) -> dict[str, Any]:
+def per_image_outcomes(run_dir: str | Path, batch_size: int = 64) -> dict[str, Any]:
     """``{"labels", "correct"}`` (per test image, in the split's order) of a finished classification run.
 
     Recomputed through the run's reload road unless ``test_outcomes.json`` holds them for the run's current adapter
@@ -94,7 +101,7 @@ def add_outcomes(reports: Sequence[dict[str, Any]]) -> None:
             continue
         first = None
         for run in report["runs"]:
-            outcomes = test_outcomes(run["run_dir"])
+            outcomes = per_image_outcomes(run["run_dir"])
             first = outcomes["labels"] if first is None else first
             if outcomes["labels"] != first:
                 raise RuntimeError(f"{run['run_dir']}: its test split differs from the other runs' of its setting")
