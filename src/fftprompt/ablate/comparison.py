@@ -144,13 +144,14 @@ def _paired_table(report: dict[str, Any]) -> list[str]:
     ]
     table = []
     for row in rows:
+        label = f"*reference:* {row['label']}" if row["reference"] else row["label"]
         if row["anchor"]:
-            table.append([row["label"], f"{row['acc']:.3f}", "anchor", "", ""])
+            table.append([label, f"{row['acc']:.3f}", "anchor", "", ""])
             continue
         low, high = (row["difference"] + sign * 1.96 * row["se"] for sign in (-1, 1))
         table.append(
             [
-                row["label"],
+                label,
                 f"{row['acc']:.3f}",
                 f"{row['difference'] * 100:+.1f}",
                 f"{row['se'] * 100:.1f}",

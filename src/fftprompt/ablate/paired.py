@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from fftprompt.methods import METHOD_LABELS
+from fftprompt.ablate.plan import LABELS
 from fftprompt.rundir import load_run, read_metrics
 from fftprompt.runfiles import ADAPTER_WEIGHTS
 from fftprompt.utils import write_json_atomic
@@ -113,7 +113,8 @@ def add_outcomes(reports: Sequence[dict[str, Any]]) -> None:
 
 def paired_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Every method and reference row against the anchor (the frequency method with the best mean validation score
-    of its final runs): ``{"name", "label", "acc", "difference", "se", "anchor"}``; empty without outcomes."""
+    of its final runs): ``{"name", "label", "reference", "acc", "difference", "se", "anchor"}``; empty without
+    outcomes."""
     runs = [r for r in report["runs"] if "test_correct" in r]
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
@@ -124,21 +125,22 @@ def paired_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     anchor_name = max(candidates, key=lambda n: float(np.mean([r["val_score"] for r in by_variant[n]])))
     anchor = np.array([r["test_correct"] for r in by_variant[anchor_name]], dtype=float)
     rows = [
-        (name, METHOD_LABELS.get(name, name), np.array([r["test_correct"] for r in variant_runs], dtype=float))
+        (name, LABELS[name], False, np.array([r["test_correct"] for r in variant_runs], dtype=float))
         for name, variant_runs in by_variant.items()
     ]
     rows += [
-        (row["name"], f"*reference:* {row['label']}", np.array([row["test_correct"]], dtype=float))
+        (row["name"], row["label"], True, np.array([row["test_correct"]], dtype=float))
         for row in report.get("reference", [])
         if "test_correct" in row
     ]
     table = []
-    for name, label, scores in rows:
+    for name, label, reference, scores in rows:
         difference, se = paired_difference(scores, anchor)
         table.append(
             {
                 "name": name,
                 "label": label,
+                "reference": reference,
                 "acc": float(scores.mean()),
                 "difference": difference,
                 "se": se,

@@ -99,10 +99,11 @@ class Supervised(nn.Module):
         """``(loss, accuracy)`` of the classifier's logits on the single view, against class indices ``(B,)`` or
         soft targets ``(B, K)`` (accuracy against their largest class)."""
         logits = self.classifier(model(views[0]))
+        soft = targets.ndim == 2
         loss = F.cross_entropy(
-            logits.float(), targets.float() if targets.ndim == 2 else targets, label_smoothing=self.label_smoothing
+            logits.float(), targets.float() if soft else targets, label_smoothing=self.label_smoothing
         )
-        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        labels = targets.argmax(dim=1) if soft else targets
         return loss, (logits.argmax(dim=1) == labels).float().mean()
 
     def describe(self) -> dict[str, object]:
