@@ -20,6 +20,7 @@ PROMPTS = {
     "vfpt": functools.partial(VFPTPrompt, num_tokens=4, alpha=0.5),
     "fft": functools.partial(FrequencyPrompt, num_tokens=3),
     "fft_deep": functools.partial(FrequencyPrompt, num_tokens=3, deep=True, use_patch_tokens=True),
+    "fft_scales": functools.partial(FrequencyPrompt, num_tokens=3, use_statistics=True),
 }
 
 
@@ -30,6 +31,8 @@ def tiny_backbone(name: str = "vit_tiny_patch16_224", seed: int = 0, **kwargs) -
 
 def tiny_model(prompt: str | None = "vpt", adapter: FourierFTConfig | None = None, **kwargs) -> PromptedViT:
     features = FrequencyFeatures if prompt is not None and prompt.startswith("fft") else None
+    if prompt == "fft_scales":  # map statistics at half and twice the patch size too
+        features = functools.partial(FrequencyFeatures, statistics_scales=(0.5, 2))
     kwargs.setdefault("features", features)
     return create_model(
         kwargs.pop("backbone", None) or tiny_backbone(),
@@ -192,7 +195,9 @@ def test_trainable_groups_count_prompt_and_head():
     assert groups["adapter"] == []
 
 
-@pytest.mark.parametrize(("prompt", "adapter_dtype"), [("vpt_deep", None), ("fft", None), ("fft", "bfloat16")])
+@pytest.mark.parametrize(
+    ("prompt", "adapter_dtype"), [("vpt_deep", None), ("fft", None), ("fft", "bfloat16"), ("fft_scales", None)]
+)
 def test_save_load_round_trip(tmp_path, prompt, adapter_dtype):
     adapter = FourierFTConfig(n_frequency=16, dtype=adapter_dtype)
     model = tiny_model(prompt, adapter=adapter)

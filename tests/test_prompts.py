@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -208,3 +209,16 @@ def test_frequency_prompt_statistics_branch():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fresh.statistics_proj.parameters())
     with pytest.raises(ValueError, match="use_statistics=True summarises the compact maps"):
         FrequencyPrompt(DIMS, use_statistics=True)
+
+
+def test_frequency_prompt_reads_the_statistics_of_every_patch_size():
+    features = FrequencyFeatures(patch_size=8, statistics_scales=(0.5, 2))
+    dims = dataclasses.replace(DIMS, feature_channels=features.num_channels, statistics_scales=3)
+    prompt = FrequencyPrompt(dims, num_tokens=4, hidden_dim=16, use_statistics=True, init_std=0.5).eval()
+    assert prompt.statistics_proj.in_features == features.num_statistics
+    images, tokens = _inputs(batch=4)
+    maps = features(images)
+    changed = dataclasses.replace(maps, scale_statistics=maps.scale_statistics + 1.0)
+    assert not torch.allclose(prompt(images, maps, tokens), prompt(images, changed, tokens))
+    with pytest.raises(ValueError, match=r"scale_statistics of shape None; expected \(4, 92\)"):
+        prompt(images, FrequencyFeatures(patch_size=8)(images), tokens)

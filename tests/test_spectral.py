@@ -16,6 +16,7 @@ from fftprompt.spectral import (
     dominant_orientation,
     global_symmetry,
     log_magnitude,
+    map_statistics,
     orientation_bin_index,
     orientation_energy,
     patch_spectrum,
@@ -411,3 +412,32 @@ def test_cuda_matches_cpu() -> None:
         assert value.device.type == "cuda" and value.dtype == torch.float32
         torch.testing.assert_close(value.cpu(), getattr(cpu, field), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(gpu.global_symmetry.cpu(), cpu.global_symmetry, atol=1e-4, rtol=1e-4)
+
+
+def test_statistics_scales_summarise_the_maps_at_other_patch_sizes() -> None:
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    features = FrequencyFeatures(patch_size=8, statistics_scales=(0.5, 2))
+    maps = features(images)
+    assert features.statistics_patch_sizes == (4, 16)
+    expected = torch.cat([map_statistics(FrequencyFeatures(patch_size=p)(images).compact()) for p in (8, 4, 16)], 1)
+    torch.testing.assert_close(maps.statistics(), expected)
+    assert features.num_statistics == 3 * 2 * features.num_channels == expected.shape[1]
+    # the per-patch maps stay at the patch size; without scales the statistics are those of compact()
+    plain = FrequencyFeatures(patch_size=8)(images)
+    assert torch.equal(maps.compact(), plain.compact()) and plain.scale_statistics is None
+    assert torch.equal(plain.statistics(), map_statistics(plain.compact()))
+    assert not features.state_dict()  # the other scales' extractors hold no state either
+
+
+@pytest.mark.parametrize(
+    ("scales", "message"),
+    [
+        ((0.3,), "2.4; each scale must give a whole"),
+        ((1,), "other than patch_size"),
+        ((0.125,), "at least 2"),
+        ((2, 2.0), "repeat a patch size"),
+    ],
+)
+def test_statistics_scales_errors_name_the_scale(scales, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        FrequencyFeatures(patch_size=8, statistics_scales=scales)

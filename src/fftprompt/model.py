@@ -44,7 +44,15 @@ _PROMPT_CLASSES: dict[str, type[PromptSource]] = {
 _HEAD_CLASSES: dict[str, type[nn.Module]] = {
     cls.__name__: cls for cls in (ClassificationHead, LinearDecoder, PUPDecoder)
 }
-_FEATURE_SETTINGS = ("patch_size", "window", "orientation_bins", "radial_bins", "global_symmetry", "groups")
+_FEATURE_SETTINGS = (
+    "patch_size",
+    "window",
+    "orientation_bins",
+    "radial_bins",
+    "global_symmetry",
+    "groups",
+    "statistics_scales",
+)
 
 
 class PromptedViT(nn.Module):

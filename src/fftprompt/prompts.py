@@ -44,6 +44,8 @@ class ModelDims:
         grid_size: Patch grid ``(h, w)`` of the backbone's default input size.
         in_chans: Image channels ``C``.
         feature_channels: ``C_f`` of ``FrequencyMaps.compact()``, 0 when the model computes no features.
+        statistics_scales: ``S``, the patch sizes summarised by ``FrequencyMaps.statistics()`` (``2 * C_f * S``
+            numbers; 1: the backbone's patch size only).
     """
 
     embed_dim: int
@@ -52,6 +54,7 @@ class ModelDims:
     grid_size: tuple[int, int]
     in_chans: int
     feature_channels: int = 0
+    statistics_scales: int = 1
 
     @classmethod
     def of(cls, backbone: Any, features: nn.Module | None = None) -> ModelDims:
@@ -63,6 +66,7 @@ class ModelDims:
             grid_size=tuple(backbone.grid_size),
             in_chans=backbone.in_chans,
             feature_channels=0 if features is None else int(features.num_channels),
+            statistics_scales=1 if features is None else 1 + len(getattr(features, "statistics_patch_sizes", ())),
         )
 
 
@@ -220,8 +224,9 @@ class FrequencyPrompt(PromptSource):
         positional: Add a fixed sin/cos code of the patch position (the attention is otherwise blind to where a
             patch sits).
         use_statistics: Add an embedding of the orderless map statistics (per-channel mean and std over the grid,
-            :func:`~fftprompt.spectral.map_statistics`, batch-normalised) to every prompt's attended patch summary:
-            the global texture signal that per-patch attention averages away.
+            :func:`~fftprompt.spectral.map_statistics`, batch-normalised; at every patch size of the features'
+            ``statistics_scales``) to every prompt's attended patch summary: the global texture signal that per-patch
+            attention averages away.
         dropout: Dropout on the final prompts while training.
         init_std: Std of the output projection's initial weights.
 
@@ -307,8 +312,9 @@ class FrequencyPrompt(PromptSource):
         )
         if use_statistics:
             # orderless map statistics, standardised over the training images as a probe standardises its inputs
-            self.statistics_norm = _Standardize(2 * dims.feature_channels)
-            self.statistics_proj = nn.Linear(2 * dims.feature_channels, hidden_dim)
+            width = 2 * dims.feature_channels * dims.statistics_scales
+            self.statistics_norm = _Standardize(width)
+            self.statistics_proj = nn.Linear(width, hidden_dim)
         self.queries = nn.Parameter(torch.randn(num_tokens, hidden_dim) * hidden_dim**-0.5)
         self.key_value = nn.Linear(hidden_dim, 2 * hidden_dim)
         self.out_proj = nn.Linear(hidden_dim, dims.embed_dim)
@@ -352,10 +358,14 @@ class FrequencyPrompt(PromptSource):
             )
         compact = maps.compact() if self.dims.feature_channels > 0 else None
         spectrum = self.spectrum_descriptors(maps) if self.use_spectrum else None
-        return self.forward_from_descriptors(compact, spectrum, patch_tokens)
+        return self.forward_from_descriptors(compact, spectrum, patch_tokens, maps.scale_statistics)
 
     def forward_from_descriptors(
-        self, compact: Tensor | None, spectrum: Tensor | None, patch_tokens: Tensor | None
+        self,
+        compact: Tensor | None,
+        spectrum: Tensor | None,
+        patch_tokens: Tensor | None,
+        scale_statistics: Tensor | None = None,
     ) -> Tensor:
         """Prompts from per-patch descriptors (differentiable in ``compact``, e.g. for integrated gradients).
 
@@ -363,6 +373,9 @@ class FrequencyPrompt(PromptSource):
             compact: ``(B, C_f, h, w)`` output of ``FrequencyMaps.compact()``; None only when ``C_f == 0``.
             spectrum: ``(B, h, w, S)`` output of :meth:`spectrum_descriptors`; None when ``use_spectrum`` is False.
             patch_tokens: ``(B, h * w, D)`` embedded patch tokens; read only when ``use_patch_tokens``.
+            scale_statistics: ``FrequencyMaps.scale_statistics`` ``(B, 2 * C_f * (S - 1))``, the statistics at the
+                other patch sizes (held fixed: they do not follow ``compact``); read only when ``use_statistics``
+                and ``dims.statistics_scales > 1``.
 
         Returns:
             ``(B, P, D)`` or, in deep mode, ``(L, B, P, D)``. Sets :attr:`last_attention` ``(B, P, h * w)``.
@@ -402,7 +415,7 @@ class FrequencyPrompt(PromptSource):
         self._last_attention = attention.detach()
         attended = (attention @ values).transpose(1, 2).reshape(batch, self.num_tokens, -1)  # (B, P, hidden)
         if self.use_statistics:
-            statistics = self.statistics_norm(map_statistics(compact.to(self.statistics_proj.weight.dtype)))
+            statistics = self.statistics_norm(self._statistics(compact, scale_statistics))
             attended = attended + self.statistics_proj(statistics).unsqueeze(1)
         dynamic = self.out_proj(attended)  # (B, P, D)
 
@@ -411,6 +424,21 @@ class FrequencyPrompt(PromptSource):
         else:
             prompts = self.prompt_embeddings + dynamic
         return self.prompt_dropout(prompts)
+
+    def _statistics(self, compact: Tensor, scale_statistics: Tensor | None) -> Tensor:
+        """``(B, 2 * C_f * S)``: the map statistics of ``compact``, then those of the other patch sizes."""
+        dtype = self.statistics_proj.weight.dtype
+        statistics = map_statistics(compact.to(dtype))
+        expected = 2 * self.dims.feature_channels * (self.dims.statistics_scales - 1)
+        if expected == 0:
+            return statistics
+        if scale_statistics is None or scale_statistics.shape != (compact.shape[0], expected):
+            got = None if scale_statistics is None else tuple(scale_statistics.shape)
+            raise ValueError(
+                f"scale_statistics of shape {got}; expected ({compact.shape[0]}, {expected}): the statistics at "
+                f"{self.dims.statistics_scales - 1} other patch size(s), from FrequencyFeatures(statistics_scales=...)"
+            )
+        return torch.cat([statistics, scale_statistics.to(dtype)], dim=-1)
 
 
 class _Standardize(nn.Module):

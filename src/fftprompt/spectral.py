@@ -484,6 +484,19 @@ def _check_groups(groups: Sequence[str]) -> tuple[str, ...]:
     return tuple(g for g in FEATURE_GROUPS if g in groups)
 
 
+def _scaled_patch_sizes(patch_size: int, scales: tuple[float, ...]) -> tuple[int, ...]:
+    sizes = tuple(round(patch_size * scale) for scale in scales)
+    for scale, size in zip(scales, sizes, strict=True):
+        if size < 2 or abs(size - patch_size * scale) > 1e-6 or size == patch_size:
+            raise ValueError(
+                f"statistics_scales={list(scales)}: {scale} x patch_size {patch_size} = {patch_size * scale:g}; each "
+                "scale must give a whole patch size of at least 2 other than patch_size (e.g. 0.5 and 2)"
+            )
+    if len(set(sizes)) < len(sizes):
+        raise ValueError(f"statistics_scales={list(scales)} repeat a patch size ({list(sizes)}); give each once")
+    return sizes
+
+
 def map_statistics(maps: Tensor) -> Tensor:
     """Per-channel mean and (population) standard deviation of maps over the patch grid.
 
@@ -514,6 +527,8 @@ class FrequencyMaps:
         cross_patch: ``(B, 3, h, w)`` in :data:`CROSS_PATCH_NAMES` order.
         global_symmetry: ``(B, 6)`` symmetry of the whole image, or None when not computed.
         groups: the :data:`FEATURE_GROUPS` that enter :meth:`compact`, in that order.
+        scale_statistics: ``(B, 2 * C_f * (S - 1))``: :func:`map_statistics` of the compact maps at the other patch
+            sizes of ``FrequencyFeatures(statistics_scales=...)``, in that order; None without them.
     """
 
     log_magnitude: Tensor
@@ -525,9 +540,18 @@ class FrequencyMaps:
     cross_patch: Tensor
     global_symmetry: Tensor | None
     groups: tuple[str, ...] = FEATURE_GROUPS
+    scale_statistics: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.groups = _check_groups(self.groups)
+
+    def statistics(self) -> Tensor:
+        """Orderless statistics: :func:`map_statistics` of :meth:`compact`, then :attr:`scale_statistics` when the
+        features computed them: ``(B, 2 * C_f * S)`` for ``S`` patch sizes."""
+        statistics = map_statistics(self.compact())
+        if self.scale_statistics is None:
+            return statistics
+        return torch.cat([statistics, self.scale_statistics.to(statistics.dtype)], dim=-1)
 
     def _group_tensors(self, group: str) -> list[Tensor]:
         if group == "symmetry":
@@ -565,11 +589,16 @@ class FrequencyFeatures(nn.Module):
         groups: the :data:`FEATURE_GROUPS` that form :meth:`FrequencyMaps.compact`; the channels are ordered
             symmetry (6), orientation (``dominant_cos2``, ``dominant_sin2``, then ``A`` bins), radial (``R``),
             cross_patch (3), keeping only the selected groups.
+        statistics_scales: patch sizes besides ``p``, as multiples of it (``(0.5, 2)``: ``p / 2`` and ``2 p``), whose
+            compact maps are summarised into :attr:`FrequencyMaps.scale_statistics` (orderless texture statistics at
+            several scales; the per-patch maps stay at ``p``). Image sides must be multiples of every such size.
 
     Attributes:
         channel_names: names of the compact channels.
         num_channels: ``C_f``.
         channel_groups: group -> indices of its channels in the compact map.
+        statistics_patch_sizes: the patch sizes of ``statistics_scales``.
+        num_statistics: ``2 * C_f * S``, the width of :meth:`FrequencyMaps.statistics` for ``S`` patch sizes.
     """
 
     def __init__(
@@ -580,10 +609,13 @@ class FrequencyFeatures(nn.Module):
         radial_bins: int = 4,
         global_symmetry: bool = False,
         groups: Sequence[FeatureGroup] = FEATURE_GROUPS,
+        statistics_scales: Sequence[float] = (),
     ) -> None:
         super().__init__()
         if patch_size < 2:
             raise ValueError(f"patch_size must be at least 2, got {patch_size}")
+        self.statistics_scales = tuple(float(scale) for scale in statistics_scales)
+        self.statistics_patch_sizes = _scaled_patch_sizes(patch_size, self.statistics_scales)
         self.patch_size = patch_size
         self.window_name: Window = window
         self.orientation_bins = orientation_bins
@@ -615,11 +647,18 @@ class FrequencyFeatures(nn.Module):
             self.channel_groups[group] = list(range(start, start + len(names)))
             self.channel_names += names
         self.num_channels = len(self.channel_names)
+        # the other scales' extractors: same settings, no state (their buffers are not persistent either)
+        self.scales = nn.ModuleList(
+            FrequencyFeatures(size, window, orientation_bins, radial_bins, groups=self.groups)
+            for size in self.statistics_patch_sizes
+        )
+        self.num_statistics = 2 * self.num_channels * (1 + len(self.scales))
 
     def extra_repr(self) -> str:
         return (
             f"patch_size={self.patch_size}, window={self.window_name!r}, orientation_bins={self.orientation_bins}, "
-            f"radial_bins={self.radial_bins}, global_symmetry={self.global_symmetry}, groups={self.groups}"
+            f"radial_bins={self.radial_bins}, global_symmetry={self.global_symmetry}, groups={self.groups}, "
+            f"statistics_scales={self.statistics_scales}"
         )
 
     def forward(self, x: Tensor) -> FrequencyMaps:
@@ -649,4 +688,9 @@ class FrequencyFeatures(nn.Module):
                 cross_patch=cross_patch_symmetry(patches),
                 global_symmetry=global_symmetry(x, self.window_name) if self.global_symmetry else None,
                 groups=self.groups,
+                scale_statistics=(
+                    torch.cat([map_statistics(scale(x).compact()) for scale in self.scales], dim=-1)
+                    if len(self.scales)
+                    else None
+                ),
             )

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from fftprompt.spectral import FrequencyFeatures, map_statistics
+from fftprompt.spectral import FrequencyFeatures
 from fftprompt.utils import check_choice
 
 __all__ = ["FEATURE_SETS", "FeatureSet", "extract_features", "fft_statistics", "pooled_tokens"]
@@ -21,17 +21,19 @@ FEATURE_SETS: tuple[str, ...] = ("fft", "backbone", "both")
 
 
 def fft_statistics(images: Tensor, features: FrequencyFeatures) -> Tensor:
-    """Orderless statistics of the frequency maps: per-channel mean, then per-channel std, over the patch grid.
+    """Orderless statistics of the frequency maps: per-channel mean, then per-channel std, over the patch grid, at
+    the features' patch size and then at each of its ``statistics_scales``.
 
     Args:
-        images: ``(B, C, H, W)`` images, ``H`` and ``W`` multiples of ``features.patch_size``.
+        images: ``(B, C, H, W)`` images, ``H`` and ``W`` multiples of every patch size of ``features``.
         features: The frequency features whose ``compact()`` maps ``(B, C_f, h, w)`` are summarised.
 
     Returns:
-        ``(B, 2 * C_f)``: the ``C_f`` means, then the ``C_f`` (population) standard deviations.
+        ``(B, 2 * C_f * S)`` for ``S`` patch sizes (``FrequencyMaps.statistics()``): per size, the ``C_f`` means, then
+        the ``C_f`` (population) standard deviations.
     """
     with torch.no_grad():
-        return map_statistics(features(images.float()).compact())
+        return features(images.float()).statistics()
 
 
 def pooled_tokens(
