@@ -29,11 +29,12 @@ from fftprompt.spectral import FrequencyFeatures
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
-def tiny_model(prompt=None, seed: int = 0, features: bool = True, **backbone_kwargs) -> PromptedViT:
+def tiny_model(prompt=None, seed: int = 0, features: bool = True, scales=(), **backbone_kwargs) -> PromptedViT:
     torch.manual_seed(seed)
     backbone = create_backbone("vit_tiny_patch16_224", **{**TINY, **backbone_kwargs})
     prompt = prompt or functools.partial(FrequencyPrompt, num_tokens=3, hidden_dim=16, num_heads=2, spectrum_dim=8)
-    return create_model(backbone, 4, prompt=prompt, features=FrequencyFeatures if features else None).eval()
+    frequency = functools.partial(FrequencyFeatures, statistics_scales=scales) if features else None
+    return create_model(backbone, 4, prompt=prompt, features=frequency).eval()
 
 
 def images(batch: int = 3, seed: int = 0, size: int = 32) -> torch.Tensor:
@@ -152,10 +153,12 @@ def test_model_forward_takes_precomputed_maps():
         plain(x, maps=model.compute_maps(x))
 
 
-@pytest.mark.parametrize("baseline", ["zero", "mean"])
-def test_integrated_gradients_are_complete_and_additive_over_groups(baseline):
-    # a generator whose output matters: a larger output projection than the (VPT-like) small init
-    model = tiny_model(functools.partial(FrequencyPrompt, num_tokens=3, hidden_dim=16, num_heads=2, init_std=1.0))
+@pytest.mark.parametrize(("baseline", "scales"), [("zero", ()), ("mean", ()), ("zero", (0.5, 2))])
+def test_integrated_gradients_are_complete_and_additive_over_groups(baseline, scales):
+    # a generator whose output matters: a larger output projection than the (VPT-like) small init; with map
+    # statistics at other patch sizes too (held fixed along the path: the attributions stay complete)
+    prompt = functools.partial(FrequencyPrompt, num_tokens=3, hidden_dim=16, num_heads=2, init_std=1.0)
+    model = tiny_model(functools.partial(prompt, use_statistics=bool(scales)), scales=scales)
     x = images(4)
     attribution = integrated_gradients(model, x, steps=64, baseline=baseline)
     assert attribution.compact.shape == (4, model.features.num_channels, 4, 4)

@@ -218,8 +218,10 @@ def _repeat_maps(maps: FrequencyMaps, count: int) -> FrequencyMaps:
     for name in ("log_magnitude", "phase", "symmetry", "orientation", "dominant_orientation", "radial", "cross_patch"):
         value = getattr(maps, name)
         fields[name] = value.repeat(count, *[1] * (value.ndim - 1))
-    if maps.global_symmetry is not None:
-        fields["global_symmetry"] = maps.global_symmetry.repeat(count, 1)
+    for name in ("global_symmetry", "scale_statistics"):  # (B, F) or None
+        value = getattr(maps, name)
+        if value is not None:
+            fields[name] = value.repeat(count, 1)
     return replace(maps, **fields)
 
 
