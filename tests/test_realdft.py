@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fftprompt.prompts import ModelDims, VFPTPrompt
+from fftprompt.prompts import FrequencyPrompt, ModelDims, VFPTPrompt
 from fftprompt.realdft import (
     RealFrequencyFeatures,
     RealVFPTPrompt,
@@ -58,13 +58,14 @@ def test_real_symmetry_scores_equal_spectral(size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_real_frequency_features_give_the_same_maps(size):
-    features = FrequencyFeatures(size, global_symmetry=True)
-    images = torch.randn(2, 3, 3 * size, 3 * size, generator=generator())
+    features = FrequencyFeatures(size, global_symmetry=True, statistics_scales=(2,))
+    images = torch.randn(2, 3, 6 * size, 6 * size, generator=generator())
     images[0, :, :size, :size] = 0.5  # an empty patch: every score 0 on both roads
     expected, maps = features(images), RealFrequencyFeatures(features)(images)
     for name in ("log_magnitude", "symmetry", "orientation", "dominant_orientation", "radial", "cross_patch"):
         torch.testing.assert_close(getattr(maps, name), getattr(expected, name), rtol=0, atol=1e-5, msg=name)
     torch.testing.assert_close(maps.global_symmetry, expected.global_symmetry, rtol=0, atol=1e-5)
+    torch.testing.assert_close(maps.scale_statistics, expected.scale_statistics, rtol=0, atol=1e-4)
     # the phase enters the prompts as cos and sin, continuous across the branch cut at +-pi
     torch.testing.assert_close(maps.phase.cos(), expected.phase.cos(), rtol=0, atol=1e-4)
     torch.testing.assert_close(maps.phase.sin(), expected.phase.sin(), rtol=0, atol=1e-4)
@@ -84,3 +85,21 @@ def test_real_vfpt_prompts_and_the_swap():
     assert isinstance(parent.prompt, RealVFPTPrompt) and isinstance(parent.features, RealFrequencyFeatures)
     assert parent.prompt.num_tokens == 5 and parent.prompt.deep  # read through to the original
     torch.testing.assert_close(parent.prompt(None, None, patch_tokens), expected, rtol=0, atol=1e-5)
+
+
+def test_the_swap_keeps_the_statistics_of_other_patch_sizes():
+    dims = ModelDims(embed_dim=32, num_layers=3, patch_size=8, grid_size=(4, 4), in_chans=3, feature_channels=0)
+    parent = torch.nn.Module()
+    parent.features = FrequencyFeatures(8, statistics_scales=(0.5, 2))
+    dims = ModelDims(**{**dims.__dict__, "feature_channels": parent.features.num_channels, "statistics_scales": 3})
+    torch.manual_seed(0)
+    parent.prompt = FrequencyPrompt(dims, num_tokens=3, hidden_dim=16, use_statistics=True, init_std=0.5).eval()
+    images = torch.randn(2, 3, 32, 32, generator=generator())
+    tokens = torch.zeros(2, 16, 32)
+    expected = parent.prompt(images, parent.features(images), tokens)
+    original = parent.features
+    use_real_dft(parent)
+    assert isinstance(parent.features, RealFrequencyFeatures)
+    assert all(type(scale) is FrequencyFeatures for scale in original.scales)  # the original is left as it was
+    assert all(isinstance(scale, RealFrequencyFeatures) for scale in parent.features.scales)
+    torch.testing.assert_close(parent.prompt(images, parent.features(images), tokens), expected, rtol=0, atol=1e-4)

@@ -26,6 +26,7 @@ from fftprompt.spectral import (
     _weighted_fractions,
     cross_patch_symmetry,
     make_window,
+    map_statistics,
     symmetry_gather_index,
 )
 
@@ -152,6 +153,7 @@ class RealFrequencyFeatures(_Twin):
             cos, sin = dft_matrices(size, centred=centred, device=features.window.device)
             self.register_buffer(f"{name}_cos", cos, persistent=False)
             self.register_buffer(f"{name}_sin", sin, persistent=False)
+        self.scales = nn.ModuleList(RealFrequencyFeatures(scale) for scale in features.scales)
 
     def forward(self, x: Tensor) -> FrequencyMaps:
         """``(B, C, H, W) ->`` the :class:`~fftprompt.spectral.FrequencyMaps` of ``FrequencyFeatures.forward``."""
@@ -179,6 +181,11 @@ class RealFrequencyFeatures(_Twin):
             cross_patch=cross_patch_symmetry(patches),
             global_symmetry=self._global_symmetry(x) if features.global_symmetry else None,
             groups=features.groups,
+            scale_statistics=(
+                torch.cat([map_statistics(scale(x).compact()) for scale in self.scales], dim=-1)
+                if len(self.scales)
+                else None
+            ),
         )
 
     def _global_symmetry(self, x: Tensor) -> Tensor:
@@ -229,7 +236,11 @@ def use_real_dft(model: nn.Module) -> nn.Module:
         ``model``; call it on a copy to keep the original on ``torch.fft``.
     """
     swaps = {FrequencyFeatures: RealFrequencyFeatures, VFPTPrompt: RealVFPTPrompt}
+    # a FrequencyFeatures' own extractors of other patch sizes get their twins from its twin
+    inner = {id(m) for f in model.modules() if isinstance(f, FrequencyFeatures) for m in f.scales.modules()}
     for parent in list(model.modules()):
+        if id(parent) in inner:
+            continue
         for name, child in list(parent.named_children()):
             twin = swaps.get(type(child))
             if twin is not None:
