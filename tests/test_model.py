@@ -227,6 +227,31 @@ def test_save_load_round_trip(tmp_path, prompt, adapter_dtype):
         assert {p.dtype for _, p in loaded._named_trainable()["adapter"]} == {coefficient_dtype}
 
 
+def test_features_without_other_patch_sizes_are_described_as_before_them():
+    # adapters written before statistics_scales existed record exactly these keys, and must still load
+    keys = {"class", "patch_size", "window", "orientation_bins", "radial_bins", "global_symmetry", "groups"}
+    assert set(tiny_model("fft").describe()["features"]) == keys
+    assert tiny_model("fft_scales").describe()["features"]["statistics_scales"] == [0.5, 2.0]
+
+
+@pytest.mark.parametrize("recorded", [None, [], [2.0]])
+def test_adapters_load_whether_or_not_they_record_empty_statistics_scales(tmp_path, recorded):
+    model = tiny_model("fft").eval()
+    model.save_trainable(tmp_path)
+    path = tmp_path / "adapter.json"
+    description = json.loads(path.read_text())
+    if recorded is not None:  # [] as written for a while; [2.0]: features this model does not have
+        description["features"]["statistics_scales"] = recorded
+        path.write_text(json.dumps(description))
+    if recorded == [2.0]:
+        with pytest.raises(ValueError, match="features is .*statistics_scales"):
+            model.load_trainable(tmp_path)
+    else:
+        model.load_trainable(tmp_path)
+        rebuilt = load_model(path, backbone=tiny_backbone()).eval()
+        assert torch.equal(rebuilt(images()), model(images()))
+
+
 def test_load_model_rebuilds_a_backbone_with_recorded_weights(tmp_path):
     from safetensors.torch import save_file
 

@@ -357,7 +357,7 @@ class PromptedViT(nn.Module):
             ("prompt class", (description.get("prompt") or {}).get("class"), mine["prompt"]["class"]),
             ("head class", (description.get("head") or {}).get("class"), mine["head"]["class"]),
             ("adapter", description.get("adapter"), mine["adapter"]),
-            ("features", description.get("features"), mine["features"]),
+            ("features", _without_empty_scales(description.get("features")), mine["features"]),
         ]
         for what, saved, current in checks:
             if saved != current:
@@ -532,8 +532,16 @@ def _requires_maps(module: nn.Module) -> bool:
     return bool(getattr(module, "requires_maps", False))
 
 
+def _without_empty_scales(features: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A recorded features config without an empty ``statistics_scales`` (written as ``[]`` for a while)."""
+    if features is None or features.get("statistics_scales", None) != []:
+        return features
+    return {key: value for key, value in features.items() if key != "statistics_scales"}
+
+
 def _features_config(features: FrequencyFeatures) -> dict[str, Any]:
-    """Constructor arguments of a FrequencyFeatures, read back from its attributes."""
+    """Constructor arguments of a FrequencyFeatures, read back from its attributes (``statistics_scales`` only when
+    set, so that features without it are described as adapters written before it existed record them)."""
     parameters = inspect.signature(FrequencyFeatures.__init__).parameters
     attribute = {"window": "window_name"}
     config = {}
@@ -541,5 +549,7 @@ def _features_config(features: FrequencyFeatures) -> dict[str, Any]:
         if name not in parameters:
             continue
         value = getattr(features, attribute.get(name, name))
+        if name == "statistics_scales" and not value:
+            continue
         config[name] = list(value) if isinstance(value, tuple) else value
     return config
