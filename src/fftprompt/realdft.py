@@ -23,10 +23,10 @@ from fftprompt.spectral import (
     FrequencyFeatures,
     FrequencyMaps,
     _centred_patches,
+    _scale_statistics,
     _weighted_fractions,
     cross_patch_symmetry,
     make_window,
-    map_statistics,
     symmetry_gather_index,
 )
 
@@ -181,11 +181,7 @@ class RealFrequencyFeatures(_Twin):
             cross_patch=cross_patch_symmetry(patches),
             global_symmetry=self._global_symmetry(x) if features.global_symmetry else None,
             groups=features.groups,
-            scale_statistics=(
-                torch.cat([map_statistics(scale(x).compact()) for scale in self.scales], dim=-1)
-                if len(self.scales)
-                else None
-            ),
+            scale_statistics=_scale_statistics(self.scales, x),
         )
 
     def _global_symmetry(self, x: Tensor) -> Tensor:

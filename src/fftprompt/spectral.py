@@ -497,6 +497,14 @@ def _scaled_patch_sizes(patch_size: int, scales: tuple[float, ...]) -> tuple[int
     return sizes
 
 
+def _scale_statistics(extractors: Sequence[nn.Module], x: Tensor) -> Tensor | None:
+    """:func:`map_statistics` of each extractor's compact maps of ``x``, concatenated: ``(B, 2 * C_f * len)``, or None
+    for no extractors (``FrequencyFeatures.scales``, or their real-arithmetic twins)."""
+    if not len(extractors):
+        return None
+    return torch.cat([map_statistics(extractor(x).compact()) for extractor in extractors], dim=-1)
+
+
 def map_statistics(maps: Tensor) -> Tensor:
     """Per-channel mean and (population) standard deviation of maps over the patch grid.
 
@@ -688,9 +696,5 @@ class FrequencyFeatures(nn.Module):
                 cross_patch=cross_patch_symmetry(patches),
                 global_symmetry=global_symmetry(x, self.window_name) if self.global_symmetry else None,
                 groups=self.groups,
-                scale_statistics=(
-                    torch.cat([map_statistics(scale(x).compact()) for scale in self.scales], dim=-1)
-                    if len(self.scales)
-                    else None
-                ),
+                scale_statistics=_scale_statistics(self.scales, x),
             )
