@@ -357,7 +357,7 @@ class PromptedViT(nn.Module):
             ("prompt class", (description.get("prompt") or {}).get("class"), mine["prompt"]["class"]),
             ("head class", (description.get("head") or {}).get("class"), mine["head"]["class"]),
             ("adapter", description.get("adapter"), mine["adapter"]),
-            ("features", _without_empty_scales(description.get("features")), mine["features"]),
+            ("features", _features_settings(description.get("features")), _features_settings(mine["features"])),
         ]
         for what, saved, current in checks:
             if saved != current:
@@ -532,11 +532,18 @@ def _requires_maps(module: nn.Module) -> bool:
     return bool(getattr(module, "requires_maps", False))
 
 
-def _without_empty_scales(features: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A recorded features config without an empty ``statistics_scales`` (written as ``[]`` for a while)."""
-    if features is None or features.get("statistics_scales", None) != []:
-        return features
-    return {key: value for key, value in features.items() if key != "statistics_scales"}
+def _features_settings(features: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A recorded features config with each setting it leaves out at ``FrequencyFeatures``' default (adapters record
+    only the settings that existed when they were written, and leave ``statistics_scales`` out when empty)."""
+    if features is None:
+        return None
+    parameters = inspect.signature(FrequencyFeatures.__init__).parameters
+    defaults = {
+        name: parameters[name].default
+        for name in _FEATURE_SETTINGS
+        if name in parameters and parameters[name].default is not inspect.Parameter.empty
+    }
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in {**defaults, **features}.items()}
 
 
 def _features_config(features: FrequencyFeatures) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class ModelDims:
             grid_size=tuple(backbone.grid_size),
             in_chans=backbone.in_chans,
             feature_channels=0 if features is None else int(features.num_channels),
-            statistics_scales=1 if features is None else 1 + len(getattr(features, "statistics_patch_sizes", ())),
+            statistics_scales=1 if features is None else 1 + len(features.statistics_patch_sizes),
         )
 
 
