@@ -199,3 +199,32 @@ def test_reference_rows_read_the_frozen_backbone_alone(tmp_path: Path):
     ]
     assert [r["acc"] for r in rows[0]] == [r["acc"] for r in rows[1]]
     assert [r["grid"] for r in rows[0]] == [r["grid"] for r in rows[1]]
+
+
+def test_the_time_line_covers_the_references_and_the_paired_outcomes(tmp_path: Path, monkeypatch):
+    import fftprompt.ablate.cli as cli
+
+    clock = {"now": 0.0}
+
+    class Clock:  # time as the invocation's steps advance it
+        @staticmethod
+        def perf_counter() -> float:
+            return clock["now"]
+
+    def step(seconds: float):
+        def advance(*args, **kwargs):
+            clock["now"] += seconds
+            return {"settings": {"task": "classification"}}
+
+        return advance
+
+    written = {}
+    monkeypatch.setattr(cli, "time", Clock)
+    monkeypatch.setattr(cli, "run_tuned", step(60.0))  # training: 1 min
+    monkeypatch.setattr(cli, "add_references", step(120.0))  # the reference rows: 2 min
+    monkeypatch.setattr(cli, "add_outcomes", step(30.0))  # the paired table's reloads: 0.5 min
+    monkeypatch.setattr(cli, "write_comparison", lambda reports, meta, *a: written.update(meta) or [])
+    monkeypatch.setattr(cli, "format_comparison", lambda *a, **k: "")
+    argv = ["--quick", "--tune", "--methods", "linear_probe", "--ablations", "none", "--output", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert written["wall_seconds"] == 210.0

@@ -103,16 +103,24 @@ def test_objectives_train_their_heads_and_refuse_what_they_cannot_use():
     assert simclr.projector[0].weight.grad is not None and simclr.describe()["objective"] == "simclr"
 
 
-def test_statistics_regression_is_zero_for_features_that_are_the_standardised_fft_statistics():
+@pytest.mark.parametrize(("scales", "width"), [((), 46), ((0.5, 2.0), 138)])
+def test_statistics_regression_is_zero_for_features_that_are_the_standardised_fft_statistics(scales, width):
     from fftprompt.spectral import FrequencyFeatures, map_statistics
 
-    images = torch.rand(6, 3, 16, 16)
-    statistics = map_statistics(FrequencyFeatures(patch_size=8)(images).compact()).double().numpy()
+    images = torch.rand(6, 3, 32, 32)
+    # the statistics at each patch size from its own extractor, independently of statistics_scales
+    statistics = np.concatenate(
+        [
+            map_statistics(FrequencyFeatures(patch_size=size)(images).compact()).double().numpy()
+            for size in [8] + [int(8 * scale) for scale in scales]
+        ],
+        axis=1,
+    )
     spread = np.maximum(statistics.std(axis=0, ddof=1), 1e-6)  # some maps are constant over a batch
     standardised = (statistics - statistics.mean(axis=0)) / spread
-    width = statistics.shape[1]
-    simclr = SimCLR(num_features=width, statistics_weight=0.5, statistics_patch_size=8)
-    assert simclr.regressor.out_features == width == 46
+    simclr = SimCLR(num_features=width, statistics_weight=0.5, statistics_patch_size=8, statistics_scales=scales)
+    assert simclr.regressor.out_features == statistics.shape[1] == width
+    assert simclr.describe()["statistics_scales"] == list(scales)
     with torch.no_grad():
         simclr.regressor.weight.copy_(torch.eye(width))
         simclr.regressor.bias.zero_()

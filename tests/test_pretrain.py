@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import QUIET
 from fftprompt.backbone import create_backbone, create_pretraining_vit, save_backbone_checkpoint
-from fftprompt.pretrain import FractalDB, batch_seed
+from fftprompt.pretrain import FractalDB, PretrainModule, batch_seed
 from fftprompt.pretrain.render import (
     chaos_game,
     contract,
@@ -210,6 +210,7 @@ def test_tiny_pretraining_writes_loadable_weights_and_a_model_card(tmp_path):
     assert saved["images_per_second"] > 0 and saved["hardware"]["device"] == "cpu"
     assert [h["step"] for h in saved["history"]] == [2, 3] and saved["final_train_acc"] == card["history"][-1]["acc"]
     assert "## Learning curve" in paths["markdown"].read_text() and digest in paths["markdown"].read_text()
+    assert "pretrained from scratch" in paths["markdown"].read_text()
     # the weights changed from their initialisation and load as a backbone
     backbone = create_backbone("vit_demo_patch8", checkpoint_path=weights, **TINY_VIT)
     trained = objects["model"].state_dict()
@@ -234,6 +235,26 @@ def test_contrastive_pretraining_needs_no_classifier_and_records_its_objective(t
     written = load_file(str(objects["paths"]["weights"]))
     assert not any(key.startswith(("head.", "projector.")) for key in written)
     assert 0 <= card["final_train_acc"] <= 1
+
+
+@pytest.mark.slow
+def test_head_warmup_trains_the_head_and_leaves_the_vit_as_it_started(tmp_path):
+    from fftprompt.run import pretrain
+
+    torch.manual_seed(0)
+    initial = create_pretraining_vit("vit_demo_patch8", num_classes=0, **TINY_VIT).state_dict()
+    overrides = ("objective=simclr", "objective.hidden_dim=16", "module.head_warmup_steps=2")
+    _, objects = pretrain(_pretrain_config(tmp_path / "run", *overrides, "trainer.max_steps=2"))
+    trained = objects["model"].state_dict()
+    assert all(torch.equal(initial[key], trained[key]) for key in initial)
+    projector = objects["module"].objective.projector[0].weight
+    assert projector.grad is not None  # the head trained
+    # one step after the warm-up, the ViT trains too
+    _, objects = pretrain(_pretrain_config(tmp_path / "more", *overrides, "trainer.max_steps=3"))
+    continued = objects["model"].state_dict()["blocks.0.attn.qkv.weight"]
+    assert not torch.equal(initial["blocks.0.attn.qkv.weight"], continued)
+    with pytest.raises(ValueError, match="head_warmup_steps"):
+        PretrainModule(torch.nn.Identity(), None, None, batch_size=8, mean=(0.5,), std=(0.5,), head_warmup_steps=-1)
 
 
 @pytest.mark.slow
@@ -280,6 +301,7 @@ def test_shipped_demo_weights_match_their_sha256_and_model_card():
     first = WEIGHTS_DIR / "vit_demo_patch8_fractaldb.safetensors"
     assert card["initial_weights"]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
     assert "Checkpoint selection" in weights.with_suffix(".md").read_text()
+    assert "pretrained from `vit_demo_patch8_fractaldb.safetensors`" in weights.with_suffix(".md").read_text()
 
 
 def test_the_first_fractal_weights_stay_loadable_by_name():

@@ -218,7 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             reports = run_settings(args, args.settings, trained)
         if args.runs_only:
             return 0
-        meta = {
+        if args.tune or any(r["settings"]["task"] == "classification" for r in reports):
+            add_references(reports, args)
+        if args.tune:
+            add_outcomes(reports)
+        meta = {  # after the references and the paired outcomes: the wall time covers the whole invocation
             "command": _command(argv, args.data_root),
             "wall_seconds": time.perf_counter() - start,
             "load_before": load_before,
@@ -227,10 +231,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "protocol": "tuned" if args.tune else "untuned",
             **({"grid": {"lr_scales": args.lr_scales, "weight_decays": args.weight_decays}} if args.tune else {}),
         }
-        if args.tune or any(r["settings"]["task"] == "classification" for r in reports):
-            add_references(reports, args)
-        if args.tune:
-            add_outcomes(reports)
         written = write_comparison(
             reports, meta, Path(args.output).resolve(), None if args.doc is None else Path(args.doc)
         )

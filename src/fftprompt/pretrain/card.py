@@ -90,10 +90,12 @@ def write_pretrained(
 def _markdown(name: str, card: Mapping[str, Any]) -> str:
     sections = ("source", "objective", "history", "hardware", "command", "backbone", "selection")
     facts = {k: v for k, v in card.items() if k not in sections}
+    start = card.get("initial_weights")
+    origin = "from scratch" if not start else f"from `{start.get('file', '?')}`"
     lines = [
         f"# {name}: model card",
         "",
-        f"A timm `{card.get('backbone', {}).get('name', '?')}` pretrained from scratch on procedurally rendered "
+        f"A timm `{card.get('backbone', {}).get('name', '?')}` pretrained {origin} on procedurally rendered "
         "images only (no natural images), by `fftprompt-pretrain`. The file holds the ViT without its pretraining "
         "head, as float16; load it with `backbone.checkpoint_path=<this file>` (or "
         "`fftprompt.create_backbone(name, checkpoint_path=...)`).",

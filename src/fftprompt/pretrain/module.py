@@ -67,6 +67,18 @@ class _BatchCounter(Dataset):
         return torch.tensor(index)
 
 
+class _NoGrad(nn.Module):
+    """Runs ``model`` without recording gradients (its parameters stay as they are during a head warm-up)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.model(images)
+
+
 class PretrainModule(L.LightningModule):
     """Full training of a timm ViT on rendered images by an objective (AdamW, warm-up + cosine).
 
@@ -85,6 +97,8 @@ class PretrainModule(L.LightningModule):
             ``trainer.max_steps``, or over ``trainer.max_time`` when that budget runs out first (then the schedule,
             and so the weights, depend on the machine's speed).
         history_every: Optimiser steps per entry of :attr:`history` (mean loss and accuracy over the window).
+        head_warmup_steps: Optimiser steps at the start during which only the objective's head trains (the ViT's
+            features are computed without gradients): a fresh head does not disturb weights a run continues from.
 
     Attributes:
         history: ``[{"step", "images_seen", "loss", "acc", "lr", "seconds"}, ...]`` (kept in checkpoints).
@@ -103,12 +117,13 @@ class PretrainModule(L.LightningModule):
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
         history_every: int = 50,
+        head_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or warmup_steps < 0 or history_every < 1:
+        if batch_size < 1 or warmup_steps < 0 or history_every < 1 or head_warmup_steps < 0:
             raise ValueError(
-                f"expected batch_size >= 1, warmup_steps >= 0 and history_every >= 1; got {batch_size}, "
-                f"{warmup_steps}, {history_every}"
+                "expected batch_size >= 1, warmup_steps >= 0, history_every >= 1 and head_warmup_steps >= 0; got "
+                f"{batch_size}, {warmup_steps}, {history_every}, {head_warmup_steps}"
             )
         self.model = model
         self.source = source
@@ -121,6 +136,7 @@ class PretrainModule(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
         self.history_every = history_every
+        self.head_warmup_steps = head_warmup_steps
         self.history: list[dict[str, float]] = []
         self._window: list[tuple[float, float]] = []
         self._fit_seconds = 0.0
@@ -155,7 +171,8 @@ class PretrainModule(L.LightningModule):
 
     def training_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
         views, targets = batch
-        loss, accuracy = self.objective.loss(self.model, views, targets)
+        model = _NoGrad(self.model) if self.global_step < self.head_warmup_steps else self.model
+        loss, accuracy = self.objective.loss(model, views, targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite pretraining loss at global step {self.global_step}; lower the learning rate "

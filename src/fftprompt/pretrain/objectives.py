@@ -16,13 +16,15 @@ classes), which ``fftprompt-pretrain`` passes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fftprompt.pretrain.mixing import BatchMix
 from fftprompt.pretrain.views import ViewAugment
-from fftprompt.spectral import FrequencyFeatures, map_statistics
+from fftprompt.spectral import FrequencyFeatures
 
 __all__ = ["SimCLR", "Supervised", "nt_xent"]
 
@@ -130,6 +132,8 @@ class SimCLR(nn.Module):
             pooled features to the views' FFT statistics (``2 C_f`` numbers of ``FrequencyFeatures(patch_size)``,
             standardised over the batch); 0 turns it off.
         statistics_patch_size: Patch size of those frequency maps (the ViT's, for the probe's descriptor).
+        statistics_scales: Other patch sizes, as multiples of ``statistics_patch_size``, whose statistics are
+            regressed too (``FrequencyFeatures(statistics_scales=...)``: ``2 C_f`` more numbers per scale).
     """
 
     name = "simclr"
@@ -144,6 +148,7 @@ class SimCLR(nn.Module):
         augment: ViewAugment | None = None,
         statistics_weight: float = 0.0,
         statistics_patch_size: int = 8,
+        statistics_scales: Sequence[float] = (),
     ) -> None:
         super().__init__()
         if statistics_weight < 0:
@@ -159,10 +164,12 @@ class SimCLR(nn.Module):
             nn.Linear(num_features, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, projection_dim)
         )
         self.statistics_weight = statistics_weight
-        self.frequency = FrequencyFeatures(patch_size=statistics_patch_size) if statistics_weight > 0 else None
-        self.regressor = (
-            nn.Linear(num_features, 2 * self.frequency.num_channels) if self.frequency is not None else None
+        self.frequency = (
+            FrequencyFeatures(patch_size=statistics_patch_size, statistics_scales=statistics_scales)
+            if statistics_weight > 0
+            else None
         )
+        self.regressor = nn.Linear(num_features, self.frequency.num_statistics) if self.frequency is not None else None
 
     def views(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[list[Tensor], Tensor]:
         """``(B, 3, H, W)`` in ``[0, 1]`` -> two independent views of each image, and the labels (unused)."""
@@ -180,10 +187,10 @@ class SimCLR(nn.Module):
         return loss, accuracy
 
     def statistics_loss(self, features: Tensor, images: Tensor) -> Tensor:
-        """Mean squared error of ``regressor(features) (N, 2 C_f)`` against the images' FFT statistics, each
-        standardised over the batch (no gradient flows into the targets)."""
+        """Mean squared error of ``regressor(features) (N, 2 C_f S)`` against the images' FFT statistics at ``S``
+        patch sizes, each standardised over the batch (no gradient flows into the targets)."""
         with torch.no_grad():
-            targets = map_statistics(self.frequency(images.float()).compact())
+            targets = self.frequency(images.float()).statistics()
             targets = (targets - targets.mean(dim=0)) / targets.std(dim=0).clamp_min(1e-6)
         return F.mse_loss(self.regressor(features).float(), targets)
 
@@ -197,4 +204,5 @@ class SimCLR(nn.Module):
             "augment": self.augment.describe(),
             "statistics_weight": self.statistics_weight,
             "statistics_patch_size": None if self.frequency is None else self.frequency.patch_size,
+            "statistics_scales": None if self.frequency is None else list(self.frequency.statistics_scales),
         }
