@@ -2,7 +2,7 @@
 
 The maths are plain tensor functions; :class:`FrequencyFeatures` only holds settings and precomputed index
 buffers and calls them. Everything is derived from one forward FFT of the patches. One module on purpose (about
-600 lines): the conventions below bind every function to the module that calls them.
+700 lines): the conventions below bind every function to the module that calls them.
 
 Conventions used throughout:
 
