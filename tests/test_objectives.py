@@ -135,4 +135,6 @@ def test_statistics_regression_is_zero_for_features_that_are_the_standardised_ff
     assert plain.regressor is None and plain.describe()["statistics_weight"] == 0.0
     with pytest.raises(ValueError, match="statistics_weight"):
         SimCLR(num_features=width, statistics_weight=-1.0)
+    with pytest.raises(ValueError, match="statistics_scales"):
+        SimCLR(num_features=width, statistics_scales=(2.0,))
     assert plain.loss(model, views, None)[0].item() > 0

@@ -153,6 +153,11 @@ class SimCLR(nn.Module):
         super().__init__()
         if statistics_weight < 0:
             raise ValueError(f"statistics_weight must be >= 0, got {statistics_weight}")
+        if statistics_scales and statistics_weight == 0:
+            raise ValueError(
+                f"statistics_scales={list(statistics_scales)} has no effect without statistics_weight > 0: set "
+                "objective.statistics_weight or leave statistics_scales empty"
+            )
         if temperature <= 0 or min(num_features, hidden_dim, projection_dim) < 1:
             raise ValueError(
                 "expected temperature > 0 and num_features, hidden_dim, projection_dim >= 1; got "
