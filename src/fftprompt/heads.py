@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fftprompt.linear_probe import LinearProbe
+
 __all__ = ["ClassificationHead", "LinearDecoder", "PUPDecoder"]
 
 
@@ -51,6 +53,31 @@ class ClassificationHead(nn.Module):
     def forward(self, pooled: Tensor) -> Tensor:
         """``(B, D) -> (B, K)`` logits."""
         return self.classifier(self.dropout(self.standardize(self.norm(pooled))))
+
+    def probe_inputs(self, pooled: Tensor) -> Tensor:
+        """``(B, D) -> (B, D)``: the features a linear probe that :meth:`load_probe` takes is fitted on."""
+        return self.norm(pooled)
+
+    @torch.no_grad()
+    def load_probe(self, probe: LinearProbe) -> None:
+        """Sets the classifier to a linear probe fitted on :meth:`probe_inputs`, so that in eval mode the head's
+        logits equal ``probe.logits`` (LP-FT: training then starts from the fitted probe).
+
+        With ``standardize``, its running statistics become the probe's standardisation; otherwise that is folded
+        into the classifier's weight and bias.
+        """
+        expected = (self.num_classes, self.classifier.in_features)
+        if tuple(probe.weight.shape) != expected:
+            raise ValueError(f"probe weight {tuple(probe.weight.shape)}; this head expects {expected} (classes, width)")
+        if isinstance(self.standardize, nn.BatchNorm1d):
+            variance = probe.standardizer.std.square() - self.standardize.eps
+            self.standardize.running_mean.copy_(probe.standardizer.mean)
+            self.standardize.running_var.copy_(variance.clamp_min(0))
+            weight, bias = probe.weight, probe.bias
+        else:
+            weight, bias = probe.folded()
+        self.classifier.weight.copy_(weight)
+        self.classifier.bias.copy_(bias)
 
 
 class _SegmentationDecoder(nn.Module, abc.ABC):

@@ -7,13 +7,14 @@ split is read once with the chosen value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["LinearProbe", "Standardizer", "fit_linear_probe", "logistic_objective"]
+__all__ = ["LinearProbe", "Standardizer", "fit_linear_probe", "logistic_objective", "select_linear_probe"]
 
 
 @dataclass
@@ -76,6 +77,12 @@ class LinearProbe:
         """``(N, F) -> (N,)`` class indices."""
         return self.logits(features).argmax(dim=1)
 
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """The standardisation folded into the classifier: ``(K, F)`` weight and ``(K,)`` bias with
+        ``features @ weight.T + bias == logits(features)`` on raw features."""
+        weight = self.weight / self.standardizer.std
+        return weight, self.bias - weight @ self.standardizer.mean
+
 
 def fit_linear_probe(
     features: Tensor,
@@ -105,8 +112,9 @@ def fit_linear_probe(
         raise ValueError(
             f"expected features (N, F) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}"
         )
-    standardizer = Standardizer.fit(features.double())
-    x, y = standardizer(features.double()), labels.long()
+    features = features.detach().double()  # the probe never backpropagates into what made the features
+    standardizer = Standardizer.fit(features)
+    x, y = standardizer(features), labels.long()
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
@@ -129,3 +137,29 @@ def fit_linear_probe(
         optimizer.step(closure)
     iterations = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
     return LinearProbe(standardizer, weight.detach(), bias.detach(), float(weight_decay), iterations)
+
+
+def select_linear_probe(
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    num_classes: int,
+    weight_decays: Sequence[float],
+) -> tuple[LinearProbe, list[float]]:
+    """Fits a probe for every weight decay on ``train`` and keeps the one with the best accuracy on ``val``.
+
+    Args:
+        train: Training ``(features (N, F), labels (N,))``.
+        val: Validation ``(features (M, F), labels (M,))``, the split that chooses.
+        num_classes: ``K``.
+        weight_decays: The grid; of equal validation scores the earlier entry wins.
+
+    Returns:
+        The chosen probe and every grid entry's validation accuracy, in the grid's order.
+    """
+    if not weight_decays:
+        raise ValueError("weight_decays is empty; give at least one positive value")
+    probes = [fit_linear_probe(*train, num_classes, float(value)) for value in weight_decays]
+    features, labels = val
+    scores = [float((probe.predict(features) == labels).double().mean()) for probe in probes]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return probes[best], scores

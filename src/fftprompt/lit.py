@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -46,8 +48,9 @@ from torchmetrics.classification import (
 )
 from torchmetrics.segmentation import DiceScore
 
+from fftprompt.linear_probe import fit_linear_probe, select_linear_probe
 from fftprompt.model import PromptedViT, frozen_fingerprint
-from fftprompt.utils import atomic_write
+from fftprompt.utils import atomic_write, check_choice
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -66,6 +69,7 @@ PARAM_GROUPS = ("prompt", "adapter", "head")
 FINGERPRINT_KEY = "fftprompt_frozen_fingerprint"  # checkpoint entry: frozen_fingerprint of the backbone
 CLASS_NAMES_KEY = "fftprompt_class_names"  # checkpoint entry: the model's class names, when known
 _SCHEDULES = ("cosine", "constant")
+HeadInit = Literal["random", "probe"]  # ClassificationModule: a fresh head, or one fitted as a linear probe (LP-FT)
 # torch.compile modes; "reduce-overhead" replays CUDA graphs (static shapes), which removes the kernel-launch cost
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -496,11 +500,97 @@ class ClassificationModule(_PromptTuningModule):
             forward (features, prompts, FourierFT layers, head) compiled, with static shapes: ``"reduce-overhead"``
             adds CUDA graphs on GPUs. The first steps pay the compilation; a last smaller batch compiles once more.
         compile_backend: ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` traces without generating code).
+        head_init: ``"random"``: the head starts as built; ``"probe"``: before the first step it is fitted as an
+            L-BFGS linear probe on the starting model's pooled features of the training images (LP-FT, Kumar et
+            al., ICLR 2022), see :meth:`fit_head_probe`.
+        head_init_weight_decays: The probe's L2 grid, chosen on the validation split.
     """
 
-    def __init__(self, model: PromptedViT, num_classes: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: PromptedViT,
+        num_classes: int,
+        head_init: HeadInit = "random",
+        head_init_weight_decays: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
+        **kwargs: Any,
+    ) -> None:
+        check_choice("task.module.head_init", head_init, HeadInit)
+        # plain floats before save_hyperparameters reads this frame (a config's list would not reload weights_only)
+        head_init_weight_decays = [float(w) for w in head_init_weight_decays]
+        if not head_init_weight_decays or min(head_init_weight_decays) <= 0:
+            raise ValueError(
+                f"task.module.head_init_weight_decays={head_init_weight_decays}: expected a non-empty list of "
+                "positive L2 coefficients"
+            )
         super().__init__(model, num_classes, **kwargs)
+        self.head_init = head_init
+        self.head_init_weight_decays = head_init_weight_decays
+        self.head_probe: dict[str, Any] | None = None  # what the probe initialisation chose, once it ran
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+
+    def on_train_start(self) -> None:
+        """With ``head_init="probe"``, fits the head as a linear probe before the first step (not on a resume)."""
+        if self.head_init == "probe" and self.global_step == 0:
+            self.fit_head_probe()
+
+    def fit_head_probe(self) -> dict[str, Any]:
+        """Sets the head to an L-BFGS linear probe on the current model's pooled features (LP-FT).
+
+        The features are those of the training split's images after the evaluation preprocessing, with the model
+        in eval mode; the weight decay is chosen on the validation split (a grid of one needs none).
+
+        Returns:
+            ``{"weight_decay", "val_accuracy" (per grid entry, None without a choice), "train_images"}``, also kept
+            as :attr:`head_probe`.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "dataset"):
+            raise ValueError(
+                "task.module.head_init='probe' reads the training and validation splits from the trainer's data "
+                "module (fftprompt.data); fit with datamodule=..., or set head_init='random'"
+            )
+        head = self.model.head
+        if not hasattr(head, "load_probe"):
+            raise ValueError(f"task.module.head_init='probe' needs a linear head; {type(head).__name__} has none")
+        batch_size = int(getattr(datamodule, "batch_size", 64))
+        train = self._probe_features(datamodule.dataset("train"), batch_size)
+        decays = self.head_init_weight_decays
+        if len(decays) > 1:
+            val_dataset = datamodule.dataset("val")
+            if len(val_dataset) == 0:
+                raise ValueError(
+                    f"task.module.head_init_weight_decays={decays} are chosen on the validation split, which is "
+                    "empty; give one value"
+                )
+            val = self._probe_features(val_dataset, batch_size)
+            probe, scores = select_linear_probe(train, val, self.num_classes, decays)
+        else:
+            probe, scores = fit_linear_probe(*train, self.num_classes, decays[0]), [None]
+        head.load_probe(probe)
+        self.head_probe = {"weight_decay": probe.weight_decay, "val_accuracy": scores, "train_images": len(train[1])}
+        rank_zero_info(
+            f"head initialised as a linear probe on {len(train[1])} training images: weight decay "
+            f"{probe.weight_decay:g}" + (f", validation accuracy {max(scores):.3f}" if scores[0] is not None else "")
+        )
+        return self.head_probe
+
+    @torch.no_grad()
+    def _probe_features(self, dataset: Any, batch_size: int) -> tuple[Tensor, Tensor]:
+        """``(N, D)`` float64 head inputs and ``(N,)`` labels of ``dataset``'s images, the model in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        features, labels = [], []
+        try:
+            for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+                images = images.to(self.device)
+                if self.augment is not None:
+                    images = self.augment.evaluation(images)
+                pooled = self.model.forward_pooled(images)
+                features.append(self.model.head.probe_inputs(pooled).double().cpu())
+                labels.append(torch.as_tensor(targets).long().cpu())
+        finally:
+            self.model.train(was_training)
+        return torch.cat(features), torch.cat(labels)
 
     def _make_metrics(self, num_classes: int) -> MetricCollection:
         return classification_metrics(num_classes)

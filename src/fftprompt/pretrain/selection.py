@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fftprompt.data.base import ImageDataModule
-from fftprompt.linear_probe import fit_linear_probe
+from fftprompt.linear_probe import select_linear_probe
 from fftprompt.tokens import TokenLayout, pool
 from fftprompt.utils import check_choice
 
@@ -196,13 +196,11 @@ class ProbeSelection(Callback):
                         "selection.max_images_per_split (or null: all)"
                     )
                 num_classes = self.data[name].num_classes
-                scores = []
                 with _one_thread():
-                    for weight_decay in self.weight_decays:
-                        probe = fit_linear_probe(x_train, y_train, num_classes, weight_decay)
-                        scores.append(float((probe.predict(x_val) == y_val).double().mean()))
-                best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # equal scores: the smaller decay
-                accuracy[name], chosen[name] = scores[best], self.weight_decays[best]
+                    probe, scores = select_linear_probe(
+                        (x_train, y_train), (x_val, y_val), num_classes, self.weight_decays
+                    )
+                accuracy[name], chosen[name] = max(scores), probe.weight_decay  # equal scores: the smaller decay
         finally:
             model.train(was_training)
         return {"val_accuracy": accuracy, "weight_decay": chosen}

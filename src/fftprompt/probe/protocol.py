@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_f1_score
 
-from fftprompt.linear_probe import Standardizer, fit_linear_probe
+from fftprompt.linear_probe import Standardizer, select_linear_probe
 from fftprompt.probe.knn import knn_predict
 from fftprompt.utils import check_choice
 
@@ -140,14 +140,12 @@ def evaluate_probes(
 def _linear(
     x: Mapping[str, Tensor], y: Mapping[str, Tensor], num_classes: int, grid: Sequence[float], select_on: str
 ) -> dict[str, Any]:
-    probes = [fit_linear_probe(x["train"], y["train"], num_classes, float(value)) for value in grid]
-    scores = [score(probe.predict(x[select_on]), y[select_on], num_classes)["acc"] for probe in probes]
-    best = int(np.argmax(scores))  # the first of equal scores: the smallest weight decay
-    predictions = probes[best].predict(x["test"])
+    probe, scores = select_linear_probe((x["train"], y["train"]), (x[select_on], y[select_on]), num_classes, grid)
+    predictions = probe.predict(x["test"])
     return {
-        "chosen": {"weight_decay": float(grid[best])},
+        "chosen": {"weight_decay": probe.weight_decay},
         "grid": {str(float(value)): s for value, s in zip(grid, scores, strict=True)},
-        "iterations": probes[best].iterations,
+        "iterations": probe.iterations,
         "test": score(predictions, y["test"], num_classes),
         "test_correct": (predictions == y["test"]).int().tolist(),
     }
