@@ -552,3 +552,20 @@ def test_train_per_class_on_arrays_and_its_errors(tmp_path: Path):
     write_kvasir(tmp_path / "kvasir")  # segmentation data have no class per image
     with pytest.raises(ValueError, match=r"train_per_class=1 applies to classification data"):
         KvasirSegDataModule(tmp_path / "kvasir", train_per_class=1, **SMALL).setup()
+
+
+def test_evaluation_dataset_is_the_training_split_without_augmentation(tmp_path: Path):
+    for c, name in enumerate(("cat", "dog")):
+        for k in range(10):
+            write_image(tmp_path / name / f"{k}.png", seed=c * 10 + k, size=(60, 44))
+    augmented = ImageFolderDataModule(tmp_path, augment=True, train_per_class=5, **SMALL)
+    plain = ImageFolderDataModule(tmp_path, augment=False, train_per_class=5, **SMALL)
+    evaluation = augmented.evaluation_dataset("train")
+    assert len(evaluation) == len(augmented.dataset("train")) == 10  # through the few-shot subset
+    for index in range(len(evaluation)):
+        torch.testing.assert_close(evaluation[index][0], plain.dataset("train")[index][0])
+        assert int(evaluation[index][1]) == int(plain.dataset("train")[index][1])
+    torch.manual_seed(0)
+    views = [augmented.dataset("train")[0][0] for _ in range(3)]  # the training split itself stays augmented
+    assert not all(torch.equal(views[0], view) for view in views[1:])
+    assert augmented.evaluation_dataset("val") is augmented.dataset("val")

@@ -56,7 +56,7 @@ def test_head_loaded_from_a_probe_computes_the_probe_logits(norm, standardize):
 
 
 class SplitData(L.LightningDataModule):
-    """The two things ``fit_head_probe`` reads from a data module: ``dataset(split)`` and ``batch_size``."""
+    """The two things ``fit_head_probe`` reads from a data module: ``evaluation_dataset(split)`` and ``batch_size``."""
 
     def __init__(self, val_count: int = 12) -> None:
         super().__init__()
@@ -68,7 +68,7 @@ class SplitData(L.LightningDataModule):
             for split, n in counts.items()
         }
 
-    def dataset(self, split: str) -> TensorDataset:
+    def evaluation_dataset(self, split: str) -> TensorDataset:
         return self.datasets[split]
 
     def train_dataloader(self) -> DataLoader:
@@ -88,11 +88,14 @@ def test_fit_head_probe_sets_the_head_to_the_probe_chosen_on_validation(tmp_path
     )  # lr 0: the one step leaves the fitted head as it is
     data = SplitData()
     trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, datamodule=data)
-    train, val = pooled_inputs(model, data.dataset("train")), pooled_inputs(model, data.dataset("val"))
+    train, val = (
+        pooled_inputs(model, data.evaluation_dataset("train")),
+        pooled_inputs(model, data.evaluation_dataset("val")),
+    )
     probe, scores = select_linear_probe(train, val, NUM_CLASSES, [1e-4, 1e-1])
     assert module.head_probe == {"weight_decay": probe.weight_decay, "val_accuracy": scores, "train_images": 15}
     with torch.no_grad():
-        logits = model.eval()(data.dataset("train").tensors[0])
+        logits = model.eval()(data.evaluation_dataset("train").tensors[0])
     torch.testing.assert_close(logits, probe.logits(train[0]).float(), rtol=1e-4, atol=1e-4)
 
 
@@ -126,6 +129,6 @@ def test_head_probe_bad_settings_are_value_errors(tmp_path):
     with pytest.raises(ValueError, match="validation split, which is empty; give one value"):
         trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, datamodule=SplitData(val_count=0))
     plain = ClassificationModule(tiny_model(), NUM_CLASSES, head_init="probe")
-    loader = DataLoader(SplitData().dataset("train"), batch_size=4)
+    loader = DataLoader(SplitData().evaluation_dataset("train"), batch_size=4)
     with pytest.raises(ValueError, match="reads the training and validation splits from the trainer's data module"):
         trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(plain, train_dataloaders=loader)

@@ -536,15 +536,16 @@ class ClassificationModule(_PromptTuningModule):
     def fit_head_probe(self) -> dict[str, Any]:
         """Sets the head to an L-BFGS linear probe on the current model's pooled features (LP-FT).
 
-        The features are those of the training split's images after the evaluation preprocessing, with the model
-        in eval mode; the weight decay is chosen on the validation split (a grid of one needs none).
+        The features are those of the training split's images under the evaluation transform and preprocessing
+        (no random augmentation), with the model in eval mode; the weight decay is chosen on the validation split (a
+        grid of one needs none).
 
         Returns:
             ``{"weight_decay", "val_accuracy" (per grid entry, None without a choice), "train_images"}``, also kept
             as :attr:`head_probe`.
         """
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "dataset"):
+        if datamodule is None or not hasattr(datamodule, "evaluation_dataset"):
             raise ValueError(
                 "task.module.head_init='probe' reads the training and validation splits from the trainer's data "
                 "module (fftprompt.data); fit with datamodule=..., or set head_init='random'"
@@ -553,10 +554,10 @@ class ClassificationModule(_PromptTuningModule):
         if not hasattr(head, "load_probe"):
             raise ValueError(f"task.module.head_init='probe' needs a linear head; {type(head).__name__} has none")
         batch_size = int(getattr(datamodule, "batch_size", 64))
-        train = self._probe_features(datamodule.dataset("train"), batch_size)
+        train = self._probe_features(datamodule.evaluation_dataset("train"), batch_size)
         decays = self.head_init_weight_decays
         if len(decays) > 1:
-            val_dataset = datamodule.dataset("val")
+            val_dataset = datamodule.evaluation_dataset("val")
             if len(val_dataset) == 0:
                 raise ValueError(
                     f"task.module.head_init_weight_decays={decays} are chosen on the validation split, which is "

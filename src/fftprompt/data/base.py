@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -271,6 +272,14 @@ class ImageDataModule(L.LightningDataModule, ABC):
         assert self._datasets is not None
         return self._datasets[split]
 
+    def evaluation_dataset(self, split: Split) -> Dataset:
+        """``split``'s items under the evaluation transform: the training split without its random augmentation (the
+        images a probe is fitted on); the other splits are :meth:`dataset` itself."""
+        dataset = self.dataset(split)
+        if split != "train" or not self.augment:
+            return dataset
+        return _with_transform(dataset, self.transform("val"))
+
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """Undo the normalisation of ``(3, H, W)`` or ``(B, 3, H, W)`` images, giving ``[0, 1]`` floats for figures."""
         return denormalize(images, self.mean, self.std)
@@ -411,3 +420,16 @@ class FileDataModule(ImageDataModule):
         if problems:
             self._warn_skipped("image/mask pairs", problems, len(pairs))
         return kept
+
+
+def _with_transform(dataset: Dataset, transform: v2.Compose) -> Dataset:
+    """A shallow copy of ``dataset`` (through :class:`LabelledSubset` wrappers) whose items go through ``transform``."""
+    if isinstance(dataset, LabelledSubset):
+        subset = copy.copy(dataset)
+        subset.dataset = _with_transform(dataset.dataset, transform)
+        return subset
+    if not hasattr(dataset, "transform"):
+        raise TypeError(f"{type(dataset).__name__} has no transform to replace by the evaluation one")
+    copied = copy.copy(dataset)
+    copied.transform = transform  # type: ignore[attr-defined]
+    return copied
