@@ -37,7 +37,6 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -48,7 +47,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.segmentation import DiceScore
 
-from fftprompt.linear_probe import fit_linear_probe, select_linear_probe
+from fftprompt.head_probe import fit_head_probe
 from fftprompt.model import PromptedViT, frozen_fingerprint
 from fftprompt.utils import atomic_write, check_choice
 
@@ -534,11 +533,9 @@ class ClassificationModule(_PromptTuningModule):
             self.fit_head_probe()
 
     def fit_head_probe(self) -> dict[str, Any]:
-        """Sets the head to an L-BFGS linear probe on the current model's pooled features (LP-FT).
-
-        The features are those of the training split's images under the evaluation transform and preprocessing
-        (no random augmentation), with the model in eval mode; the weight decay is chosen on the validation split (a
-        grid of one needs none).
+        """Sets the head to an L-BFGS linear probe on the current model's pooled features (LP-FT,
+        :func:`fftprompt.head_probe.fit_head_probe`): the training split's images under the evaluation transform and
+        preprocessing (no random augmentation), the weight decay chosen on the validation split.
 
         Returns:
             ``{"weight_decay", "val_accuracy" (per grid entry, None without a choice), "train_images"}``, also kept
@@ -550,48 +547,24 @@ class ClassificationModule(_PromptTuningModule):
                 "task.module.head_init='probe' reads the training and validation splits from the trainer's data "
                 "module (fftprompt.data); fit with datamodule=..., or set head_init='random'"
             )
-        head = self.model.head
-        if not hasattr(head, "load_probe"):
-            raise ValueError(f"task.module.head_init='probe' needs a linear head; {type(head).__name__} has none")
-        batch_size = int(getattr(datamodule, "batch_size", 64))
-        train = self._probe_features(datamodule.evaluation_dataset("train"), batch_size)
         decays = self.head_init_weight_decays
-        if len(decays) > 1:
-            val_dataset = datamodule.evaluation_dataset("val")
-            if len(val_dataset) == 0:
-                raise ValueError(
-                    f"task.module.head_init_weight_decays={decays} are chosen on the validation split, which is "
-                    "empty; give one value"
-                )
-            val = self._probe_features(val_dataset, batch_size)
-            probe, scores = select_linear_probe(train, val, self.num_classes, decays)
-        else:
-            probe, scores = fit_linear_probe(*train, self.num_classes, decays[0]), [None]
-        head.load_probe(probe)
-        self.head_probe = {"weight_decay": probe.weight_decay, "val_accuracy": scores, "train_images": len(train[1])}
+        self.head_probe = fit_head_probe(
+            self.model,
+            datamodule.evaluation_dataset("train"),
+            datamodule.evaluation_dataset("val") if len(decays) > 1 else None,
+            self.num_classes,
+            decays,
+            batch_size=int(getattr(datamodule, "batch_size", 64)),
+            device=self.device,
+            preprocess=None if self.augment is None else self.augment.evaluation,
+        )
+        scores = self.head_probe["val_accuracy"]
         rank_zero_info(
-            f"head initialised as a linear probe on {len(train[1])} training images: weight decay "
-            f"{probe.weight_decay:g}" + (f", validation accuracy {max(scores):.3f}" if scores[0] is not None else "")
+            f"head initialised as a linear probe on {self.head_probe['train_images']} training images: weight decay "
+            f"{self.head_probe['weight_decay']:g}"
+            + (f", validation accuracy {max(scores):.3f}" if scores[0] is not None else "")
         )
         return self.head_probe
-
-    @torch.no_grad()
-    def _probe_features(self, dataset: Any, batch_size: int) -> tuple[Tensor, Tensor]:
-        """``(N, D)`` float64 head inputs and ``(N,)`` labels of ``dataset``'s images, the model in eval mode."""
-        was_training = self.model.training
-        self.model.eval()
-        features, labels = [], []
-        try:
-            for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-                images = images.to(self.device)
-                if self.augment is not None:
-                    images = self.augment.evaluation(images)
-                pooled = self.model.forward_pooled(images)
-                features.append(self.model.head.probe_inputs(pooled).double().cpu())
-                labels.append(torch.as_tensor(targets).long().cpu())
-        finally:
-            self.model.train(was_training)
-        return torch.cat(features), torch.cat(labels)
 
     def _make_metrics(self, num_classes: int) -> MetricCollection:
         return classification_metrics(num_classes)
