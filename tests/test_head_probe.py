@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning.pytorch as L
 import pytest
 import torch
-from tests.test_lit import NUM_CLASSES, tiny_model, trainer
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import tiny_config
 from fftprompt.heads import ClassificationHead
 from fftprompt.linear_probe import fit_linear_probe, select_linear_probe
 from fftprompt.lit import ClassificationModule
+from fftprompt.run import train
+from test_lit import NUM_CLASSES, tiny_model, trainer
 
 
 def separable(count: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,3 +136,14 @@ def test_head_probe_bad_settings_are_value_errors(tmp_path):
     loader = DataLoader(SplitData().evaluation_dataset("train"), batch_size=4)
     with pytest.raises(ValueError, match="reads the training and validation splits from the trainer's data module"):
         trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(plain, train_dataloaders=loader)
+
+
+def test_a_training_run_records_what_the_probe_chose(tmp_path):
+
+    run = tmp_path / "run"
+    metrics, objects = train(tiny_config(run, "trainer.fast_dev_run=true", "task.module.head_init=probe"))
+    chosen = objects["module"].head_probe
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["head_probe_weight_decay"] == chosen["weight_decay"] == metrics["head_probe_weight_decay"]
+    assert saved["head_probe_val_acc"] == max(chosen["val_accuracy"])
+    assert chosen["train_images"] == 16  # the tiny benchmark's training split, every image once

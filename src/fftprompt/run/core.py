@@ -172,6 +172,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             tested_weights=weights,
             **best_validation,
         )
+        head_probe = getattr(module, "head_probe", None)
+        if head_probe is not None:  # task.module.head_init=probe: what the head's probe fit chose
+            metrics["head_probe_weight_decay"] = head_probe["weight_decay"]
+            if head_probe["val_accuracy"][0] is not None:
+                metrics["head_probe_val_acc"] = max(head_probe["val_accuracy"])
         report = None
         if trainer.is_global_zero:
             model.save_trainable(output_dir, overwrite=True)  # the directory was checked for an earlier run above
