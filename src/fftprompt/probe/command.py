@@ -62,7 +62,8 @@ def probe(cfg: DictConfig, echo: Callable[[str], None] = print) -> dict[str, Any
 
     parts, labels, membership = [], [], []
     for split in _SPLITS:
-        loader = DataLoader(datamodule.dataset(split), batch_size=int(cfg.batch_size), shuffle=False, num_workers=0)
+        images = datamodule.evaluation_dataset(split)  # the training split too without random augmentation
+        loader = DataLoader(images, batch_size=int(cfg.batch_size), shuffle=False, num_workers=0)
         tick = time.perf_counter()
         split_features, split_labels = extract_features(
             loader, feature_sets, backbone=encoder["pooled"], frequency=frequency.to(cfg.device), device=cfg.device
@@ -168,8 +169,8 @@ def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
 
 
 def _encoder_and_data(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule, dict[str, Any]]:
-    """The images -> pooled tokens function (with its patch size and pooling), the data module (no augmentation,
-    the encoder's normalisation, in-process loading) and a description of the source."""
+    """The images -> pooled tokens function (with its patch size and pooling), the data module (the encoder's
+    normalisation, in-process loading; its splits are read without augmentation) and a description of the source."""
     data = cfg.get("data")
     if cfg.run_dir is not None:
         run = load_run(to_absolute_path(str(cfg.run_dir)), data_root=cfg.data_root, device=str(cfg.device))
@@ -182,11 +183,7 @@ def _encoder_and_data(cfg: DictConfig) -> tuple[dict[str, Any], ImageDataModule,
 
         encoder = {"pooled": lambda images: pooled_tokens(model.forward_features, pool, images)}
         backbone: Backbone = model.backbone
-        if data is None:
-            datamodule = run.datamodule
-            datamodule.augment = False
-        else:
-            datamodule = _datamodule(data, backbone)
+        datamodule = run.datamodule if data is None else _datamodule(data, backbone)
         source = {"run_dir": str(run.run_dir), "description": f"run {run.run_dir} ({backbone.name}, {pooling} pooling)"}
     else:
         if data is None:
